@@ -1,0 +1,320 @@
+"""CT-VQA LightningDataModule: CT-RATE volumes + VQA JSONL → zoom-embedded images → Qwen2.5-VL chat batches."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from monai.transforms import Compose, Resized
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.collate import VQACollator
+from datamodules.ctrate import (
+    GEOMETRY_COLUMNS,
+    SPLITS,
+    BadSampleError,
+    CTRATEPaths,
+    axial_slice,
+    load_ct_volume,
+    parse_volume_name,
+    read_csv_checked,
+)
+from datamodules.prompts import PromptFormat, build_messages, target_text
+from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
+from datamodules.vqa_records import read_vqa_jsonl
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["train", "val", "test"]
+
+
+@dataclass
+class SyntheticData:
+    """Generate a synthetic CT-RATE (and its VQA files) at `data_dir` when the directory is missing."""
+
+    n: int = 240
+    seed: int = 0
+
+
+@dataclass
+class ZoomSpec:
+    """Zoom-in embedding settings (see datamodules/transforms.py:ZoomEmbedd)."""
+
+    layout: Literal["inset", "side_by_side"] = "inset"
+    margin: float = 0.5
+    inset_fraction: float = 0.5
+
+
+class CTVQADataset(Dataset):
+    """One VQA record → processor inputs for its zoom-embedded slice, plus the SFT target ids.
+
+    Decoded volumes are kept in a small LRU cache because several questions share one volume.
+    """
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        root: Path,
+        processor: Any,
+        metadata: dict[str, dict[str, Any]],
+        windows: Sequence[str],
+        zoom: ZoomSpec | None,
+        image_size: int,
+        prompt_format: PromptFormat,
+        system_prompt: str | None,
+        max_length: int,
+        skip_bad_samples: bool,
+        volume_cache_size: int,
+    ) -> None:
+        self.records = records
+        self.paths = {split: CTRATEPaths(root, split) for split in SPLITS}
+        self.processor = processor
+        self.metadata = metadata
+        self.prompt_format = prompt_format
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        self.skip_bad_samples = skip_bad_samples
+        self.volume_cache_size = volume_cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.skipped: list[str] = []
+        steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
+        if zoom is not None:
+            steps.append(
+                ZoomEmbedd(
+                    keys="image",
+                    box_key="roi",
+                    layout=zoom.layout,
+                    margin=zoom.margin,
+                    inset_fraction=zoom.inset_fraction,
+                )
+            )
+        steps.append(Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"))
+        self.transform = Compose(steps)
+        self.end_of_turn = processor.tokenizer.eos_token or "<|im_end|>"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _volume(self, volume_name: str) -> torch.Tensor:
+        if volume_name in self._cache:
+            self._cache.move_to_end(volume_name)
+            return self._cache[volume_name]
+        paths = self.paths[parse_volume_name(volume_name)[0]]
+        if volume_name not in self.metadata:
+            raise BadSampleError(f"{paths.metadata_csv}: no row for VolumeName {volume_name!r}")
+        volume = load_ct_volume(paths.volume(volume_name), self.metadata[volume_name])
+        self._cache[volume_name] = volume
+        if len(self._cache) > self.volume_cache_size:
+            self._cache.popitem(last=False)
+        return volume
+
+    def image(self, record: dict[str, Any]) -> torch.Tensor:
+        """The (3, H, W) image in [0, 1] the model sees for this record (also used to save what it saw)."""
+        volume = self._volume(record["volume_name"])
+        depth = volume.shape[-1]
+        if not 0 <= record["slice_index"] < depth:
+            raise BadSampleError(
+                f"{record['_where']}: field 'slice_index' {record['slice_index']} is outside the volume's "
+                f"{depth} slices ({record['volume_name']})"
+            )
+        hu = axial_slice(volume, record["slice_index"])
+        height, width = hu.shape
+        for box in record["roi"]:
+            if box[2] > width or box[3] > height:
+                raise BadSampleError(
+                    f"{record['_where']}: field 'roi' {box} is outside the {width}×{height} slice "
+                    f"of {record['volume_name']}"
+                )
+        data = self.transform({"image": torch.as_tensor(np.asarray(hu, dtype=np.float32)), "roi": record["roi"]})
+        return torch.as_tensor(data["image"]).float().clamp(0, 1)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        record = self.records[index]
+        try:
+            image = self.image(record)
+        except BadSampleError as e:
+            if not self.skip_bad_samples:
+                raise
+            self.skipped.append(str(e))
+            log.warning("skipping bad sample: %s", e)
+            return None
+        messages = build_messages(record["question"], record["options"], self.prompt_format, self.system_prompt)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
+        target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
+        target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
+        prompt_ids = enc["input_ids"][0]
+        if len(prompt_ids) >= self.max_length:
+            # Cutting the prompt would cut through image tokens or the question: refuse instead.
+            raise BadSampleError(
+                f"{record['_where']}: prompt is {len(prompt_ids)} tokens, over max_length={self.max_length}"
+            )
+        target_ids = target_ids[: self.max_length - len(prompt_ids)]
+        return {
+            "prompt_ids": prompt_ids,
+            "mm_token_type_ids": enc["mm_token_type_ids"][0],
+            "pixel_values": enc["pixel_values"],
+            "image_grid_thw": enc["image_grid_thw"],
+            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+            "meta": {k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+        }
+
+
+def _split_patients(patients: Sequence[str], val_fraction: float, seed: int) -> set[str]:
+    """Patients for validation: a seeded shuffle of the sorted ids, so the split is stable across runs."""
+    ordered = sorted(set(patients))
+    random.Random(seed).shuffle(ordered)
+    n_val = max(1, round(len(ordered) * val_fraction)) if val_fraction > 0 else 0
+    return set(ordered[:n_val])
+
+
+class CTVQADataModule(L.LightningDataModule):
+    """CT-RATE-VQA for training (CT-RATE train split, divided by patient into train/val) and test (CT-RATE valid).
+
+    Args:
+        data_dir: CT-RATE root (the folder holding ``dataset/``), real or synthetic.
+        processor_path: model directory whose processor renders prompts and images (linked to the model's path).
+        vqa_dir: folder with ``train.jsonl`` and ``valid.jsonl``; default ``data_dir/vqa``.
+        synthetic: if set and ``data_dir`` is missing, a synthetic CT-RATE and its VQA files are generated there.
+        windows: CT windows (lung, mediastinal, bone); one → grey, three → RGB.
+        zoom: zoom-in embedding settings, or null for the plain global image (ablation).
+        image_size: longest side of the image given to the processor (pixels).
+        prompt_format: ``think`` (<think>…</think><answer>…</answer>) or ``no_think`` (<answer> only).
+        question_types: keep only these question types (all when null).
+        val_fraction: share of CT-RATE-train patients held out for validation.
+        max_samples: cap per split, for quick runs (all when null).
+        skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/synthetic-ctrate",
+        processor_path: str = "artifacts/tiny-qwen2.5-vl",
+        vqa_dir: str | None = None,
+        synthetic: SyntheticData | None = None,
+        windows: list[str] | None = None,
+        zoom: ZoomSpec | None = None,
+        image_size: int = 112,
+        prompt_format: PromptFormat = "think",
+        system_prompt: str | None = None,
+        question_types: list[str] | None = None,
+        val_fraction: float = 0.15,
+        max_samples: int | None = None,
+        max_length: int = 1024,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        skip_bad_samples: bool = False,
+        volume_cache_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.windows = windows or ["lung"]
+        self.datasets: dict[str, CTVQADataset] = {}
+        self.processor: Any = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.hparams.data_dir)
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic data set if asked for and missing (rank 0 only, by Lightning)."""
+        if (self.root / "dataset").is_dir() or self.hparams.synthetic is None:
+            return
+        from datamodules.synthetic_ctrate import generate
+        from datamodules.vqa_builder import build_vqa
+
+        log.info("generating synthetic CT-RATE at %s", self.root)
+        generate(self.root, n=self.hparams.synthetic.n, seed=self.hparams.synthetic.seed)
+        build_vqa(self.root, out_dir=self._vqa_dir(), seed=self.hparams.synthetic.seed)
+
+    def _vqa_dir(self) -> Path:
+        return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"
+
+    def _records(self, split: str) -> list[dict[str, Any]]:
+        path = self._vqa_dir() / f"{split}.jsonl"
+        records, problems = read_vqa_jsonl(path, skip_bad=self.hparams.skip_bad_samples)
+        if problems:
+            log.warning("%s: skipped %d bad line(s); first: %s", path, len(problems), problems[0])
+        for i, record in enumerate(records):
+            record["_where"] = f"{path} record {i + 1} (id {record['id']})"
+        if self.hparams.question_types:
+            records = [r for r in records if r["question_type"] in self.hparams.question_types]
+        return records
+
+    def _metadata(self, split: str) -> dict[str, dict[str, Any]]:
+        frame = read_csv_checked(CTRATEPaths(self.root, split).metadata_csv, GEOMETRY_COLUMNS)
+        return {row["VolumeName"]: row for row in frame.to_dict(orient="records")}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from lightning_modules.model_loading import load_processor
+
+        self.processor = load_processor(self.hparams.processor_path)
+        train_records = self._records("train")
+        val_patients = _split_patients(
+            [r["patient_id"] for r in train_records], self.hparams.val_fraction, self.hparams.seed
+        )
+        splits = {
+            "train": [r for r in train_records if r["patient_id"] not in val_patients],
+            "val": [r for r in train_records if r["patient_id"] in val_patients],
+            "test": self._records("valid"),
+        }
+        metadata = {**self._metadata("train"), **self._metadata("valid")}
+        zoom = self.hparams.zoom
+        for name, records in splits.items():
+            if self.hparams.max_samples:
+                records = records[: self.hparams.max_samples]
+            self.datasets[name] = CTVQADataset(
+                records,
+                self.root,
+                self.processor,
+                metadata,
+                windows=self.windows,
+                zoom=zoom,
+                image_size=self.hparams.image_size,
+                prompt_format=self.hparams.prompt_format,
+                system_prompt=self.hparams.system_prompt,
+                max_length=self.hparams.max_length,
+                skip_bad_samples=self.hparams.skip_bad_samples,
+                volume_cache_size=self.hparams.volume_cache_size,
+            )
+        log.info("CT-VQA samples: %s", {k: len(v) for k, v in self.datasets.items()})
+
+    def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:
+        pad_id = self.processor.tokenizer.pad_token_id
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=VQACollator(pad_token_id=pad_id),
+            persistent_workers=self.hparams.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.hparams.eval_batch_size)
+
+    def skipped_samples(self) -> dict[str, list[str]]:
+        """Bad samples skipped so far, per split (with ``skip_bad_samples: true``; main process only)."""
+        return {name: ds.skipped for name, ds in self.datasets.items() if ds.skipped}

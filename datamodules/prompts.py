@@ -1,0 +1,44 @@
+"""Chat prompts and SFT targets for CT-VQA samples, rendered with the processor's own chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+PromptFormat = Literal["think", "no_think"]
+
+SYSTEM_PROMPTS: dict[str, str] = {
+    "think": (
+        "You are a radiologist reading a chest CT slice. The image shows the global axial view; an inset shows "
+        "the zoomed region of interest outlined in yellow. First reason about where the finding is and what it "
+        "looks like inside <think></think>, then give the final answer inside <answer></answer>."
+    ),
+    "no_think": (
+        "You are a radiologist reading a chest CT slice. The image shows the global axial view; an inset shows "
+        "the zoomed region of interest outlined in yellow. Give the final answer inside <answer></answer>."
+    ),
+}
+
+
+def user_text(question: str, options: Sequence[str]) -> str:
+    """The question with its answer options, which the model must answer with verbatim."""
+    if options:
+        return f"{question} Options: {', '.join(options)}."
+    return question
+
+
+def build_messages(
+    question: str, options: Sequence[str], prompt_format: PromptFormat, system_prompt: str | None = None
+) -> list[dict]:
+    """Chat messages for one sample: system instruction, then the image and the question."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt or SYSTEM_PROMPTS[prompt_format]}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text(question, options)}]},
+    ]
+
+
+def target_text(reasoning: str, answer: str, prompt_format: PromptFormat) -> str:
+    """The assistant turn the SFT stage teaches (the end-of-turn token is appended by the collator)."""
+    if prompt_format == "think":
+        return f"<think>{reasoning}</think><answer>{answer}</answer>"
+    return f"<answer>{answer}</answer>"

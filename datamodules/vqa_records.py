@@ -1,0 +1,87 @@
+"""Reading and validating CT-RATE-VQA JSONL files: every problem names the file, the line and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from datamodules.ctrate import BadSampleError
+
+QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
+
+# field -> accepted types; the builder (datamodules/vqa_builder.py) writes exactly these.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "split": (str,),
+    "patient_id": (str,),
+    "volume_name": (str,),
+    "question_type": (str,),
+    "question": (str,),
+    "answer": (str,),
+    "options": (list,),
+    "slice_index": (int,),
+    "roi": (list,),
+    "roi_source": (str,),
+    "reasoning": (str,),
+}
+
+
+def _check_record(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise BadSampleError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name, types in _FIELDS.items():
+        if name not in record:
+            raise BadSampleError(f"{where}: missing field '{name}'")
+        value = record[name]
+        if not isinstance(value, types) or (int in types and isinstance(value, bool)):
+            raise BadSampleError(f"{where}: field '{name}' should be {types[0].__name__}, got {value!r}")
+    if record["question_type"] not in QUESTION_TYPES:
+        raise BadSampleError(
+            f"{where}: field 'question_type' {record['question_type']!r} is not one of {', '.join(QUESTION_TYPES)}"
+        )
+    if not all(isinstance(o, str) for o in record["options"]):
+        raise BadSampleError(f"{where}: field 'options' must be a list of strings, got {record['options']!r}")
+    if record["options"] and record["answer"] not in record["options"]:
+        raise BadSampleError(f"{where}: field 'answer' {record['answer']!r} is not one of its options")
+    if record["slice_index"] < 0:
+        raise BadSampleError(f"{where}: field 'slice_index' {record['slice_index']} is negative")
+    boxes = record["roi"]
+    if not boxes:
+        raise BadSampleError(f"{where}: field 'roi' is empty; give at least one box [x0, y0, x1, y1]")
+    for box in boxes:
+        ok = (
+            isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        )
+        if not ok or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+            raise BadSampleError(f"{where}: field 'roi' box {box!r} is not [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+    return record
+
+
+def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records of a VQA JSONL file, checked field by field.
+
+    Returns (records, problems). A bad line raises ``BadSampleError`` naming file, line and field, unless
+    ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadSampleError(f"{path}: VQA file not found (build it with `python -m datamodules.vqa_builder`)")
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BadSampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+                records.append(_check_record(record, where))
+            except BadSampleError as e:
+                if not skip_bad:
+                    raise
+                problems.append(str(e))
+    return records, problems

@@ -1,0 +1,1 @@
+"""LightningModules (training step logic) and the model loading they share."""

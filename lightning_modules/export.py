@@ -1,0 +1,39 @@
+"""Writing a trained module's model as a Hugging Face model directory (LoRA merged), atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lightning_modules.model_loading import load_processor, unwrap_base
+
+
+def export_hf_model(module: L.LightningModule, ckpt_path: str | Path | None, out_dir: str | Path) -> Path:
+    """Load ``ckpt_path`` (if given) into ``module`` and save its model + processor to ``out_dir``.
+
+    The result loads with ``from_pretrained(out_dir)`` like any checkpoint, so GRPO, evaluation and
+    inference start from it. Written to a temporary sibling folder and renamed, so a crash never
+    leaves a half-written model directory behind.
+    """
+    out_dir = Path(out_dir)
+    module.configure_model()
+    if ckpt_path is not None:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(checkpoint["state_dict"])
+    model = unwrap_base(module.model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        load_processor(module.hparams.model_path).save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,89 @@
+"""Loading the policy model and processor: the one path for the embedded default and real checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
+
+log = logging.getLogger(__name__)
+
+# Language-model projections of every decoder layer; the vision tower's modules are excluded by LoRASpec.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRASpec:
+    """LoRA settings (peft). Applied to the language model only; the vision tower follows `freeze_vision`."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+
+
+def ensure_model_dir(model_path: str | Path, build_embedded_if_missing: bool) -> Path:
+    """Return ``model_path``; build the embedded tiny model there first if it is missing and allowed."""
+    path = Path(model_path)
+    if (path / "config.json").is_file():
+        return path
+    if not build_embedded_if_missing:
+        raise FileNotFoundError(
+            f"model directory {path} has no config.json. Point `model_path` at a Hugging Face model directory "
+            "(e.g. a downloaded Qwen2.5-VL-3B-Instruct) or set `build_embedded_if_missing: true`."
+        )
+    from lightning_modules.embedded_model import build_embedded_model
+
+    log.info("building the embedded tiny Qwen2.5-VL at %s", path)
+    return build_embedded_model(path)
+
+
+def load_processor(model_path: str | Path) -> ProcessorMixin:
+    """The model directory's processor (tokenizer, image processor, chat template)."""
+    processor = AutoProcessor.from_pretrained(model_path)
+    # Generation batches are left-padded so every prompt ends where its completion starts.
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(
+    model_path: str | Path,
+    lora: LoRASpec | None = None,
+    freeze_vision: bool = False,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Load a Qwen2.5-VL model directory, optionally wrap it with LoRA and freeze the vision tower."""
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_path, dtype=dtype, attn_implementation=attn_implementation
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        names = "|".join(lora.target_modules)
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            # A regex (full match) so the vision tower's identically named projections stay untouched.
+            target_modules=rf"^(?!.*visual).*\.({names})$",
+        )
+        model = get_peft_model(model, config)
+    if freeze_vision:
+        for name, param in model.named_parameters():
+            if ".visual." in f".{name}":
+                param.requires_grad_(False)
+    return model
+
+
+def unwrap_base(model: torch.nn.Module) -> PreTrainedModel:
+    """The underlying transformers model, with any LoRA merged, ready for ``save_pretrained``."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model

@@ -1,0 +1,1 @@
+"""Reward functions and the answer parsing they share with evaluation."""
