@@ -53,6 +53,10 @@ class ZoomSpec:
     inset_fraction: float = 0.5
 
 
+# Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
+torch.serialization.add_safe_globals([SyntheticData, ZoomSpec])
+
+
 class CTVQADataset(Dataset):
     """One VQA record → processor inputs for its zoom-embedded slice, plus the SFT target ids.
 
@@ -191,6 +195,7 @@ class CTVQADataModule(L.LightningDataModule):
         question_types: keep only these question types (all when null).
         val_fraction: share of CT-RATE-train patients held out for validation.
         max_samples: cap per split, for quick runs (all when null).
+        shuffle: shuffle the training set each epoch (seeded).
         skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
     """
 
@@ -209,6 +214,7 @@ class CTVQADataModule(L.LightningDataModule):
         val_fraction: float = 0.15,
         max_samples: int | None = None,
         max_length: int = 1024,
+        shuffle: bool = True,
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
@@ -217,7 +223,13 @@ class CTVQADataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        # LightningCLI may hand nested dataclasses over as plain dicts.
+        if isinstance(synthetic, dict):
+            synthetic = SyntheticData(**synthetic)
+        if isinstance(zoom, dict):
+            zoom = ZoomSpec(**zoom)
         self.save_hyperparameters()
+        self.hparams.synthetic, self.hparams.zoom = synthetic, zoom
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
         self.processor: Any = None
@@ -304,7 +316,7 @@ class CTVQADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.hparams.batch_size)
+        return self._loader("train", self.hparams.shuffle, self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.hparams.eval_batch_size)

@@ -26,6 +26,10 @@ class LoRASpec:
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
 
+# Saved in checkpoints' hyperparameters: allow it under torch.load(weights_only=True) when resuming.
+torch.serialization.add_safe_globals([LoRASpec])
+
+
 def ensure_model_dir(model_path: str | Path, build_embedded_if_missing: bool) -> Path:
     """Return ``model_path``; build the embedded tiny model there first if it is missing and allowed."""
     path = Path(model_path)

@@ -51,7 +51,10 @@ class SFTModule(L.LightningModule):
         attn_implementation: str = "sdpa",
     ) -> None:
         super().__init__()
+        if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
+            lora = LoRASpec(**lora)
         self.save_hyperparameters()
+        self.hparams.lora = lora
         self.model: torch.nn.Module | None = None
         self.val_accuracy = VQAAccuracy(QUESTION_TYPES)
         self.train_token_accuracy = MeanMetric()
@@ -73,6 +76,7 @@ class SFTModule(L.LightningModule):
             attn_implementation=self.hparams.attn_implementation,
             gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
+        self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
         if getattr(self, "device_mesh", None) is not None:
             from lightning_modules.sharding import shard_model
 

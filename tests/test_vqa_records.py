@@ -1,0 +1,94 @@
+"""VQA JSONL reading and validation (datamodules/vqa_records.py) and batching (datamodules/collate.py)."""
+
+import json
+
+import pytest
+import torch
+
+from datamodules.collate import IGNORE_INDEX, VQACollator
+from datamodules.ctrate import BadSampleError
+from datamodules.vqa_records import read_vqa_jsonl
+
+GOOD = {
+    "id": "train_1_a_1-q0",
+    "split": "train",
+    "patient_id": "train_1",
+    "volume_name": "train_1_a_1.nii.gz",
+    "question_type": "presence",
+    "question": "Is there a lung nodule?",
+    "answer": "yes",
+    "options": ["yes", "no"],
+    "slice_index": 3,
+    "roi": [[1, 2, 10, 12]],
+    "roi_source": "mask",
+    "abnormality": "Lung nodule",
+    "reasoning": "r",
+}
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_reads_good_records(tmp_path):
+    records, problems = read_vqa_jsonl(_write(tmp_path, [json.dumps(GOOD)] * 2))
+    assert len(records) == 2 and problems == []
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "answer"}), "missing field 'answer'"),
+        (json.dumps({**GOOD, "slice_index": "3"}), "field 'slice_index'"),
+        (json.dumps({**GOOD, "roi": [[5, 5, 2, 9]]}), "field 'roi'"),
+        (json.dumps({**GOOD, "roi": []}), "field 'roi' is empty"),
+        (json.dumps({**GOOD, "answer": "maybe"}), "field 'answer'"),
+        (json.dumps({**GOOD, "question_type": "vibes"}), "field 'question_type'"),
+    ],
+)
+def test_bad_line_names_file_line_and_field(tmp_path, line, fragment):
+    path = _write(tmp_path, [json.dumps(GOOD), line])
+    with pytest.raises(BadSampleError) as err:
+        read_vqa_jsonl(path)
+    assert f"{path} line 2" in str(err.value) and fragment in str(err.value)
+
+
+def test_skip_bad_counts_and_keeps_the_rest(tmp_path):
+    path = _write(tmp_path, [json.dumps(GOOD), "{oops", json.dumps(GOOD)])
+    records, problems = read_vqa_jsonl(path, skip_bad=True)
+    assert len(records) == 2 and len(problems) == 1 and "line 2" in problems[0]
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BadSampleError, match="VQA file not found"):
+        read_vqa_jsonl(tmp_path / "nope.jsonl")
+
+
+def _sample(prompt, target):
+    return {
+        "prompt_ids": torch.tensor(prompt),
+        "mm_token_type_ids": torch.tensor([1 if t == 9 else 0 for t in prompt]),
+        "pixel_values": torch.ones(4, 6),
+        "image_grid_thw": torch.tensor([[1, 2, 2]]),
+        "target_ids": torch.tensor(target),
+        "meta": {"id": "x"},
+    }
+
+
+def test_collator_left_pads_and_supervises_only_the_answer():
+    batch = VQACollator(pad_token_id=0)([_sample([5, 9, 9, 6], [7, 8]), None, _sample([5, 9, 6], [7, 8])])
+    assert batch["input_ids"].tolist() == [[5, 9, 9, 6, 7, 8], [0, 5, 9, 6, 7, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]]
+    x = IGNORE_INDEX
+    assert batch["labels"].tolist() == [[x, x, x, x, 7, 8], [x, x, x, x, 7, 8]]
+    assert batch["prompt_input_ids"].tolist() == [[5, 9, 9, 6], [0, 5, 9, 6]]
+    assert batch["prompt_mm_token_type_ids"].tolist() == [[0, 1, 1, 0], [0, 0, 1, 0]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0]]
+    assert batch["pixel_values"].shape == (8, 6) and len(batch["meta"]) == 2
+
+
+def test_collator_all_skipped_gives_empty_batch():
+    assert VQACollator(pad_token_id=0)([None, None]) == {}
