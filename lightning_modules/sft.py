@@ -109,7 +109,7 @@ class SFTModule(L.LightningModule):
             return None
         loss, token_accuracy = self._loss(batch)
         size = len(batch["meta"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/token_accuracy", token_accuracy, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=size)
         return loss

@@ -157,9 +157,7 @@ def test_wider_outline_and_colour():
     img = image()
     box = [20, 20, 40, 30]
     red = (1.0, 0.0, 0.0)
-    out = ZoomEmbedd("img", outline_color=red, outline_width=2, inset_fraction=0.25)(
-        {"img": img, "roi": [box]}
-    )["img"]
+    out = ZoomEmbedd("img", outline_color=red, outline_width=2, inset_fraction=0.25)({"img": img, "roi": [box]})["img"]
     color = torch.tensor(red)[:, None, None]
     assert torch.equal(out[:, 20:22, 20:40], color.expand(3, 2, 20))
     assert torch.equal(out[:, 28:30, 20:40], color.expand(3, 2, 20))
@@ -177,9 +175,7 @@ def test_several_boxes_union_crop_and_each_outlined():
     assert meta["crop"] == [10, 7, 26, 23]  # 16 px square, centred vertically
     for box in boxes:
         mask = paint_mask(box, H, W)
-        assert torch.equal(
-            out["img"][:, mask], YELLOW[:, None].expand(3, int(mask.sum()))
-        )
+        assert torch.equal(out["img"][:, mask], YELLOW[:, None].expand(3, int(mask.sum())))
     # Between the two boxes, inside the union: not outlined.
     assert torch.equal(out["img"][:, 12, 16:20], img[:, 12, 16:20])
 
@@ -214,9 +210,7 @@ def test_side_by_side_square():
 
 def test_side_by_side_letterboxes_non_square():
     img = image(48, 64)
-    out_d = ZoomEmbedd("img", layout="side_by_side")(
-        {"img": img, "roi": [[30, 20, 40, 30]]}
-    )
+    out_d = ZoomEmbedd("img", layout="side_by_side")({"img": img, "roi": [[30, 20, 40, 30]]})
     out, meta = out_d["img"], out_d["zoom_meta"]
     assert out.shape == (3, 48, 128)
     assert meta["inset"] == [72, 0, 120, 48]
@@ -317,9 +311,7 @@ def test_to_pil_values():
 def test_pipeline_hu_to_pil():
     hu = np.full((H, W), -800.0, np.float32)
     hu[12:20, 12:20] = 50.0  # a nodule
-    pipeline = Compose(
-        [HUWindowd("img", windows=("lung", "mediastinal", "bone")), ZoomEmbedd("img")]
-    )
+    pipeline = Compose([HUWindowd("img", windows=("lung", "mediastinal", "bone")), ZoomEmbedd("img")])
     out = pipeline({"img": hu, "roi": [[12, 12, 20, 20]]})
     pil = to_pil(out["img"])
     assert pil.size == (W, H)

@@ -1,0 +1,383 @@
+"""CT-RATE and ReXGroundingCT readers: the one loading path for real and synthetic data.
+
+Canonical orientation everywhere is MONAI/nibabel ``LPS``: voxel index i grows towards the patient's
+Left, j towards Posterior, k towards Superior. ``axial_slice(vol, k)`` is then ``vol[0, :, :, k].T``:
+rows = j (anterior at the top), columns = i (patient's right on the image's left, radiological view).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, Orientation
+
+CTRATE_LABELS: tuple[str, ...] = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+SPLITS = ("train", "valid")
+REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
+# The metadata fields the loader needs; real CT-RATE metadata has many more columns.
+GEOMETRY_COLUMNS = (
+    "VolumeName",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "XYSpacing",
+    "ZSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+)
+VOLUME_NAME_RE = re.compile(r"^([a-z]+)_(\d+)_([a-z]+)_(\d+)\.nii\.gz$")
+AXCODES = "LPS"
+
+
+class BadSampleError(ValueError):
+    """A data problem the user can fix; the message names the file, the line (if any) and the field."""
+
+
+def display_path(path: str | Path) -> str:
+    """Path from the dataset-level folder on (``dataset/...``, ``rexgroundingct/...``), else as given."""
+    parts = Path(path).parts
+    for anchor in ("dataset", "rexgroundingct", "vqa"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) :])
+    return str(path)
+
+
+def parse_volume_name(name: str) -> tuple[str, int, str, int]:
+    """``train_12_a_1.nii.gz`` -> ("train", 12, "a", 1)."""
+    m = VOLUME_NAME_RE.match(name)
+    if m is None:
+        raise BadSampleError(f"VolumeName {name!r} does not match '<split>_<patient>_<scan>_<recon>.nii.gz'")
+    return m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+
+
+def patient_id(name: str) -> str:
+    split, pid, _, _ = parse_volume_name(name)
+    return f"{split}_{pid}"
+
+
+@dataclass(frozen=True)
+class CTRATEPaths:
+    """Where CT-RATE (and ReXGroundingCT) files live under ``root`` for one split.
+
+    ``root/dataset/...`` mirrors the CT-RATE Hugging Face repo; ``root/rexgroundingct/`` mirrors the
+    ReXGroundingCT repo (``dataset.json`` + ``segmentations/<VolumeName>``).
+    """
+
+    root: Path
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise BadSampleError(f"split {self.split!r} is not one of {SPLITS}")
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def _csv_stem(self) -> str:
+        # CT-RATE names its validation tables inconsistently: validation_* vs valid_*.
+        return "train" if self.split == "train" else "validation"
+
+    @property
+    def metadata_csv(self) -> Path:
+        return self.root / "dataset" / "metadata" / f"{self._csv_stem}_metadata.csv"
+
+    @property
+    def reports_csv(self) -> Path:
+        return self.root / "dataset" / "radiology_text_reports" / f"{self._csv_stem}_reports.csv"
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / "dataset" / "multi_abnormality_labels" / f"{self.split}_predicted_labels.csv"
+
+    def volume(self, volume_name: str) -> Path:
+        split, pid, scan, _ = parse_volume_name(volume_name)
+        folder = self.root / "dataset" / split / f"{split}_{pid}" / f"{split}_{pid}_{scan}"
+        return folder / volume_name
+
+    @property
+    def grounding_json(self) -> Path:
+        return self.root / "rexgroundingct" / "dataset.json"
+
+    def lesion_mask(self, volume_name: str) -> Path:
+        return self.root / "rexgroundingct" / "segmentations" / volume_name
+
+
+def read_csv_checked(path: str | Path, required_columns: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV; a missing file, unreadable CSV or missing column raises ``BadSampleError``."""
+    where = display_path(path)
+    if not Path(path).is_file():
+        raise BadSampleError(f"{where}: file not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BadSampleError(f"{where}: cannot parse CSV ({e})") from e
+    for col in required_columns:
+        if col not in df.columns:
+            raise BadSampleError(f"{where}: missing column '{col}'")
+    return df
+
+
+def read_split(root: str | Path, split: str) -> pd.DataFrame:
+    """Metadata joined with the 18 labels (and reports when present), one row per volume, sorted by name."""
+    paths = CTRATEPaths(Path(root), split)
+    meta = read_csv_checked(paths.metadata_csv, GEOMETRY_COLUMNS)
+    labels = read_csv_checked(paths.labels_csv, ("VolumeName", *CTRATE_LABELS))
+    missing = sorted(set(labels["VolumeName"]) - set(meta["VolumeName"]))
+    if missing:
+        raise BadSampleError(f"{display_path(paths.metadata_csv)}: no row for VolumeName {missing[0]!r}")
+    for col in CTRATE_LABELS:
+        bad = labels.index[~labels[col].isin([0, 1])]
+        if len(bad):
+            raise BadSampleError(
+                f"{display_path(paths.labels_csv)} line {bad[0] + 2}: field '{col}' must be 0 or 1, "
+                f"got {labels[col].iloc[bad[0]]!r}"
+            )
+    df = labels.merge(meta, on="VolumeName", how="left")
+    if paths.reports_csv.is_file():
+        reports = read_csv_checked(paths.reports_csv, REPORT_COLUMNS)
+        df = df.merge(reports[list(REPORT_COLUMNS)], on="VolumeName", how="left")
+    return df.sort_values("VolumeName").reset_index(drop=True)
+
+
+def _list_field(meta: Mapping[str, Any], field: str, n: int) -> list[float]:
+    value = meta.get(field)
+    try:
+        items = ast.literal_eval(value) if isinstance(value, str) else list(value)
+        out = [float(v) for v in items]
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise BadSampleError(f"{meta.get('VolumeName', '?')}: field '{field}' {value!r} is not a list") from e
+    if len(out) != n:
+        raise BadSampleError(f"{meta.get('VolumeName', '?')}: field '{field}' {value!r} needs {n} numbers")
+    return out
+
+
+def affine_from_metadata(meta: Mapping[str, Any]) -> np.ndarray:
+    """RAS voxel-to-world affine rebuilt from CT-RATE metadata, exactly as CT-RATE's fix_metadata.py does.
+
+    fix_metadata.py (SimpleITK) sets spacing (XYSpacing, ZSpacing), origin = ImagePositionPatient and
+    direction = [row cosine, column cosine, row x column]: array axis 0 follows the DICOM row direction
+    (columns), axis 1 the column direction (rows), axis 2 the slice normal, all in DICOM LPS world
+    coordinates. The public "non-standard affine" check of CT-RATE in OMASeg builds the same matrix and
+    flips the first two world rows to go from LPS to RAS, which is what nibabel/MONAI expect.
+    """
+    sx, sy = _list_field(meta, "XYSpacing", 2)
+    try:
+        sz = float(meta["ZSpacing"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadSampleError(f"{meta.get('VolumeName', '?')}: field 'ZSpacing' is not a number") from e
+    iop = np.array(_list_field(meta, "ImageOrientationPatient", 6))
+    origin = np.array(_list_field(meta, "ImagePositionPatient", 3))
+    row, col = iop[:3], iop[3:]
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * sx, col * sy, np.cross(row, col) * sz
+    lps[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def looks_raw(arr: np.ndarray, slope: float, intercept: float) -> bool:
+    """Whether ``arr`` still holds raw stored values (HU = raw*slope + intercept) rather than HU.
+
+    fix_metadata.py writes HU as int16, but raw downloads hold stored values (air ~ 0..50 for intercept
+    -1024). We count voxels that would be air (-1100..-900 HU) under each reading and keep the reading
+    with the bigger air peak; unlike a min() test this ignores out-of-field padding (-2000, -3024).
+    """
+    if slope == 1.0 and intercept == 0.0:
+        return False
+    sample = arr[::2, ::2, ::2].astype(np.float32)
+    air_as_hu = np.count_nonzero((sample > -1100) & (sample < -900))
+    rescaled = sample * slope + intercept
+    air_as_raw = np.count_nonzero((rescaled > -1100) & (rescaled < -900))
+    return air_as_raw > air_as_hu
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    where = display_path(path)
+    if not path.is_file():
+        raise BadSampleError(f"{where}: file not found")
+    try:
+        img = LoadImage(image_only=True, reader="NibabelReader", dtype=None)(str(path))
+    except Exception as e:  # nibabel/gzip/MONAI raise many types for corrupt files; all mean the same here
+        raise BadSampleError(f"{where}: cannot read NIfTI ({type(e).__name__}: {e})") from e
+    return np.asarray(img), np.asarray(img.affine)
+
+
+def load_ct_volume(path: str | Path, meta: Mapping[str, Any]) -> MetaTensor:
+    """HU volume as float32 MetaTensor (1, X, Y, Z) in LPS, for raw and for fixed CT-RATE files alike.
+
+    The header affine is ignored (raw downloads carry a meaningless one); geometry comes from ``meta``
+    (one metadata CSV row). Rescaling is applied only when ``looks_raw`` says the data are not HU yet.
+    """
+    path = Path(path)
+    arr, _ = _read_nifti(path)
+    if arr.ndim != 3:
+        raise BadSampleError(f"{display_path(path)}: expected a 3D volume, got shape {tuple(arr.shape)}")
+    try:
+        slope, intercept = float(meta["RescaleSlope"]), float(meta["RescaleIntercept"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadSampleError(f"{display_path(path)}: metadata field 'RescaleSlope'/'RescaleIntercept' {e}") from e
+    hu = arr.astype(np.float32)
+    if looks_raw(arr, slope, intercept):
+        hu = hu * slope + intercept
+    vol = MetaTensor(torch.from_numpy(hu[None]), affine=torch.as_tensor(affine_from_metadata(meta)))
+    return Orientation(axcodes=AXCODES, labels=(("L", "R"), ("P", "A"), ("I", "S")))(vol).float()
+
+
+def axial_slice(vol: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """The display image (rows=Y, cols=X) of axial slice ``k`` of an LPS (1, X, Y, Z) volume, float32 HU."""
+    arr = vol.detach().cpu().numpy() if isinstance(vol, torch.Tensor) else np.asarray(vol)
+    if not 0 <= k < arr.shape[-1]:
+        raise BadSampleError(f"slice index {k} is outside 0..{arr.shape[-1] - 1}")
+    return np.ascontiguousarray(arr[0, :, :, k].T, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One ReXGroundingCT finding: free text grounded by mask channel ``index``."""
+
+    index: int
+    text: str
+
+
+def load_grounding(root: str | Path) -> dict[str, list[Finding]]:
+    """``rexgroundingct/dataset.json`` as {VolumeName: findings sorted by channel}; {} if the file is absent.
+
+    The release groups entries by split ({"train": [...], "val": [...], "test": [...]}), each entry
+    ``{"name": "train_1741_b_2.nii.gz", "findings": {"0": "...", ...}}``; finding k is mask channel k.
+    """
+    path = CTRATEPaths(Path(root)).grounding_json
+    if not path.is_file():
+        return {}
+    where = display_path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadSampleError(f"{where}: not valid JSON ({e})") from e
+    entries = [e for v in data.values() if isinstance(v, list) for e in v] if isinstance(data, dict) else data
+    out: dict[str, list[Finding]] = {}
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("findings"), dict):
+            raise BadSampleError(f"{where}: entry {n} needs fields 'name' and 'findings'")
+        try:
+            findings = [Finding(int(k), str(t)) for k, t in entry["findings"].items()]
+        except ValueError as e:
+            raise BadSampleError(f"{where}: entry {entry['name']!r} field 'findings' has a non-integer key") from e
+        out[entry["name"]] = sorted(findings, key=lambda f: f.index)
+    return out
+
+
+def load_lesion_mask(path: str | Path, meta: Mapping[str, Any] | None = None) -> np.ndarray:
+    """ReXGroundingCT mask as bool (K, X, Y, Z) in the same LPS grid as ``load_ct_volume``.
+
+    Channel axis: the release stores one channel per finding in the CT's native voxel grid; we take the
+    smaller of axis 0 / axis 3 as the channel axis (K findings << spatial size), so channel-first
+    (K, X, Y, Z) and channel-last 4D NIfTIs both load; a 3D file is one channel. Orientation: with
+    ``meta`` the CT's metadata affine is used (native grid == CT grid), else the header affine when the
+    file is a proper channel-last 4D/3D NIfTI, else the native grid is taken as already LPS.
+    """
+    path = Path(path)
+    arr, header_affine = _read_nifti(path)
+    if arr.ndim == 3:
+        arr = arr[None]
+    elif arr.ndim == 4:
+        if arr.shape[3] < arr.shape[0]:
+            arr = np.moveaxis(arr, 3, 0)
+        else:
+            header_affine = None
+    else:
+        raise BadSampleError(f"{display_path(path)}: expected a 3D or 4D mask, got shape {tuple(arr.shape)}")
+    affine = affine_from_metadata(meta) if meta is not None else header_affine
+    mask = arr > 0
+    if affine is None:
+        return mask
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(AXCODES))
+    )
+    return np.stack([nib.orientations.apply_orientation(m, ornt) for m in mask]).astype(bool)
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Face-connected components of a 2D/3D bool mask -> (labels 1..n, n). Pure numpy (no scipy here).
+
+    Min-label propagation with pointer jumping: each pass spreads the smallest pixel index among
+    neighbours, then every label jumps to its own label's label, so it converges in few passes.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    idx = np.arange(1, mask.size + 1, dtype=np.int64).reshape(mask.shape)
+    lab = np.where(mask, idx, 0)
+    big = np.int64(mask.size + 1)
+    while True:
+        prev = lab
+        base = np.where(mask, lab, big)
+        cur = base
+        for ax in range(mask.ndim):
+            for shift in (1, -1):
+                nb = np.roll(base, shift, axis=ax)
+                edge = [slice(None)] * mask.ndim
+                edge[ax] = 0 if shift == 1 else -1
+                nb[tuple(edge)] = big  # no wrap-around
+                cur = np.minimum(cur, nb)
+        cur = np.where(mask, cur, 0)
+        flat = np.concatenate([[0], cur.ravel()])
+        for _ in range(4):
+            cur = flat[cur]
+            flat = np.concatenate([[0], cur.ravel()])
+        lab = cur
+        if np.array_equal(lab, prev):
+            break
+    uniq, inv = np.unique(lab, return_inverse=True)
+    inv = inv.reshape(lab.shape)
+    n = len(uniq) - 1 if uniq[0] == 0 else len(uniq)
+    return (inv if uniq[0] == 0 else inv + 1), n
+
+
+def lung_mask_from_hu(slice_hu: np.ndarray, threshold: float = -400.0, keep: int = 2) -> np.ndarray:
+    """Lung fields of an axial HU slice: low-density components not touching the border, largest ``keep``.
+
+    Air outside the body touches the image border, so dropping border components leaves the lungs
+    (and small airways, which the size ranking removes). Components under 0.2% of the slice are noise.
+    """
+    low = np.asarray(slice_hu) < threshold
+    labels, n = label_components(low)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[border] = 0
+    sizes[0] = 0
+    order = [c for c in np.argsort(sizes)[::-1][:keep] if sizes[c] >= 0.002 * low.size]
+    return np.isin(labels, order)
+
+
+def bbox_of(mask2d: np.ndarray) -> list[int]:
+    """[x0, y0, x1, y1] of a 2D mask: x = column, y = row, exclusive ends."""
+    rows = np.flatnonzero(np.asarray(mask2d).any(axis=1))
+    cols = np.flatnonzero(np.asarray(mask2d).any(axis=0))
+    if rows.size == 0:
+        raise BadSampleError("bbox_of: the mask is empty")
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]

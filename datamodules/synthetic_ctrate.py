@@ -1,0 +1,314 @@
+"""Deterministic synthetic CT-RATE (+ ReXGroundingCT masks) for CPU tests and smoke runs.
+
+Writes exactly the layout ``datamodules/ctrate.py`` reads for real data; volumes are stored the way raw
+CT-RATE downloads are (int16 stored values, intercept -1024, identity header affine, true geometry only
+in the metadata CSV), so the real loader is what turns them into HU/LPS.
+
+    python -m datamodules.synthetic_ctrate --out data/synthetic-ctrate --n 200 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from datamodules.ctrate import CTRATE_LABELS, REPORT_COLUMNS, CTRATEPaths
+
+SHAPE = (128, 128, 32)  # (X, Y, Z) in LPS index order: i -> Left, j -> Posterior, k -> Superior
+XY_SPACING, Z_SPACING = 2.5, 5.0
+INTERCEPT = -1024
+PREVALENCE = 0.42
+METADATA_COLUMNS = (
+    "VolumeName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PatientSex",
+    "PatientAge",
+    "PatientPosition",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "XYSpacing",
+    "ZSpacing",
+    "RescaleIntercept",
+    "RescaleSlope",
+)
+
+
+@dataclass
+class Lesion:
+    label: str
+    text: str
+    mask: np.ndarray  # bool (X, Y, Z), LPS
+
+
+@dataclass
+class Phantom:
+    hu: np.ndarray  # float32 (X, Y, Z), LPS
+    lungs: np.ndarray  # bool (X, Y, Z): aerated-lung anatomy before findings
+    lesions: list[Lesion] = field(default_factory=list)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        present = {les.label for les in self.lesions}
+        return {name: int(name in present) for name in CTRATE_LABELS}
+
+
+def _ellipse(i, j, ci, cj, a, b):
+    return ((i - ci) / a) ** 2 + ((j - cj) / b) ** 2 <= 1.0
+
+
+def _lobe(side: str, j: float, k: float, lung_cj: float) -> str:
+    """Lobe from height and, for the right middle lobe, anterior position (smaller j = anterior)."""
+    if side == "left":
+        return "upper" if k >= 16 else "lower"
+    if k >= 18:
+        return "upper"
+    return "middle" if k >= 8 and j < lung_cj else "lower"
+
+
+def _disk(d: int) -> np.ndarray:
+    """Digital disk whose bounding box is exactly d x d voxels."""
+    c, r2 = (d - 1) / 2, (d / 2) ** 2
+    o = np.arange(d)
+    return ((o[:, None] - c) ** 2 + (o[None, :] - c) ** 2) <= r2
+
+
+def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
+    """Chest phantom in HU (LPS) with randomly present findings and their lesion masks."""
+    nx, ny, nz = SHAPE
+    i, j, k = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
+    s = rng.uniform(0.95, 1.05)
+    body = _ellipse(i, j, 64, 66, 56 * s, 42 * s)
+    hu = np.full(SHAPE, -1000.0, np.float32)
+    hu[body] = -100.0  # subcutaneous fat rim
+    hu[_ellipse(i, j, 64, 66, 51 * s, 37 * s)] = 40.0
+    # Lungs taper towards the apex (high k) and the bases (low k).
+    taper = np.clip(np.minimum((k + 4) / 7, (34 - k) / 10), 0.35, 1.0)
+    centres = {"right": (40 + rng.uniform(-2, 2), 62.0), "left": (88 + rng.uniform(-2, 2), 62.0)}
+    side_of = {}
+    for side, (ci, cj) in centres.items():
+        side_of[side] = _ellipse(i, j, ci, cj, 18 * s * taper, 28 * s * taper) & (k >= 1) & (k <= 30)
+    lungs = side_of["right"] | side_of["left"]
+    hu[lungs] = -850.0
+    big_heart = findings and rng.random() < PREVALENCE
+    heart = _ellipse(i, j, 72, 46, 24, 17) if big_heart else _ellipse(i, j, 70, 46, 15, 12)
+    heart &= (k >= 3) & (k <= 14)
+    aorta = _ellipse(i, j, 74, 80, 4, 4)
+    spine = _ellipse(i, j, 64, 97, 8, 7) | ((abs(i - 64) <= 2) & (j >= 103) & (j <= 110))
+    hu[heart] = 40.0
+    hu[aorta] = 45.0
+    hu[spine] = 700.0
+    lungs &= ~(heart | aorta | spine)
+    for side in side_of:
+        side_of[side] &= lungs
+    ph = Phantom(hu=hu, lungs=lungs.copy())
+    if big_heart:
+        ph.lesions.append(Lesion("Cardiomegaly", "Cardiomegaly: the cardiac silhouette is enlarged.", heart))
+    if not findings:
+        return _finish(ph, rng)
+    free = lungs.copy()  # aerated lung not yet used by a lesion
+
+    if rng.random() < PREVALENCE * 0.6:
+        patches = np.zeros(SHAPE, bool)
+        for _ in range(rng.integers(3, 7)):
+            cand = np.argwhere(free & (k >= 18))
+            ci, cj, ck = cand[rng.integers(len(cand))]
+            r = rng.integers(2, 5)
+            patches |= _ellipse(i, j, ci, cj, r, r) & (abs(k - ck) <= 1) & free
+        hu[patches] = -980.0
+        free &= ~patches
+        ph.lesions.append(Lesion("Emphysema", "Centrilobular emphysema in the upper lobes of both lungs.", patches))
+
+    if rng.random() < PREVALENCE:
+        side = str(rng.choice(["right", "left"]))
+        cand = np.argwhere(free & side_of[side] & (k >= 4) & (k <= 26))
+        ci, cj, ck = cand[rng.integers(len(cand))]
+        r = rng.integers(6, 10)
+        blob = _ellipse(i, j, ci, cj, r, r * 0.8) & (abs(k - ck) <= rng.integers(2, 4)) & free & side_of[side]
+        hu[blob] = 30.0
+        free &= ~blob
+        lobe = _lobe(side, cj, ck, centres[side][1])
+        ph.lesions.append(Lesion("Consolidation", f"Consolidation in the {lobe} lobe of the {side} lung.", blob))
+
+    if rng.random() < PREVALENCE:
+        sides = [["right"], ["left"], ["right", "left"]][rng.integers(3)]
+        k_top = rng.integers(12, 21)
+        for side in sides:
+            cj = centres[side][1]
+            fluid = side_of[side] & (j >= cj + rng.uniform(2, 10)) & (k <= k_top) & free
+            hu[fluid] = 10.0
+            free &= ~fluid
+            text = f"{side.capitalize()} pleural effusion layering in the dependent posterior pleural space."
+            ph.lesions.append(Lesion("Pleural effusion", text, fluid))
+
+    if rng.random() < PREVALENCE:
+        count = int(rng.choice([1, 2, 3], p=[0.3, 0.35, 0.35]))
+        clustered = rng.random() < 0.8  # same slice, so per-slice counts of 2 and 3 occur
+        k0 = int(rng.integers(4, 26))
+        for _ in range(count):
+            d = int(rng.choice([1, 2, 3, 4, 5], p=[0.3, 0.15, 0.15, 0.1, 0.3]))
+            depth = 1 if d <= 2 else 2
+            disk = _disk(d)
+            ok = free & np.roll(free, -(depth - 1), axis=2)
+            if clustered:
+                ok &= k == k0
+            cand = np.argwhere(ok[: nx - d, : ny - d, : nz - depth])
+            rng.shuffle(cand)
+            for ci, cj, ck in cand[:200]:
+                m = np.zeros(SHAPE, bool)
+                m[ci : ci + d, cj : cj + d, ck : ck + depth] = disk[:, :, None]
+                ring = np.zeros(SHAPE, bool)
+                ring[max(ci - 1, 0) : ci + d + 1, max(cj - 1, 0) : cj + d + 1, max(ck - 1, 0) : ck + depth + 1] = True
+                if (ring & ~free).any():  # keep a 1-voxel gap so nodules stay separate components
+                    continue
+                side = "right" if ci + d / 2 < 64 else "left"
+                lobe = _lobe(side, cj + d / 2, ck, centres[side][1])
+                hu[m] = 40.0
+                free &= ~ring
+                text = f"A {d * XY_SPACING:g} mm nodule in the {lobe} lobe of the {side} lung."
+                ph.lesions.append(Lesion("Lung nodule", text, m))
+                break
+
+    if rng.random() < PREVALENCE:
+        specks = np.zeros(SHAPE, bool)
+        for _ in range(rng.integers(2, 5)):
+            t, kk = rng.uniform(0, 2 * np.pi), rng.integers(0, nz)
+            specks[int(round(74 + 4 * np.cos(t))), int(round(80 + 4 * np.sin(t))), kk] = True
+        hu[specks] = 400.0
+        text = "Calcified atherosclerotic plaques in the wall of the descending aorta."
+        ph.lesions.append(Lesion("Arterial wall calcification", text, specks))
+
+    if rng.random() < PREVALENCE:
+        specks = np.zeros(SHAPE, bool)
+        ci, cj, a, b = (72, 46, 24, 17) if big_heart else (70, 46, 15, 12)
+        for _ in range(rng.integers(1, 4)):
+            t, kk = rng.uniform(-np.pi, -0.2), rng.integers(5, 13)  # anterior-left heart border
+            specks[int(round(ci + (a - 1) * np.cos(t))), int(round(cj + (b - 1) * np.sin(t))), kk] = True
+        hu[specks] = 450.0
+        text = "Coronary artery wall calcifications along the anterior heart border."
+        ph.lesions.append(Lesion("Coronary artery wall calcification", text, specks))
+    return _finish(ph, rng)
+
+
+def _finish(ph: Phantom, rng: np.random.Generator) -> Phantom:
+    ph.hu = np.clip(ph.hu + rng.normal(0.0, 12.0, SHAPE).astype(np.float32), -1024, 3071)
+    ph.lesions = [les for les in ph.lesions if les.mask.any()]
+    return ph
+
+
+def _report(ph: Phantom) -> dict[str, str]:
+    sentences = [les.text for les in ph.lesions] or ["Lungs are clear. Heart size is normal."]
+    present = [name for name, v in ph.labels.items() if v]
+    return {
+        "ClinicalInformation_EN": "Not given.",
+        "Technique_EN": f"Non-contrast chest CT, {Z_SPACING:g} mm axial sections.",
+        "Findings_EN": " ".join(sentences),
+        "Impressions_EN": ("; ".join(present) + ".") if present else "No acute cardiopulmonary abnormality.",
+    }
+
+
+def _metadata(name: str, rng: np.random.Generator) -> dict[str, object]:
+    nx, ny, nz = SHAPE
+    # Origin = centre of voxel (0, 0, 0) in DICOM LPS mm; the body sits around the isocentre.
+    origin = [-(nx - 1) / 2 * XY_SPACING, -(ny - 1) / 2 * XY_SPACING, -float(rng.integers(100, 200))]
+    return {
+        "VolumeName": name,
+        "Manufacturer": "SYNTHETIC",
+        "ManufacturerModelName": "Phantom-128",
+        "PatientSex": str(rng.choice(["M", "F"])),
+        "PatientAge": f"{int(rng.integers(30, 85)):03d}Y",
+        "PatientPosition": "HFS",
+        "SliceThickness": Z_SPACING,
+        "Rows": ny,
+        "Columns": nx,
+        "ImagePositionPatient": str(origin),
+        "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+        "XYSpacing": f"[{XY_SPACING}, {XY_SPACING}]",
+        "ZSpacing": Z_SPACING,
+        "RescaleIntercept": INTERCEPT,
+        "RescaleSlope": 1,
+    }
+
+
+def _volume_names(n: int, seed: int) -> list[str]:
+    """~80/20 train/valid split by patient; patients have scans a (and sometimes b), reconstruction 1."""
+    rng = np.random.default_rng([seed, 10**6])
+    scans: list[int] = []
+    while sum(scans) < n:
+        scans.append(min(int(rng.choice([1, 2], p=[0.7, 0.3])), n - sum(scans)))
+    order = rng.permutation(len(scans))
+    n_valid = max(1, round(0.2 * len(scans))) if len(scans) > 1 else 0
+    valid = set(order[:n_valid].tolist())
+    names, counters = [], {"train": 0, "valid": 0}
+    for p, count in enumerate(scans):
+        split = "valid" if p in valid else "train"
+        counters[split] += 1
+        names += [f"{split}_{counters[split]}_{scan}_1.nii.gz" for scan in "ab"[:count]]
+    return names
+
+
+def generate(out: Path, n: int, seed: int = 0) -> None:
+    """Write ``n`` synthetic CT-RATE volumes with metadata, reports, labels and ReXGroundingCT masks."""
+    out = Path(out)
+    rows: dict[str, dict[str, list[dict]]] = {s: {"meta": [], "rep": [], "lab": []} for s in ("train", "valid")}
+    grounding: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for idx, name in enumerate(_volume_names(n, seed)):
+        rng = np.random.default_rng([seed, idx])
+        split = name.split("_")[0]
+        paths = CTRATEPaths(out, split)
+        ph = make_phantom(rng)
+        raw = np.round(ph.hu - INTERCEPT).astype(np.int16)  # stored values, as raw downloads hold them
+        vpath = paths.volume(name)
+        vpath.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(raw, np.eye(4)), vpath)
+        rows[split]["meta"].append(_metadata(name, rng))
+        rows[split]["rep"].append({"VolumeName": name, **_report(ph)})
+        rows[split]["lab"].append({"VolumeName": name, **ph.labels})
+        if ph.lesions:
+            mpath = paths.lesion_mask(name)
+            mpath.parent.mkdir(parents=True, exist_ok=True)
+            stack = np.stack([les.mask for les in ph.lesions]).astype(np.uint8)  # (K, X, Y, Z), native grid
+            nib.save(nib.Nifti1Image(stack, np.eye(4)), mpath)
+            entry = {"name": name, "findings": {str(c): les.text for c, les in enumerate(ph.lesions)}}
+            grounding["train" if split == "train" else "val"].append(entry)
+    for split, tables in rows.items():
+        paths = CTRATEPaths(out, split)
+        for path, cols, key in (
+            (paths.metadata_csv, METADATA_COLUMNS, "meta"),
+            (paths.reports_csv, REPORT_COLUMNS, "rep"),
+            (paths.labels_csv, ("VolumeName", *CTRATE_LABELS), "lab"),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(tables[key], columns=list(cols)).to_csv(path, index=False)
+    gpath = CTRATEPaths(out).grounding_json
+    gpath.parent.mkdir(parents=True, exist_ok=True)
+    gpath.write_text(json.dumps(grounding, indent=1), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/synthetic-ctrate"))
+    parser.add_argument("--n", type=int, default=200, help="number of volumes")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    generate(args.out, args.n, args.seed)
+    labels = pd.concat(pd.read_csv(CTRATEPaths(args.out, s).labels_csv) for s in ("train", "valid"))
+    print(f"wrote {len(labels)} volumes to {args.out} in {time.perf_counter() - start:.1f} s")
+    for name in CTRATE_LABELS:
+        if labels[name].sum():
+            print(f"  {name:<36} {int(labels[name].sum()):4d} / {len(labels)}")
+
+
+if __name__ == "__main__":
+    main()

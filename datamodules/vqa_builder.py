@@ -1,0 +1,411 @@
+"""Build CT-RATE-VQA JSONL (one file per split) from CT-RATE + ReXGroundingCT, real or synthetic alike.
+
+Ground truth comes only from what ``datamodules/ctrate.py`` reads: labels CSV (presence), finding texts
+and lesion masks (slice, ROI, side, size, count). Volumes without masks get anatomy ROIs and only
+presence/abnormality questions.
+
+    python -m datamodules.vqa_builder --root data/synthetic-ctrate --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.ctrate import (
+    CTRATE_LABELS,
+    SPLITS,
+    BadSampleError,
+    CTRATEPaths,
+    Finding,
+    axial_slice,
+    bbox_of,
+    display_path,
+    label_components,
+    load_ct_volume,
+    load_grounding,
+    load_lesion_mask,
+    lung_mask_from_hu,
+    patient_id,
+    read_split,
+)
+
+VQA_KEYS = (
+    "id",
+    "split",
+    "patient_id",
+    "volume_name",
+    "question_type",
+    "question",
+    "answer",
+    "options",
+    "slice_index",
+    "roi",
+    "roi_source",
+    "abnormality",
+    "reasoning",
+)
+# First match wins: specific phrases before generic ones ("nodular consolidation" is consolidation).
+_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("Pericardial effusion", r"pericardial effusion"),
+    ("Pleural effusion", r"effusion"),
+    ("Coronary artery wall calcification", r"coronary"),
+    ("Cardiomegaly", r"cardiomegaly|enlarged heart|cardiac silhouette is enlarged"),
+    ("Consolidation", r"consolidation"),
+    ("Lung nodule", r"\bnodules?\b|\bmass\b"),
+    ("Arterial wall calcification", r"calcif"),
+    ("Emphysema", r"emphysema"),
+    ("Atelectasis", r"atelecta"),
+    ("Bronchiectasis", r"bronchiecta"),
+    ("Interlobular septal thickening", r"septal thickening"),
+    ("Peribronchial thickening", r"peribronchial|bronchial wall thickening"),
+    ("Lung opacity", r"opacit|ground[- ]glass"),
+    ("Pulmonary fibrotic sequela", r"fibro|reticul|honeycomb"),
+    ("Mosaic attenuation pattern", r"mosaic"),
+    ("Lymphadenopathy", r"lymph"),
+    ("Hiatal hernia", r"hiatal"),
+    ("Medical material", r"catheter|stent|pacemaker|device"),
+)
+CARDIAC = {"Cardiomegaly", "Pericardial effusion", "Coronary artery wall calcification", "Arterial wall calcification"}
+SIDED = {"Lung nodule", "Consolidation", "Pleural effusion", "Atelectasis", "Lung opacity"}
+SIZE_OPTIONS = ["small (<5 mm)", "medium (5–10 mm)", "large (>10 mm)"]
+COUNT_OPTIONS = ["1", "2", "3 or more"]
+LOBES = {
+    "right": ["right upper lobe", "right middle lobe", "right lower lobe"],
+    "left": ["left upper lobe", "left lower lobe"],
+}
+_LOBE_RE = re.compile(
+    r"\b(upper|middle|lower) lobe of the (right|left) lung\b|\b(right|left) (upper|middle|lower) lobe\b"
+)
+_SEEN = {
+    "Lung nodule": "a small round soft-tissue density within aerated lung",
+    "Pleural effusion": "fluid density layering in the dependent pleural space",
+    "Consolidation": "a large homogeneous area of parenchymal opacification",
+    "Cardiomegaly": "an enlarged cardiac silhouette",
+    "Arterial wall calcification": "bright calcific foci along the aortic wall",
+    "Coronary artery wall calcification": "bright calcific foci along the coronary course",
+    "Emphysema": "patchy areas of very low attenuation",
+}
+_NORMAL = {
+    "lung": "uniformly aerated parenchyma without focal abnormality",
+    "heart": "a normal-sized heart without calcific foci",
+}
+
+
+def label_of(text: str) -> str | None:
+    """CT-RATE label a free-text finding describes, by keyword; None if no label fits."""
+    low = text.lower()
+    return next((label for label, pattern in _KEYWORDS if re.search(pattern, low)), None)
+
+
+def _phrase(label: str) -> str:
+    return {"Lung nodule": "a lung nodule", "Pleural effusion": "a pleural effusion"}.get(label, label.lower())
+
+
+def _boxes(mask2d: np.ndarray) -> list[list[int]]:
+    labels, n = label_components(mask2d)
+    return sorted(bbox_of(labels == c) for c in range(1, n + 1))
+
+
+def _best_slice(mask3d: np.ndarray) -> int:
+    return int(np.argmax(mask3d.sum(axis=(0, 1))))
+
+
+def _zone(k: int, depth: int) -> str:
+    return ("lower", "mid", "upper")[min(3 * k // depth, 2)]  # k grows towards Superior
+
+
+def _midline(slice_hu: np.ndarray) -> float:
+    lungs = lung_mask_from_hu(slice_hu)
+    if not lungs.any():
+        return slice_hu.shape[1] / 2
+    x0, _, x1, _ = bbox_of(lungs)
+    return (x0 + x1) / 2
+
+
+def _side(mask2d: np.ndarray, midline: float) -> str:
+    """Side of the patient for a 2D mask in display orientation: image left = patient right."""
+    cols = np.flatnonzero(mask2d.any(axis=0))
+    if cols[-1] < midline:
+        return "right"
+    return "left" if cols[0] >= midline else "both"
+
+
+def _where(label: str, side: str, k: int, depth: int) -> str:
+    if label in CARDIAC:
+        return f"mediastinum and heart, {_zone(k, depth)} thorax"
+    place = "both hemithoraces" if side == "both" else f"{side} hemithorax"
+    return f"{place}, {_zone(k, depth)} zone"
+
+
+def anatomy_roi(vol: Any, label: str, rng: np.random.Generator) -> tuple[int, list[list[int]], str]:
+    """(slice, boxes, region) without masks: lung fields by HU, or the cardiac region between them."""
+    depth = vol.shape[-1]
+    if label in CARDIAC:
+        ks = [round(0.3 * (depth - 1))]
+    else:
+        ks = [int(rng.integers(round(0.3 * depth), round(0.7 * depth) + 1)), depth // 2]
+    for k in ks:
+        lungs = lung_mask_from_hu(axial_slice(vol, k))
+        lab, n = label_components(lungs)
+        if n == 0:
+            continue
+        if label not in CARDIAC:
+            return k, _boxes(lungs), "lung"
+        # Heart: between the lung centroids, from the lungs' anterior edge to their centroid row.
+        cents = sorted((np.argwhere(lab == c).mean(axis=0) for c in range(1, n + 1)), key=lambda c: c[1])
+        x0, x1 = int(cents[0][1]), int(np.ceil(cents[-1][1]))
+        y0, y1 = bbox_of(lungs)[1], int(np.ceil(np.mean([c[0] for c in cents])))
+        if n >= 2 and x1 > x0 and y1 > y0:
+            return k, [[x0, y0, x1, y1]], "heart"
+    k = depth // 2
+    return k, [bbox_of(axial_slice(vol, k) > -500)], "heart" if label in CARDIAC else "lung"
+
+
+class _VolumeQuestions:
+    """All candidate questions of one volume (negatives are subsampled later, per label)."""
+
+    def __init__(self, split: str, row: Mapping[str, Any], vol: Any, findings: list[Finding], masks, rng):
+        self.split, self.row, self.vol, self.rng = split, row, vol, rng
+        self.name = str(row["VolumeName"])
+        self.depth = vol.shape[-1]
+        self.records: list[dict[str, Any]] = []
+        self.by_label: dict[str, list[tuple[Finding, np.ndarray]]] = {}
+        for f in findings:
+            label = label_of(f.text)
+            if label is not None and masks is not None and masks[f.index].any():
+                self.by_label.setdefault(label, []).append((f, masks[f.index]))
+
+    def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why):
+        rec = {
+            "id": f"{self.name.removesuffix('.nii.gz')}-{qtype}-{len(self.records)}",
+            "split": self.split,
+            "patient_id": patient_id(self.name),
+            "volume_name": self.name,
+            "question_type": qtype,
+            "question": question,
+            "answer": answer,
+            "options": options,
+            "slice_index": int(k),
+            "roi": roi,
+            "roi_source": source,
+            "abnormality": label,
+            "reasoning": why,
+        }
+        check_record(rec, self.vol.shape[1:3], f"{self.split} {self.name}")
+        self.records.append(rec)
+
+    def positive_view(self, label: str) -> tuple[int, list[list[int]], str, str]:
+        """(slice, boxes, roi_source, reasoning) for a present label: its mask if any, else anatomy."""
+        if label in self.by_label:
+            finding, m = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
+            k = _best_slice(m)
+            sl = m[:, :, k].T
+            side = _side(sl, _midline(axial_slice(self.vol, k)))
+            where = _where(label, side, k, self.depth)
+            return k, _boxes(sl), "mask", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
+        k, boxes, region = anatomy_roi(self.vol, label, self.rng)
+        where = "cardiac region" if region == "heart" else "both lung fields"
+        return k, boxes, "anatomy", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
+
+    def presence(self, label: str, present: bool) -> None:
+        question = f"Is there {_phrase(label)} in this CT slice?"
+        if present:
+            k, boxes, source, why = self.positive_view(label)
+        else:
+            k, boxes, region = anatomy_roi(self.vol, label, self.rng)
+            place = "cardiac region" if region == "heart" else "both lung fields"
+            why = f"Global: {place}, {_zone(k, self.depth)} level. Zoom: {_NORMAL[region]}."
+            source = "anatomy"
+        self.add("presence", question, "yes" if present else "no", ["yes", "no"], k, boxes, source, label, why)
+
+    def abnormality(self, present: list[str], askable: list[str]) -> None:
+        masked = [lb for lb in present if lb in self.by_label] or present
+        label = masked[int(self.rng.integers(len(masked)))]
+        pool = [lb for lb in askable if lb not in present] or [lb for lb in CTRATE_LABELS if lb not in present]
+        if len(pool) < 3:
+            pool += [lb for lb in CTRATE_LABELS if lb not in present and lb not in pool]
+        options = [label, *self.rng.choice(pool, size=3, replace=False).tolist()]
+        self.rng.shuffle(options)
+        k, boxes, source, why = self.positive_view(label)
+        question = "Which abnormality is shown in the highlighted region of this CT slice?"
+        self.add("abnormality", question, label, options, k, boxes, source, label, why)
+
+    def mask_questions(self, spacing: tuple[float, float]) -> None:
+        for label, items in sorted(self.by_label.items()):
+            if label not in SIDED:
+                continue
+            noun = {"Lung nodule": "nodule", "Pleural effusion": "pleural effusion"}.get(label, label.lower())
+            for finding, m in items:
+                k = _best_slice(m)
+                sl = m[:, :, k].T
+                side = _side(sl, _midline(axial_slice(self.vol, k)))
+                if side == "both" or _side(m.any(axis=2).T, _midline(axial_slice(self.vol, k))) != side:
+                    continue
+                zone, boxes = _zone(k, self.depth), _boxes(sl)
+                why = f"Global: {side} hemithorax, {zone} zone. Zoom: {_SEEN.get(label, 'an abnormal density')}."
+                q = f"In which lung is the {noun} located?"
+                self.add("location", q, f"{side} lung", ["right lung", "left lung"], k, boxes, "mask", label, why)
+                lobes = {(g[0] or g[3], g[1] or g[2]) for g in _LOBE_RE.findall(finding.text.lower())}
+                if len(lobes) == 1 and next(iter(lobes))[1] == side:
+                    answer = f"{side} {next(iter(lobes))[0]} lobe"
+                    if answer in LOBES[side]:
+                        q = f"Which lobe of the {side} lung contains the {noun}?"
+                        self.add("location", q, answer, LOBES[side], k, boxes, "mask", label, why)
+        nodules = self.by_label.get("Lung nodule", [])
+        for _, m in nodules:
+            lab, _ = label_components(m)
+            largest = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+            k = _best_slice(largest)
+            x0, y0, x1, y1 = bbox_of(largest[:, :, k].T)
+            mm = max((x1 - x0) * spacing[0], (y1 - y0) * spacing[1])
+            answer = SIZE_OPTIONS[0 if mm < 5 else 1 if mm <= 10 else 2]
+            side = _side(largest[:, :, k].T, _midline(axial_slice(self.vol, k)))
+            why = f"Global: {_where('Lung nodule', side, k, self.depth)}. Zoom: round nodule about {mm:.1f} mm across."
+            q = "What is the size of the lung nodule in this CT slice?"
+            self.add("size", q, answer, SIZE_OPTIONS, k, _boxes(largest[:, :, k].T), "mask", "Lung nodule", why)
+        if nodules:
+            union = np.any([m for _, m in nodules], axis=0)
+            lab, n = label_components(union)
+            per_slice = [len(np.unique(lab[:, :, k])) - 1 for k in range(self.depth)]
+            k = int(np.argmax(per_slice))
+            count = per_slice[k]
+            sl = union[:, :, k].T
+            side = _side(sl, _midline(axial_slice(self.vol, k)))
+            what = {1: "one round nodule", 2: "two separate round nodules"}.get(
+                count, f"{count} separate round nodules"
+            )
+            why = f"Global: {_where('Lung nodule', side, k, self.depth)}. Zoom: {what} in aerated lung."
+            q = "How many lung nodules are visible in this CT slice?"
+            self.add(
+                "count", q, COUNT_OPTIONS[min(count, 3) - 1], COUNT_OPTIONS, k, _boxes(sl), "mask", "Lung nodule", why
+            )
+
+
+def check_record(rec: Mapping[str, Any], shape_xy: tuple[int, int], where: str) -> None:
+    """Builder-side validation: exact keys, answer among options, every box inside the (Y, X) slice."""
+    if tuple(rec) != VQA_KEYS:
+        raise BadSampleError(f"{where}: keys {list(rec)} differ from {list(VQA_KEYS)}")
+    if rec["answer"] not in rec["options"]:
+        raise BadSampleError(f"{where}: field 'answer' {rec['answer']!r} is not one of {rec['options']}")
+    width, height = int(shape_xy[0]), int(shape_xy[1])
+    if not rec["roi"]:
+        raise BadSampleError(f"{where}: field 'roi' is empty")
+    for box in rec["roi"]:
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise BadSampleError(f"{where}: field 'roi' {box} is outside the {height}×{width} slice")
+
+
+def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
+    df = read_split(root, split)
+    paths = CTRATEPaths(root, split)
+    grounding = load_grounding(root)
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    askable = [lb for lb in CTRATE_LABELS if df[lb].sum() > 0]
+    records: list[dict[str, Any]] = []
+    for row in df.to_dict("records"):
+        name = row["VolumeName"]
+        vol = load_ct_volume(paths.volume(name), row)
+        findings = grounding.get(name, [])
+        masks = None
+        if findings and paths.lesion_mask(name).is_file():
+            masks = load_lesion_mask(paths.lesion_mask(name), row)
+            where = display_path(paths.lesion_mask(name))
+            if masks.shape[1:] != tuple(vol.shape[1:]):
+                raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
+            if masks.shape[0] <= max(f.index for f in findings):
+                raise BadSampleError(
+                    f"{where}: {masks.shape[0]} channels but findings index up to {findings[-1].index}"
+                )
+        vq = _VolumeQuestions(split, row, vol, findings, masks, rng)
+        present = [lb for lb in askable if row[lb] == 1]
+        # Labels with a mask but 0 in the labels CSV are ambiguous: never asked as negatives.
+        for label in askable:
+            if label in present or label not in vq.by_label:
+                vq.presence(label, label in present)
+        if present:
+            vq.abnormality(present, askable)
+        if masks is not None:
+            vq.mask_questions(tuple(float(s) for s in vol.pixdim[:2]))
+        records += vq.records
+    return _balance_presence(records, rng)
+
+
+def _balance_presence(records: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Keep as many 'no' as 'yes' per label (all positives kept while negatives suffice)."""
+    drop: set[str] = set()
+    for label in {r["abnormality"] for r in records if r["question_type"] == "presence"}:
+        yes = [
+            r["id"]
+            for r in records
+            if r["question_type"] == "presence" and r["abnormality"] == label and r["answer"] == "yes"
+        ]
+        no = [
+            r["id"]
+            for r in records
+            if r["question_type"] == "presence" and r["abnormality"] == label and r["answer"] == "no"
+        ]
+        if len(no) > len(yes):
+            drop |= set(rng.choice(no, size=len(no) - len(yes), replace=False).tolist())
+        elif len(yes) > len(no):
+            drop |= set(rng.choice(yes, size=len(yes) - len(no), replace=False).tolist())
+    return [r for r in records if r["id"] not in drop]
+
+
+def build_vqa(root: Path, out_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
+    """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``); returns {split: path}."""
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir is not None else root / "vqa"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for split in SPLITS:
+        if not CTRATEPaths(root, split).labels_csv.is_file():
+            continue
+        records = build_split(root, split, seed)
+        path = out_dir / f"{split}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        written[split] = path
+    if not written:
+        raise BadSampleError(
+            f"{display_path(root)}: no labels CSV for any split under dataset/multi_abnormality_labels"
+        )
+    return written
+
+
+def summarize(paths: Mapping[str, Path]) -> str:
+    """Small table: questions per split and type, and presence yes/no."""
+    counts: dict[str, Counter] = {}
+    for split, path in paths.items():
+        recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        counts[split] = Counter(r["question_type"] for r in recs)
+        counts[split].update(f"presence:{r['answer']}" for r in recs if r["question_type"] == "presence")
+    rows = ["presence", "presence:yes", "presence:no", "abnormality", "location", "size", "count"]
+    lines = [f"{'question type':<14}" + "".join(f"{s:>8}" for s in counts)]
+    lines += [f"{row:<14}" + "".join(f"{c[row]:>8}" for c in counts.values()) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder holding dataset/ (and rexgroundingct/)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default ROOT/vqa)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = build_vqa(args.root, args.out, args.seed)
+    print(summarize(paths))
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()
