@@ -27,7 +27,7 @@ from datamodules.ctrate import (
     parse_volume_name,
     read_csv_checked,
 )
-from datamodules.prompts import PromptFormat, build_messages, target_text
+from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
 from datamodules.vqa_records import read_vqa_jsonl
 
@@ -83,12 +83,12 @@ class CTVQADataset(Dataset):
         self.processor = processor
         self.metadata = metadata
         self.prompt_format = prompt_format
-        self.system_prompt = system_prompt
+        self.system_prompt = system_prompt or system_prompt_for(prompt_format, zoom.layout if zoom else "none")
         self.max_length = max_length
         self.skip_bad_samples = skip_bad_samples
         self.volume_cache_size = volume_cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.skipped: list[str] = []
+        self.skipped: dict[str, str] = {}  # record id -> problem; a dict so later epochs don't recount
         steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
         if zoom is not None:
             steps.append(
@@ -143,14 +143,18 @@ class CTVQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
         try:
-            image = self.image(record)
+            return self._encode(record)
         except BadSampleError as e:
             if not self.skip_bad_samples:
                 raise
-            self.skipped.append(str(e))
-            log.warning("skipping bad sample: %s", e)
+            if record["id"] not in self.skipped:
+                log.warning("skipping bad sample: %s", e)
+            self.skipped[record["id"]] = str(e)
             return None
-        messages = build_messages(record["question"], record["options"], self.prompt_format, self.system_prompt)
+
+    def _encode(self, record: dict[str, Any]) -> dict[str, Any]:
+        image = self.image(record)
+        messages = build_messages(record["question"], record["options"], self.system_prompt)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
         target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
@@ -257,8 +261,6 @@ class CTVQADataModule(L.LightningDataModule):
         records, problems = read_vqa_jsonl(path, skip_bad=self.hparams.skip_bad_samples)
         if problems:
             log.warning("%s: skipped %d bad line(s); first: %s", path, len(problems), problems[0])
-        for i, record in enumerate(records):
-            record["_where"] = f"{path} record {i + 1} (id {record['id']})"
         if self.hparams.question_types:
             records = [r for r in records if r["question_type"] in self.hparams.question_types]
         return records
@@ -328,5 +330,11 @@ class CTVQADataModule(L.LightningDataModule):
         return self._loader("test", False, self.hparams.eval_batch_size)
 
     def skipped_samples(self) -> dict[str, list[str]]:
-        """Bad samples skipped so far, per split (with ``skip_bad_samples: true``; main process only)."""
-        return {name: ds.skipped for name, ds in self.datasets.items() if ds.skipped}
+        """Bad samples skipped so far, per split (with ``skip_bad_samples: true``; counted in the main process
+        when ``num_workers: 0``, otherwise each worker logs its own skips as they happen)."""
+        return {name: list(ds.skipped.values()) for name, ds in self.datasets.items() if ds.skipped}
+
+    def teardown(self, stage: str) -> None:
+        """Report the skipped bad samples at the end of the run, so none goes unnoticed."""
+        for split, problems in self.skipped_samples().items():
+            log.warning("%s: skipped %d bad sample(s):\n  %s", split, len(problems), "\n  ".join(problems))

@@ -7,17 +7,23 @@ from typing import Literal
 
 PromptFormat = Literal["think", "no_think"]
 
-SYSTEM_PROMPTS: dict[str, str] = {
-    "think": (
-        "You are a radiologist reading a chest CT slice. The image shows the global axial view; an inset shows "
-        "the zoomed region of interest outlined in yellow. First reason about where the finding is and what it "
-        "looks like inside <think></think>, then give the final answer inside <answer></answer>."
-    ),
-    "no_think": (
-        "You are a radiologist reading a chest CT slice. The image shows the global axial view; an inset shows "
-        "the zoomed region of interest outlined in yellow. Give the final answer inside <answer></answer>."
-    ),
+# What the picture holds, per zoom layout ("none": the plain global slice, for ablations).
+IMAGE_NOTES: dict[str, str] = {
+    "inset": "The image shows the global axial view; an inset shows the zoomed region of interest outlined in yellow.",
+    "side_by_side": "The left half shows the global axial view with the region of interest outlined in yellow; "
+    "the right half shows that region zoomed in.",
+    "none": "The image shows the axial view.",
 }
+INSTRUCTIONS: dict[str, str] = {
+    "think": "First reason about where the finding is and what it looks like inside <think></think>, "
+    "then give the final answer inside <answer></answer>.",
+    "no_think": "Give the final answer inside <answer></answer>.",
+}
+
+
+def system_prompt_for(prompt_format: PromptFormat, layout: str) -> str:
+    """The default system prompt: a radiologist's task, what the image holds, and the answer format."""
+    return f"You are a radiologist reading a chest CT slice. {IMAGE_NOTES[layout]} {INSTRUCTIONS[prompt_format]}"
 
 
 def user_text(question: str, options: Sequence[str]) -> str:
@@ -27,12 +33,10 @@ def user_text(question: str, options: Sequence[str]) -> str:
     return question
 
 
-def build_messages(
-    question: str, options: Sequence[str], prompt_format: PromptFormat, system_prompt: str | None = None
-) -> list[dict]:
+def build_messages(question: str, options: Sequence[str], system_prompt: str) -> list[dict]:
     """Chat messages for one sample: system instruction, then the image and the question."""
     return [
-        {"role": "system", "content": [{"type": "text", "text": system_prompt or SYSTEM_PROMPTS[prompt_format]}]},
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text(question, options)}]},
     ]
 

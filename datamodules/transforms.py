@@ -52,14 +52,9 @@ class HUWindowd(MapTransform):
         windows = [windows] if isinstance(windows, str) else list(windows)
         unknown = [w for w in windows if w not in WINDOWS]
         if unknown:
-            raise ValueError(
-                f"unknown CT window(s) {unknown}; valid names: {sorted(WINDOWS)}"
-            )
+            raise ValueError(f"unknown CT window(s) {unknown}; valid names: {sorted(WINDOWS)}")
         if len(windows) not in (1, 3):
-            raise ValueError(
-                f"give 1 window (grey) or 3 windows (one per RGB channel), "
-                f"got {len(windows)}: {windows}"
-            )
+            raise ValueError(f"give 1 window (grey) or 3 windows (one per RGB channel), got {len(windows)}: {windows}")
         self.windows = windows
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -69,9 +64,7 @@ class HUWindowd(MapTransform):
             # would carry (and slowly update) affine metadata that no longer applies.
             hu = convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)
             if hu.ndim != 2:
-                raise ValueError(
-                    f"'{key}' must be a 2D (H, W) HU slice, got shape {tuple(hu.shape)}"
-                )
+                raise ValueError(f"'{key}' must be a 2D (H, W) HU slice, got shape {tuple(hu.shape)}")
             if len(self.windows) == 1:
                 # repeat, not expand: ZoomEmbedd and others write pixels per channel.
                 d[key] = _window(hu, *WINDOWS[self.windows[0]]).repeat(3, 1, 1)
@@ -96,14 +89,9 @@ def _parse_boxes(roi: Any, height: int, width: int) -> list[list[int]]:
     for x0, y0, x1, y1 in boxes:
         box = [x0, y0, x1, y1]
         if x1 <= x0 or y1 <= y0:
-            raise ValueError(
-                f"ROI box {box} is empty (need x0 < x1 and y0 < y1) "
-                f"in the {height}×{width} (H×W) slice"
-            )
+            raise ValueError(f"ROI box {box} is empty (need x0 < x1 and y0 < y1) in the {height}×{width} (H×W) slice")
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            raise ValueError(
-                f"ROI box {box} is outside the {height}×{width} (H×W) slice"
-            )
+            raise ValueError(f"ROI box {box} is outside the {height}×{width} (H×W) slice")
     return boxes
 
 
@@ -115,9 +103,7 @@ def _crop_range(lo: int, hi: int, side: int, size: int) -> tuple[int, int]:
     return start, start + side
 
 
-def _draw_rect(
-    img: torch.Tensor, box: Sequence[int], color: torch.Tensor, width: int
-) -> None:
+def _draw_rect(img: torch.Tensor, box: Sequence[int], color: torch.Tensor, width: int) -> None:
     """Paint a `width`-px frame on the border pixels inside `box`, in place."""
     x0, y0, x1, y1 = box
     c = color[:, None, None]
@@ -171,9 +157,7 @@ class ZoomEmbedd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if layout not in ("inset", "side_by_side"):
-            raise ValueError(
-                f"layout must be 'inset' or 'side_by_side', got {layout!r}"
-            )
+            raise ValueError(f"layout must be 'inset' or 'side_by_side', got {layout!r}")
         if margin < 0:
             raise ValueError(f"margin must be ≥ 0, got {margin}")
         if min_crop < 1:

@@ -4,6 +4,17 @@ Ground truth comes only from what ``datamodules/ctrate.py`` reads: labels CSV (p
 and lesion masks (slice, ROI, side, size, count). Volumes without masks get anatomy ROIs and only
 presence/abnormality questions.
 
+ROIs must not leak presence answers (the zoom embedding outlines them on the image). Every presence
+question shows exactly one box: a positive shows the largest component of its lesion on the lesion's
+best slice; a negative in a volume with masks shows a *decoy* box (with the probability that positives of
+that label in masked volumes of the split have masks) whose size and relative slice are drawn from
+those positives (a fixed plausible range if there are none), placed where the label occurs: lung fields
+by HU for lung findings, mediastinal soft tissue (aorta, heart border) for calcifications, the heart region
+for cardiomegaly / pericardial effusion. Other negatives, like maskless positives, get one anatomy box.
+Presence is balanced yes/no per label *and* per ROI kind (mask-like vs anatomy). ``roi_source`` is
+metadata only, never shown to the model: decoys are recorded as "anatomy". Count questions show one box
+per nodule on the slice on purpose (the answer is the number of lesions the model must see).
+
     python -m datamodules.vqa_builder --root data/synthetic-ctrate --seed 0
 """
 
@@ -97,6 +108,25 @@ _NORMAL = {
     "lung": "uniformly aerated parenchyma without focal abnormality",
     "heart": "a normal-sized heart without calcific foci",
 }
+# What a decoy box of a negative shows (Zoom part of the reasoning).
+_ABSENT = {
+    "Lung nodule": "aerated lung parenchyma without a nodule",
+    "Pleural effusion": "aerated lung reaching the pleura without fluid",
+    "Consolidation": "aerated lung parenchyma without opacification",
+    "Emphysema": "lung parenchyma of normal attenuation without low-density areas",
+    "Cardiomegaly": "a normal-sized cardiac silhouette",
+    "Pericardial effusion": "a normal pericardium without fluid",
+    "Arterial wall calcification": "mediastinal soft tissue and vessel wall without calcific foci",
+    "Coronary artery wall calcification": "mediastinal soft tissue and heart border without calcific foci",
+}
+_CALCIFIC = {"Arterial wall calcification", "Coronary artery wall calcification"}
+# Decoy (width, height) px and relative slice range when a split has no masked positive of the label.
+_DECOY_FALLBACK: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {
+    "Lung nodule": ((2, 6), (0.15, 0.8)),
+    "Arterial wall calcification": ((1, 2), (0.0, 1.0)),
+    "Coronary artery wall calcification": ((1, 2), (0.15, 0.4)),
+    "Cardiomegaly": ((30, 50), (0.15, 0.4)),
+}
 
 
 def label_of(text: str) -> str | None:
@@ -116,6 +146,58 @@ def _boxes(mask2d: np.ndarray) -> list[list[int]]:
 
 def _best_slice(mask3d: np.ndarray) -> int:
     return int(np.argmax(mask3d.sum(axis=(0, 1))))
+
+
+def _main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
+    """(best slice, largest 2D component there in display orientation): the lesion a question is about."""
+    k = _best_slice(mask3d)
+    lab, _ = label_components(mask3d[:, :, k].T)
+    return k, lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def _heart_box(lungs: np.ndarray) -> list[int] | None:
+    """Heart region of a slice: between the lung centroids, from the lungs' anterior edge to their centroid row."""
+    lab, n = label_components(lungs)
+    if n < 2:
+        return None
+    cents = sorted((np.argwhere(lab == c).mean(axis=0) for c in range(1, n + 1)), key=lambda c: c[1])
+    x0, x1 = int(cents[0][1]), int(np.ceil(cents[-1][1]))
+    y0, y1 = bbox_of(lungs)[1], int(np.ceil(np.mean([c[0] for c in cents])))
+    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+
+def _decoy_region(label: str, slice_hu: np.ndarray) -> np.ndarray:
+    """Pixels where a decoy box of ``label`` may be centred on this slice (empty if none)."""
+    lungs = lung_mask_from_hu(slice_hu)
+    if label not in CARDIAC:
+        return lungs
+    region = np.zeros(slice_hu.shape, bool)
+    heart = _heart_box(lungs)
+    if heart is None:
+        return region
+    if label in _CALCIFIC:  # mediastinal soft tissue between the lungs: aortic wall, heart border
+        x0, x1 = heart[0], heart[2]
+        y0, y1 = bbox_of(lungs)[1], bbox_of(lungs)[3]
+        region[y0:y1, x0:x1] = True
+        return region & ~lungs & (slice_hu > -200) & (slice_hu < 300)
+    region[(heart[1] + heart[3]) // 2, (heart[0] + heart[2]) // 2] = True
+    return region
+
+
+def _place(region: np.ndarray, w: int, h: int, rng: np.random.Generator) -> list[int]:
+    """A w×h box inside the slice, wholly inside ``region`` if possible, else centred on a region pixel."""
+    height, width = region.shape
+    w, h = max(1, min(w, width)), max(1, min(h, height))
+    ii = np.pad(region.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]
+    inside = np.argwhere(sums == w * h)
+    if len(inside):
+        y0, x0 = (int(v) for v in inside[rng.integers(len(inside))])
+    else:
+        pts = np.argwhere(region)
+        cy, cx = (int(v) for v in pts[rng.integers(len(pts))])
+        y0, x0 = min(max(cy - h // 2, 0), height - h), min(max(cx - w // 2, 0), width - w)
+    return [x0, y0, x0 + w, y0 + h]
 
 
 def _zone(k: int, depth: int) -> str:
@@ -146,7 +228,7 @@ def _where(label: str, side: str, k: int, depth: int) -> str:
 
 
 def anatomy_roi(vol: Any, label: str, rng: np.random.Generator) -> tuple[int, list[list[int]], str]:
-    """(slice, boxes, region) without masks: lung fields by HU, or the cardiac region between them."""
+    """(slice, [box], region) without masks: both lung fields by HU (one box), or the cardiac region."""
     depth = vol.shape[-1]
     if label in CARDIAC:
         ks = [round(0.3 * (depth - 1))]
@@ -154,34 +236,74 @@ def anatomy_roi(vol: Any, label: str, rng: np.random.Generator) -> tuple[int, li
         ks = [int(rng.integers(round(0.3 * depth), round(0.7 * depth) + 1)), depth // 2]
     for k in ks:
         lungs = lung_mask_from_hu(axial_slice(vol, k))
-        lab, n = label_components(lungs)
-        if n == 0:
+        if not lungs.any():
             continue
         if label not in CARDIAC:
-            return k, _boxes(lungs), "lung"
-        # Heart: between the lung centroids, from the lungs' anterior edge to their centroid row.
-        cents = sorted((np.argwhere(lab == c).mean(axis=0) for c in range(1, n + 1)), key=lambda c: c[1])
-        x0, x1 = int(cents[0][1]), int(np.ceil(cents[-1][1]))
-        y0, y1 = bbox_of(lungs)[1], int(np.ceil(np.mean([c[0] for c in cents])))
-        if n >= 2 and x1 > x0 and y1 > y0:
-            return k, [[x0, y0, x1, y1]], "heart"
+            return k, [bbox_of(lungs)], "lung"
+        heart = _heart_box(lungs)
+        if heart is not None:
+            return k, [heart], "heart"
     k = depth // 2
     return k, [bbox_of(axial_slice(vol, k) > -500)], "heart" if label in CARDIAC else "lung"
+
+
+def _by_label(findings: list[Finding], masks: np.ndarray | None) -> dict[str, list[tuple[Finding, np.ndarray]]]:
+    out: dict[str, list[tuple[Finding, np.ndarray]]] = {}
+    for f in findings:
+        label = label_of(f.text)
+        if label is not None and masks is not None and masks[f.index].any():
+            out.setdefault(label, []).append((f, masks[f.index]))
+    return out
+
+
+class _PositiveStats:
+    """Per label, over the masked volumes of a split: positive main-lesion boxes, and how often positives
+    have a mask (the probability that a negative there gets a decoy box)."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[str, list[list[tuple[int, int, float]]]] = {}  # per volume: (w, h, k / (depth - 1))
+        self.masked: Counter = Counter()
+        self.unmasked: Counter = Counter()
+
+    def add(self, present: list[str], by_label: Mapping[str, list[tuple[Finding, np.ndarray]]]) -> None:
+        for label in present:
+            if label not in by_label:
+                self.unmasked[label] += 1
+                continue
+            self.masked[label] += 1
+            views = []
+            for _, m in by_label[label]:
+                k, comp = _main_lesion(m)
+                x0, y0, x1, y1 = bbox_of(comp)
+                views.append((x1 - x0, y1 - y0, k / max(m.shape[-1] - 1, 1)))
+            self.boxes.setdefault(label, []).append(views)
+
+    def p_decoy(self, label: str) -> float:
+        total = self.masked[label] + self.unmasked[label]
+        return self.masked[label] / total if total else 0.0
+
+    def sample(self, label: str, rng: np.random.Generator) -> tuple[int, int, float]:
+        """(w, h, relative slice) of a random positive of ``label``, or from the fixed fallback range."""
+        pool = self.boxes.get(label)
+        if pool:
+            views = pool[int(rng.integers(len(pool)))]
+            return views[int(rng.integers(len(views)))]
+        (lo, hi), (f0, f1) = _DECOY_FALLBACK.get(label, ((4, 20), (0.2, 0.8)))
+        w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+        return w, h, float(rng.uniform(f0, f1))
 
 
 class _VolumeQuestions:
     """All candidate questions of one volume (negatives are subsampled later, per label)."""
 
-    def __init__(self, split: str, row: Mapping[str, Any], vol: Any, findings: list[Finding], masks, rng):
-        self.split, self.row, self.vol, self.rng = split, row, vol, rng
+    def __init__(self, split: str, row: Mapping[str, Any], vol: Any, findings: list[Finding], masks, rng, stats):
+        self.split, self.row, self.vol, self.rng, self.stats = split, row, vol, rng, stats
         self.name = str(row["VolumeName"])
         self.depth = vol.shape[-1]
+        self.has_masks = masks is not None
         self.records: list[dict[str, Any]] = []
-        self.by_label: dict[str, list[tuple[Finding, np.ndarray]]] = {}
-        for f in findings:
-            label = label_of(f.text)
-            if label is not None and masks is not None and masks[f.index].any():
-                self.by_label.setdefault(label, []).append((f, masks[f.index]))
+        self.roi_kind: dict[str, str] = {}  # presence id -> "mask" (mask or decoy box) or "anatomy"
+        self.by_label = _by_label(findings, masks)
 
     def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why):
         rec = {
@@ -203,28 +325,49 @@ class _VolumeQuestions:
         self.records.append(rec)
 
     def positive_view(self, label: str) -> tuple[int, list[list[int]], str, str]:
-        """(slice, boxes, roi_source, reasoning) for a present label: its mask if any, else anatomy."""
+        """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked, else anatomy."""
         if label in self.by_label:
             finding, m = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
-            k = _best_slice(m)
-            sl = m[:, :, k].T
-            side = _side(sl, _midline(axial_slice(self.vol, k)))
+            k, comp = _main_lesion(m)
+            side = _side(comp, _midline(axial_slice(self.vol, k)))
             where = _where(label, side, k, self.depth)
-            return k, _boxes(sl), "mask", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
+            return k, [bbox_of(comp)], "mask", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
         k, boxes, region = anatomy_roi(self.vol, label, self.rng)
         where = "cardiac region" if region == "heart" else "both lung fields"
         return k, boxes, "anatomy", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
 
+    def decoy_view(self, label: str) -> tuple[int, list[list[int]], str] | None:
+        """(slice, [box], reasoning) of a lesion-like box where ``label`` would be; None if no slice fits."""
+        for _ in range(8):
+            w, h, frac = self.stats.sample(label, self.rng)
+            k = min(max(round(frac * (self.depth - 1)), 0), self.depth - 1)
+            slice_hu = axial_slice(self.vol, k)
+            region = _decoy_region(label, slice_hu)
+            if region.any():
+                box = _place(region, w, h, self.rng)
+                spot = np.zeros(region.shape, bool)
+                spot[box[1] : box[3], box[0] : box[2]] = True
+                where = _where(label, _side(spot, _midline(slice_hu)), k, self.depth)
+                return k, [box], f"Global: {where}. Zoom: {_ABSENT.get(label, 'no ' + label.lower())}."
+        return None
+
     def presence(self, label: str, present: bool) -> None:
         question = f"Is there {_phrase(label)} in this CT slice?"
+        decoy = None
+        if not present and self.has_masks and self.rng.random() < self.stats.p_decoy(label):
+            decoy = self.decoy_view(label)
         if present:
             k, boxes, source, why = self.positive_view(label)
+            kind = source
+        elif decoy is not None:
+            (k, boxes, why), source, kind = decoy, "anatomy", "mask"  # looks like a mask ROI; source is metadata
         else:
             k, boxes, region = anatomy_roi(self.vol, label, self.rng)
             place = "cardiac region" if region == "heart" else "both lung fields"
             why = f"Global: {place}, {_zone(k, self.depth)} level. Zoom: {_NORMAL[region]}."
-            source = "anatomy"
+            source = kind = "anatomy"
         self.add("presence", question, "yes" if present else "no", ["yes", "no"], k, boxes, source, label, why)
+        self.roi_kind[self.records[-1]["id"]] = kind
 
     def abnormality(self, present: list[str], askable: list[str]) -> None:
         masked = [lb for lb in present if lb in self.by_label] or present
@@ -310,22 +453,37 @@ def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
     grounding = load_grounding(root)
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     askable = [lb for lb in CTRATE_LABELS if df[lb].sum() > 0]
+    rows = df.to_dict("records")
+
+    def masks_of(row: Mapping[str, Any], findings: list[Finding]) -> np.ndarray | None:
+        path = paths.lesion_mask(row["VolumeName"])
+        if not findings or not path.is_file():
+            return None
+        masks = load_lesion_mask(path, row)
+        if masks.shape[0] <= max(f.index for f in findings):
+            raise BadSampleError(
+                f"{display_path(path)}: {masks.shape[0]} channels but findings index up to {findings[-1].index}"
+            )
+        return masks
+
+    # Pass 1 (masks only): what positives' ROIs look like, so negatives' decoys can look the same.
+    stats = _PositiveStats()
+    for row in rows:
+        findings = grounding.get(row["VolumeName"], [])
+        masks = masks_of(row, findings)
+        if masks is not None:
+            stats.add([lb for lb in askable if row[lb] == 1], _by_label(findings, masks))
     records: list[dict[str, Any]] = []
-    for row in df.to_dict("records"):
+    roi_kind: dict[str, str] = {}
+    for row in rows:
         name = row["VolumeName"]
         vol = load_ct_volume(paths.volume(name), row)
         findings = grounding.get(name, [])
-        masks = None
-        if findings and paths.lesion_mask(name).is_file():
-            masks = load_lesion_mask(paths.lesion_mask(name), row)
+        masks = masks_of(row, findings)
+        if masks is not None and masks.shape[1:] != tuple(vol.shape[1:]):
             where = display_path(paths.lesion_mask(name))
-            if masks.shape[1:] != tuple(vol.shape[1:]):
-                raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
-            if masks.shape[0] <= max(f.index for f in findings):
-                raise BadSampleError(
-                    f"{where}: {masks.shape[0]} channels but findings index up to {findings[-1].index}"
-                )
-        vq = _VolumeQuestions(split, row, vol, findings, masks, rng)
+            raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
+        vq = _VolumeQuestions(split, row, vol, findings, masks, rng, stats)
         present = [lb for lb in askable if row[lb] == 1]
         # Labels with a mask but 0 in the labels CSV are ambiguous: never asked as negatives.
         for label in askable:
@@ -336,23 +494,27 @@ def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
         if masks is not None:
             vq.mask_questions(tuple(float(s) for s in vol.pixdim[:2]))
         records += vq.records
-    return _balance_presence(records, rng)
+        roi_kind |= vq.roi_kind
+    return _balance_presence(records, rng, roi_kind)
 
 
-def _balance_presence(records: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Keep as many 'no' as 'yes' per label (all positives kept while negatives suffice)."""
+def _balance_presence(
+    records: list[dict[str, Any]], rng: np.random.Generator, roi_kind: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Keep as many 'no' as 'yes' per label and ROI kind (all positives kept while negatives suffice).
+
+    ``roi_kind`` maps presence ids to "mask" (mask or decoy box) / "anatomy"; balancing within each kind
+    keeps the kind of box from predicting the answer.
+    """
+    roi_kind = roi_kind or {}
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for r in records:
+        if r["question_type"] == "presence":
+            group = groups.setdefault((r["abnormality"], roi_kind.get(r["id"], "anatomy")), {"yes": [], "no": []})
+            group[r["answer"]].append(r["id"])
     drop: set[str] = set()
-    for label in {r["abnormality"] for r in records if r["question_type"] == "presence"}:
-        yes = [
-            r["id"]
-            for r in records
-            if r["question_type"] == "presence" and r["abnormality"] == label and r["answer"] == "yes"
-        ]
-        no = [
-            r["id"]
-            for r in records
-            if r["question_type"] == "presence" and r["abnormality"] == label and r["answer"] == "no"
-        ]
+    for key in sorted(groups):
+        yes, no = groups[key]["yes"], groups[key]["no"]
         if len(no) > len(yes):
             drop |= set(rng.choice(no, size=len(no) - len(yes), replace=False).tolist())
         elif len(yes) > len(no):

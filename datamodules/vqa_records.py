@@ -79,7 +79,9 @@ def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BadSampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-                records.append(_check_record(record, where))
+                record = _check_record(record, where)
+                record["_where"] = where  # kept so later errors (volume, ROI) can name the line too
+                records.append(record)
             except BadSampleError as e:
                 if not skip_bad:
                     raise

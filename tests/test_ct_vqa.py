@@ -1,0 +1,124 @@
+"""The CT-VQA datamodule (datamodules/ct_vqa.py): batches, label masking, splits and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from datamodules.collate import IGNORE_INDEX
+from datamodules.ct_vqa import CTVQADataModule, SyntheticData, ZoomSpec
+from datamodules.ctrate import BadSampleError
+
+
+def make(root: Path, model_dir: Path, **kwargs) -> CTVQADataModule:
+    dm = CTVQADataModule(data_dir=str(root), processor_path=str(model_dir), num_workers=0, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture
+def root_copy(tmp_path, synthetic_root) -> Path:
+    return Path(shutil.copytree(synthetic_root, tmp_path / "ctrate"))
+
+
+def test_batch_shapes_and_only_the_answer_is_supervised(synthetic_root, tiny_model_dir):
+    dm = make(synthetic_root, tiny_model_dir, batch_size=3, zoom=ZoomSpec())
+    batch = next(iter(dm.train_dataloader()))
+    b, t = batch["input_ids"].shape
+    assert b == 3 and batch["labels"].shape == (b, t) and batch["mm_token_type_ids"].shape == (b, t)
+    assert batch["prompt_input_ids"].shape[0] == b and batch["image_grid_thw"].shape == (b, 3)
+    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
+    tok = dm.processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    for row in range(b):
+        supervised = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        text = tok.decode(supervised)
+        answer = batch["meta"][row]["answer"]
+        assert text.startswith("<think>") and text.endswith(f"<answer>{answer}</answer><|im_end|>")
+        assert image_id not in supervised.tolist()
+        # prompt ids end exactly where the supervised answer begins
+        n_prompt = int(batch["prompt_attention_mask"][row].sum())
+        full = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        assert torch.equal(full[:n_prompt], batch["prompt_input_ids"][row][-n_prompt:])
+
+
+def test_zoom_off_and_side_by_side_change_the_image(synthetic_root, tiny_model_dir):
+    record = make(synthetic_root, tiny_model_dir, max_samples=1).datasets["train"].records[0]
+    images = {}
+    for name, zoom in {"none": None, "inset": ZoomSpec(), "side": ZoomSpec(layout="side_by_side")}.items():
+        ds = make(synthetic_root, tiny_model_dir, zoom=zoom, max_samples=1).datasets["train"]
+        images[name] = ds.image(record)
+        assert ("inset" in ds.system_prompt) == (name == "inset")
+    assert images["none"].shape == images["inset"].shape == (3, 112, 112)
+    assert images["side"].shape == (3, 56, 112)  # longest side = image_size
+    assert not torch.equal(images["none"], images["inset"])
+
+
+def test_patients_never_cross_splits(synthetic_root, tiny_model_dir):
+    dm = make(synthetic_root, tiny_model_dir, val_fraction=0.3)
+    patients = {name: {r["patient_id"] for r in ds.records} for name, ds in dm.datasets.items()}
+    assert patients["train"] and patients["val"] and patients["test"]
+    assert not patients["train"] & patients["val"] and not (patients["train"] | patients["val"]) & patients["test"]
+
+
+def _rewrite_first_record(root: Path, **changes) -> dict:
+    path = root / "vqa" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    record = {**json.loads(lines[0]), **changes}
+    path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    return record
+
+
+def _first_index(dm: CTVQADataModule, record_id: str) -> tuple[str, int]:
+    for split, ds in dm.datasets.items():
+        for i, r in enumerate(ds.records):
+            if r["id"] == record_id:
+                return split, i
+    raise AssertionError(record_id)
+
+
+def test_corrupt_nifti_names_the_file_or_is_skipped(root_copy, tiny_model_dir):
+    record = _rewrite_first_record(root_copy)
+    from datamodules.ctrate import CTRATEPaths
+
+    volume = CTRATEPaths(root_copy, "train").volume(record["volume_name"])
+    volume.write_bytes(b"\x1f\x8b not really gzip")
+    dm = make(root_copy, tiny_model_dir, val_fraction=0.0)
+    split, i = _first_index(dm, record["id"])
+    with pytest.raises(BadSampleError, match=record["volume_name"]):
+        dm.datasets[split][i]
+    skipping = make(root_copy, tiny_model_dir, val_fraction=0.0, skip_bad_samples=True)
+    assert skipping.datasets[split][i] is None
+    assert len(skipping.skipped_samples()[split]) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [({"roi": [[0, 0, 500, 20]]}, "field 'roi'"), ({"slice_index": 999}, "field 'slice_index'")],
+)
+def test_roi_or_slice_outside_the_volume_names_line_and_field(root_copy, tiny_model_dir, changes, fragment):
+    record = _rewrite_first_record(root_copy, **changes)
+    dm = make(root_copy, tiny_model_dir, val_fraction=0.0)
+    split, i = _first_index(dm, record["id"])
+    with pytest.raises(BadSampleError) as err:
+        dm.datasets[split][i]
+    assert "train.jsonl line 1" in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_csv_column_is_a_clear_error(root_copy, tiny_model_dir):
+    meta = root_copy / "dataset" / "metadata" / "train_metadata.csv"
+    pd.read_csv(meta).drop(columns=["RescaleSlope"]).to_csv(meta, index=False)
+    with pytest.raises(BadSampleError, match="train_metadata.csv: missing column 'RescaleSlope'"):
+        make(root_copy, tiny_model_dir)
+
+
+def test_missing_data_dir_is_generated_when_synthetic_is_asked_for(tmp_path, tiny_model_dir):
+    dm = make(tmp_path / "fresh", tiny_model_dir, synthetic=SyntheticData(n=6, seed=1))
+    assert (tmp_path / "fresh" / "vqa" / "train.jsonl").is_file()
+    assert len(dm.datasets["train"]) > 0
