@@ -13,6 +13,18 @@ import torch
 from lightning_modules.model_loading import load_processor, unwrap_base
 
 
+def load_checkpoint_file(ckpt_path: str | Path) -> dict:
+    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or the folder a sharded (FSDP2) run writes."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_dir():
+        return torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(ckpt_path, Path(tmp) / "full.ckpt")
+        return torch.load(Path(tmp) / "full.ckpt", map_location="cpu", weights_only=False)
+
+
 def export_hf_model(module: L.LightningModule, ckpt_path: str | Path | None, out_dir: str | Path) -> Path:
     """Load ``ckpt_path`` (if given) into ``module`` and save its model + processor to ``out_dir``.
 
@@ -23,8 +35,7 @@ def export_hf_model(module: L.LightningModule, ckpt_path: str | Path | None, out
     out_dir = Path(out_dir)
     module.configure_model()
     if ckpt_path is not None:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(load_checkpoint_file(ckpt_path)["state_dict"])
     model = unwrap_base(module.model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
