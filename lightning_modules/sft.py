@@ -45,7 +45,7 @@ class SFTModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
         min_lr_ratio: float = 0.1,
-        max_new_tokens: int = 48,
+        max_new_tokens: int = 64,
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
@@ -132,7 +132,7 @@ class SFTModule(L.LightningModule):
         results = self.val_accuracy.compute()
         self.val_accuracy.reset()
         for name, value in results.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", sync_dist=False)
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", sync_dist=True)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self.val_accuracy.print_report(results, title=f"{prefix} (epoch {self.current_epoch})")
 

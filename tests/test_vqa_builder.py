@@ -99,3 +99,26 @@ def test_label_of_keywords():
     assert label_of("Bilateral pleural effusion") == "Pleural effusion"
     assert label_of("Coronary artery wall calcification") == "Coronary artery wall calcification"
     assert label_of("Calcified plaques in the wall of the aorta") == "Arterial wall calcification"
+
+
+@pytest.mark.parametrize(
+    "labels", [("Lung nodule",), ("Arterial wall calcification", "Coronary artery wall calcification")]
+)
+def test_presence_roi_does_not_leak_the_answer(built, labels):
+    """Yes and no presence questions of a local label show one box each, of similar size on average."""
+    _, _, recs = built
+    presence = [r for rs in recs.values() for r in rs if r["question_type"] == "presence"]
+    assert presence and all(len(r["roi"]) == 1 for r in presence)
+    for label in labels:
+        areas = {
+            answer: [
+                (x1 - x0) * (y1 - y0)
+                for r in presence
+                if r["abnormality"] == label and r["answer"] == answer
+                for x0, y0, x1, y1 in r["roi"]
+            ]
+            for answer in ("yes", "no")
+        }
+        assert areas["yes"] and areas["no"], label
+        yes, no = (sum(a) / len(a) for a in (areas["yes"], areas["no"]))
+        assert max(yes, no) / min(yes, no) < 1.5, (label, yes, no)
