@@ -10,9 +10,6 @@ calls that load a real ``Qwen2.5-VL-3B-Instruct`` directory. Nothing is download
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +24,7 @@ from transformers import (
 )
 
 from datamodules.ctrate import CTRATE_LABELS
+from lightning_modules.model_loading import save_model_dir
 
 # Qwen2.5-VL's own special tokens, in its order, so prompts render exactly as for the real model.
 QWEN_SPECIAL_TOKENS = (
@@ -213,17 +211,7 @@ def build_embedded_model(out: Path, seed: int = 0, hidden_size: int = 128, num_l
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = [config.text_config.eos_token_id]
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_model_dir(model, processor, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from lightning_modules.model_loading import load_processor, unwrap_base
+from lightning_modules.model_loading import load_processor, save_model_dir, unwrap_base
 
 
 def load_checkpoint_file(ckpt_path: str | Path) -> dict:
@@ -29,22 +27,9 @@ def export_hf_model(module: L.LightningModule, ckpt_path: str | Path | None, out
     """Load ``ckpt_path`` (if given) into ``module`` and save its model + processor to ``out_dir``.
 
     The result loads with ``from_pretrained(out_dir)`` like any checkpoint, so GRPO, evaluation and
-    inference start from it. Written to a temporary sibling folder and renamed, so a crash never
-    leaves a half-written model directory behind.
+    inference start from it; it is written atomically (``save_model_dir``).
     """
-    out_dir = Path(out_dir)
     module.configure_model()
     if ckpt_path is not None:
         module.load_state_dict(load_checkpoint_file(ckpt_path)["state_dict"])
-    model = unwrap_base(module.model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        load_processor(module.hparams.model_path).save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return save_model_dir(unwrap_base(module.model), load_processor(module.hparams.model_path), out_dir)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,3 +94,23 @@ def unwrap_base(model: torch.nn.Module) -> PreTrainedModel:
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
     return model
+
+
+def save_model_dir(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path) -> Path:
+    """Save model + processor as a Hugging Face model directory, atomically.
+
+    Written to a temporary sibling folder and renamed into place, so a crash never leaves a half-written
+    model directory that a later run would load.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
