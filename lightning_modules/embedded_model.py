@@ -10,10 +10,11 @@ calls that load a real ``Qwen2.5-VL-3B-Instruct`` directory. Nothing is download
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -88,7 +89,7 @@ def _train_bpe(vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(pattern=_regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(pattern=Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -106,19 +107,10 @@ def _train_bpe(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def _regex(pattern: str):
-    from tokenizers import Regex
-
-    return Regex(pattern)
-
-
 def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
     """A byte-level BPE tokenizer with Qwen2.5-VL's special tokens and chat conventions."""
     bpe = _train_bpe(vocab_size)
-    state = bpe.model.__getstate__()
-    import json
-
-    model_state = json.loads(state)
+    model_state = json.loads(bpe.model.__getstate__())
     tokenizer = Qwen2Tokenizer(
         vocab=model_state["vocab"],
         merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model_state["merges"]],

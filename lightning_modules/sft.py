@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
 from datamodules.collate import IGNORE_INDEX
 from datamodules.vqa_records import QUESTION_TYPES
@@ -57,7 +56,6 @@ class SFTModule(L.LightningModule):
         self.hparams.lora = lora
         self.model: torch.nn.Module | None = None
         self.val_accuracy = VQAAccuracy(QUESTION_TYPES)
-        self.train_token_accuracy = MeanMetric()
 
     def prepare_data(self) -> None:
         """Build the embedded tiny model if it is configured and missing (rank 0, before any setup)."""
