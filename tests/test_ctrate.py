@@ -19,14 +19,13 @@ from datamodules.ctrate import (
     read_csv_checked,
     read_split,
 )
-from datamodules.synthetic_ctrate import INTERCEPT, SHAPE, generate, make_phantom
+from datamodules.synthetic_ctrate import INTERCEPT, SHAPE, make_phantom
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn")
-    generate(root, n=6, seed=0)
-    return root
+@pytest.fixture
+def synth(synthetic_root):
+    """The session's synthetic CT-RATE (conftest.py); these tests only read it."""
+    return synthetic_root
 
 
 def _first(root):
