@@ -6,6 +6,9 @@ import re
 from collections.abc import Sequence
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_TAG_RE = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
+# Hyphen, non-breaking hyphen, figure dash, en dash, em dash, minus: options are written with "–", models type "-".
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212", "-"))
 _YES = {"yes", "y", "true", "present", "positive"}
 _NO = {"no", "n", "false", "absent", "negative", "none"}
 
@@ -13,15 +16,21 @@ _NO = {"no", "n", "false", "absent", "negative", "none"}
 def extract_answer(text: str) -> str | None:
     """The text inside the last ``<answer>…</answer>``; None when there is none.
 
-    The last one, because a model that revises itself writes the final answer last.
+    The last one, because a model that revises itself writes the final answer last. Tags match in any case;
+    ``rewards.format`` is the place that insists on lowercase.
     """
     found = _ANSWER_RE.findall(text)
     return found[-1].strip() if found else None
 
 
+def contains_tag(text: str) -> bool:
+    """Whether ``text`` holds a think/answer tag (in any case), e.g. the inner tag of a nested answer."""
+    return _TAG_RE.search(text) is not None
+
+
 def normalize_answer(text: str) -> str:
-    """Case, surrounding punctuation and whitespace folded; yes/no synonyms mapped to yes/no."""
-    norm = " ".join(text.lower().split()).strip(" .,;:!?\"'")
+    """Case, dashes, surrounding punctuation/markdown and whitespace folded; yes/no synonyms mapped to yes/no."""
+    norm = " ".join(text.lower().translate(_DASHES).split()).strip(" .,;:!?\"'*`")
     if norm in _YES:
         return "yes"
     if norm in _NO:
@@ -30,7 +39,12 @@ def normalize_answer(text: str) -> str:
 
 
 def match_option(answer: str | None, options: Sequence[str]) -> str | None:
-    """Map an answer to one of the options: by normalised text, or by option letter ("B", "(b)", "B. …")."""
+    """Map an answer to one of the options: by normalised text, or by option letter ("B", "(b)", "B. …").
+
+    The whole answer must be one option, so a list of options ("yes and no") or a splice of two
+    ("large (5–10 mm)") maps to None, as does a letter whose text names another option ("A. right lung").
+    Text is tried before letters, so an option whose text is a letter keeps its meaning.
+    """
     if answer is None:
         return None
     norm = normalize_answer(answer)
