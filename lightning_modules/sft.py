@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
-import lightning as L
 import torch
 
 from datamodules.collate import IGNORE_INDEX
-from datamodules.vqa_records import QUESTION_TYPES
-from lightning_modules.model_loading import LoRASpec, ensure_model_dir, load_model, load_processor
-from lightning_modules.schedules import warmup_cosine
-from lightning_modules.vqa_eval import VQAAccuracy, generate_answers
-
-log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from lightning_modules.model_loading import LoRASpec
+from lightning_modules.policy import PolicyModule
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(PolicyModule):
     """SFT of a Qwen2.5-VL model on CT-VQA.
 
     Args:
@@ -54,32 +46,6 @@ class SFTModule(L.LightningModule):
             lora = LoRASpec(**lora)
         self.save_hyperparameters()
         self.hparams.lora = lora
-        self.model: torch.nn.Module | None = None
-        self.val_accuracy = VQAAccuracy(QUESTION_TYPES)
-
-    def prepare_data(self) -> None:
-        """Build the embedded tiny model if it is configured and missing (rank 0, before any setup)."""
-        ensure_model_dir(self.hparams.model_path, self.hparams.build_embedded_if_missing)
-
-    def configure_model(self) -> None:
-        """Load (and, under ModelParallelStrategy, shard) the model; called once on every rank."""
-        if self.model is not None:
-            return
-        path = ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False)
-        self.tokenizer = load_processor(path).tokenizer
-        self.model = load_model(
-            path,
-            lora=self.hparams.lora,
-            freeze_vision=self.hparams.freeze_vision,
-            attn_implementation=self.hparams.attn_implementation,
-            gradient_checkpointing=self.hparams.gradient_checkpointing,
-        )
-        self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
-        if getattr(self, "device_mesh", None) is not None:
-            from lightning_modules.sharding import shard_model
-
-            dtype = _DTYPES[self.hparams.fsdp_param_dtype] if self.hparams.fsdp_param_dtype else None
-            shard_model(self.model, self.device_mesh["data_parallel"], param_dtype=dtype)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits of prompt + target (the SFT view of the batch)."""
@@ -112,41 +78,6 @@ class SFTModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=size)
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
-        if not batch:
-            return
+    def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         loss, _ = self._loss(batch)
         self.log(f"{prefix}/loss", loss, batch_size=len(batch["meta"]), sync_dist=True)
-        completions = generate_answers(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
-        self.val_accuracy.update(completions, batch["meta"])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, prefix: str) -> None:
-        results = self.val_accuracy.compute()
-        self.val_accuracy.reset()
-        for name, value in results.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", sync_dist=True)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.val_accuracy.print_report(results, title=f"{prefix} (epoch {self.current_epoch})")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
-        scheduler = warmup_cosine(
-            optimizer,
-            total_steps=self.trainer.estimated_stepping_batches,
-            warmup_steps=self.hparams.warmup_steps,
-            min_lr_ratio=self.hparams.min_lr_ratio,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -10,23 +10,27 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics import Metric
 
+from lightning_modules.rollout import SamplingConfig, end_token_ids, sample_completions, special_token_ids
 from rewards.parsing import extract_answer, is_correct
 
 
 @torch.no_grad()
 def generate_answers(model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
-    """Greedy completions for the batch's prompts, decoded without special tokens."""
-    prompt = batch["prompt_input_ids"]
-    out = model.generate(
-        input_ids=prompt,
-        attention_mask=batch["prompt_attention_mask"],
-        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
+    """Greedy completions for the batch's prompts, decoded without special tokens.
+
+    The same decode loop as GRPO's rollouts (one answer per prompt, no sampling), so it is safe under FSDP2.
+    """
+    eos = end_token_ids(model, tokenizer)
+    rollout = sample_completions(
+        model,
+        batch,
+        num_generations=1,
+        sampling=SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
+        eos_token_ids=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_token_ids=special_token_ids(tokenizer, keep=eos),
     )
-    return tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
 
 class VQAAccuracy(Metric):

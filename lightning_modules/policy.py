@@ -1,0 +1,106 @@
+"""What the SFT and GRPO stages share: loading (and sharding) the policy, generating validation answers, AdamW."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from datamodules.vqa_records import QUESTION_TYPES
+from lightning_modules.model_loading import ensure_model_dir, load_model, load_processor
+from lightning_modules.schedules import warmup_cosine
+from lightning_modules.vqa_eval import VQAAccuracy, generate_answers
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class PolicyModule(L.LightningModule):
+    """Base of the training stages. Subclasses call ``save_hyperparameters()`` with at least:
+    model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, gradient_checkpointing,
+    fsdp_param_dtype, learning_rate, weight_decay, warmup_steps, min_lr_ratio, max_new_tokens.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: torch.nn.Module | None = None
+        self.val_accuracy = VQAAccuracy(QUESTION_TYPES)
+
+    def prepare_data(self) -> None:
+        """Build the embedded tiny model if it is configured and missing (rank 0, before any setup)."""
+        ensure_model_dir(self.hparams.model_path, self.hparams.build_embedded_if_missing)
+
+    def load_policy(self, path: str, reference: bool = False) -> torch.nn.Module:
+        """A model from ``path`` with this module's LoRA / freezing / attention settings, sharded under FSDP2.
+
+        ``reference=True``: a frozen, adapter-free copy in eval mode (GRPO's KL anchor under full fine-tuning).
+        """
+        model = load_model(
+            path,
+            lora=None if reference else self.hparams.lora,
+            freeze_vision=self.hparams.freeze_vision,
+            attn_implementation=self.hparams.attn_implementation,
+            gradient_checkpointing=self.hparams.gradient_checkpointing and not reference,
+        )
+        if reference:
+            model.requires_grad_(False).eval()
+        if getattr(self, "device_mesh", None) is not None:
+            from lightning_modules.sharding import shard_model
+
+            dtype = DTYPES[self.hparams.fsdp_param_dtype] if self.hparams.fsdp_param_dtype else None
+            shard_model(model, self.device_mesh["data_parallel"], param_dtype=dtype)
+        return model
+
+    def configure_model(self) -> None:
+        """Load (and, under ModelParallelStrategy, shard) the model; called once on every rank."""
+        if self.model is not None:
+            return
+        path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
+        self.tokenizer = load_processor(path).tokenizer
+        self.model = self.load_policy(path)
+        self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
+
+    def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
+        """Hook for a stage-specific loss on validation/test batches (SFT logs its cross-entropy)."""
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        if not batch:  # every sample of the batch was a skipped bad sample
+            return
+        self.eval_loss(batch, prefix)
+        completions = generate_answers(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
+        self.val_accuracy.update(completions, batch["meta"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        results = self.val_accuracy.compute()
+        self.val_accuracy.reset()
+        for name, value in results.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", sync_dist=True)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.val_accuracy.print_report(results, title=f"{prefix} (epoch {self.current_epoch})")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run (the horizon of the learning-rate schedule)."""
+        return self.trainer.estimated_stepping_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        scheduler = warmup_cosine(
+            optimizer,
+            total_steps=self.optimizer_steps(),
+            warmup_steps=self.hparams.warmup_steps,
+            min_lr_ratio=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,229 @@
+"""Grouped sampling for GRPO: one prefill per prompt and image, then a batched decode of its G completions.
+
+The decode loop is ours rather than ``model.generate`` for three reasons: the prompt's KV cache is computed once
+and repeated G times (``generate`` would prefill every copy, image included); ranks of a sharded (FSDP2) model
+must run the same number of forward passes, so they agree on when to stop; and the same function gives both the
+sampled rollouts and the greedy validation answers, so what is trained is what is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are drawn: the vocabulary of ``transformers``' generation config and TRL."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    do_sample: bool = True
+
+
+@dataclass
+class Rollout:
+    """G completions per prompt, rows grouped by prompt (rows i·G … i·G + G − 1 share prompt i)."""
+
+    completion_ids: torch.Tensor  # (N, L); after the end token: pad
+    completion_mask: torch.Tensor  # (N, L) int; 1 up to and including the first end token
+    is_truncated: torch.Tensor  # (N,) bool; no end token within max_new_tokens
+    sampling_logps: torch.Tensor  # (N, L) log-prob of each token under softmax(logits / temperature) at decode time
+    num_generations: int
+
+
+def vl_core(model: torch.nn.Module) -> torch.nn.Module:
+    """The inner ``Qwen2_5_VLModel`` (the module with ``get_rope_index``), under any LoRA/FSDP wrapping."""
+    for module in model.modules():
+        if hasattr(module, "get_rope_index"):
+            return module
+    raise TypeError(f"{type(model).__name__} has no multimodal rotary positions (get_rope_index); not a Qwen-VL model")
+
+
+def prompt_positions(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimodal rotary positions of the prompts, (3, B, T), and each prompt's next text position, (B,)."""
+    mask = batch["prompt_attention_mask"]
+    positions, _ = vl_core(model).get_rope_index(
+        batch["prompt_input_ids"],
+        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        attention_mask=mask,
+    )
+    next_position = positions.masked_fill(mask.unsqueeze(0) == 0, -1).amax(dim=(0, 2)) + 1
+    return positions, next_position
+
+
+def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """Tokens that end a completion: the chat turn's end (``<|im_end|>``) and the model's EOS ids."""
+    ids = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+def special_token_ids(tokenizer: Any, keep: Iterable[int] = ()) -> list[int]:
+    """Ids of the tokenizer's special tokens (image/video placeholders, chat markers, …) except ``keep``.
+
+    The policy must never emit these: an image placeholder in a completion would make the training forward look
+    for an image that does not exist, and rewards are computed on text.
+    """
+    ids = set(getattr(tokenizer, "all_special_ids", []))
+    ids |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+    return sorted(ids - set(keep))
+
+
+def _next_tokens(
+    logits: torch.Tensor, sampling: SamplingConfig, suppress: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    logits = logits.float()
+    if suppress is not None:
+        logits = logits.index_fill(1, suppress, -torch.inf)  # out of place: the caller logs the unmasked log-probs
+    if not sampling.do_sample:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the tokens before it already cover top_p; the most likely token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= sampling.top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -torch.inf)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _all_ranks_done(done: bool, device: torch.device) -> bool:
+    """True when every rank is done; with one process just ``done``. Sharded forwards are collectives."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return done
+    flag = torch.tensor([0 if done else 1], device=device)
+    dist.all_reduce(flag)
+    return flag.item() == 0
+
+
+@torch.no_grad()
+def sample_completions(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    num_generations: int,
+    sampling: SamplingConfig,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    suppress_token_ids: list[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch."""
+    prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    device = prompt_ids.device
+    positions, next_position = prompt_positions(model, batch)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    g = num_generations
+    cache = out.cache
+    cache.batch_repeat_interleave(g)
+    logits = out.logits[:, -1].repeat_interleave(g, dim=0)
+    attention = prompt_mask.repeat_interleave(g, dim=0)
+    next_position = next_position.repeat_interleave(g)
+    n = logits.size(0)
+    eos = torch.tensor(eos_token_ids, device=device)
+    suppress = torch.tensor(suppress_token_ids, device=device, dtype=torch.long) if suppress_token_ids else None
+
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
+    temperature = sampling.temperature if sampling.do_sample else 1.0
+    for step in range(sampling.max_new_tokens):
+        token = _next_tokens(logits, sampling, suppress, generator)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        logps.append((logits.float() / temperature).log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
+        finished |= torch.isin(token, eos)
+        if step == sampling.max_new_tokens - 1 or _all_ranks_done(bool(finished.all()), device):
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        step_positions = (next_position + step).view(1, n, 1).expand(3, n, 1)
+        logits = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+        ).logits[:, -1]
+
+    completion_ids = torch.stack(tokens, dim=1)
+    is_eos = torch.isin(completion_ids, eos)
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), completion_ids.size(1))
+    completion_mask = (torch.arange(completion_ids.size(1), device=device) <= first_eos.unsqueeze(1)).int()
+    return Rollout(completion_ids, completion_mask, ~has_eos, torch.stack(logps, dim=1), g)
+
+
+def repeat_prompts(batch: dict[str, Any], num_generations: int) -> dict[str, torch.Tensor]:
+    """The batch's prompts and images with every row repeated G times (the layout of a Rollout)."""
+    g = num_generations
+    per_image = batch["image_grid_thw"].prod(dim=-1).tolist()
+    images = torch.split(batch["pixel_values"], per_image)
+    return {
+        "prompt_input_ids": batch["prompt_input_ids"].repeat_interleave(g, dim=0),
+        "prompt_attention_mask": batch["prompt_attention_mask"].repeat_interleave(g, dim=0),
+        "prompt_mm_token_type_ids": batch["prompt_mm_token_type_ids"].repeat_interleave(g, dim=0),
+        "pixel_values": torch.cat([image for image in images for _ in range(g)]),
+        "image_grid_thw": batch["image_grid_thw"].repeat_interleave(g, dim=0),
+    }
+
+
+def completion_logits(
+    model: torch.nn.Module,
+    prompts: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits predicting each completion token, (N, L, V), from one forward pass over prompt + completion.
+
+    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row.
+    """
+    positions, next_position = prompt_positions(model, prompts)
+    steps = torch.arange(completion_ids.size(1), device=completion_ids.device)
+    completion_positions = (next_position.unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+    length = completion_ids.size(1)
+    out = model(
+        input_ids=torch.cat([prompts["prompt_input_ids"], completion_ids], dim=1),
+        attention_mask=torch.cat([prompts["prompt_attention_mask"], completion_mask], dim=1),
+        position_ids=torch.cat([positions, completion_positions], dim=2),
+        mm_token_type_ids=torch.cat([prompts["prompt_mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1),
+        pixel_values=prompts["pixel_values"],
+        image_grid_thw=prompts["image_grid_thw"],
+        use_cache=False,
+        logits_to_keep=length + 1,
+    )
+    return out.logits[:, :-1]
+
+
+def select_rows(prompts: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """Rows ``rows`` of repeated prompts, with exactly their images' patches."""
+    per_image = prompts["image_grid_thw"].prod(dim=-1)
+    offsets = torch.cat([per_image.new_zeros(1), per_image.cumsum(0)]).tolist()
+    start, stop, _ = rows.indices(per_image.numel())
+    return {
+        **{k: v[rows] for k, v in prompts.items() if k != "pixel_values"},
+        "pixel_values": prompts["pixel_values"][offsets[start] : offsets[stop]],
+    }
