@@ -172,7 +172,10 @@ class CTVQADataset(Dataset):
             "pixel_values": enc["pixel_values"],
             "image_grid_thw": enc["image_grid_thw"],
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
-            "meta": {k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+            "meta": {
+                **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+                "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
+            },
         }
 
 

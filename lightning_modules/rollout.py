@@ -78,7 +78,9 @@ def special_token_ids(tokenizer: Any, keep: Iterable[int] = ()) -> list[int]:
     for an image that does not exist, and rewards are computed on text.
     """
     ids = set(getattr(tokenizer, "all_special_ids", []))
-    ids |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+    ids |= {
+        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)
+    }
     return sorted(ids - set(keep))
 
 

@@ -1,0 +1,440 @@
+"""GRPO: G sampled completions per prompt, group-relative advantages, clipped policy loss, KL to a reference.
+
+One ``training_step`` is one rollout: sample, score, compute advantages, then ``num_iterations`` (μ) optimizer
+steps on that rollout, each accumulated over micro-batches of ``micro_batch_size`` completions. The math lives in
+``grpo_loss.py`` (TRL's definitions), the sampling in ``rollout.py``; this module wires them to Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.table import Table
+
+from lightning_modules.grpo_loss import (
+    Advantages,
+    Aggregation,
+    ImportanceSamplingLevel,
+    LossType,
+    ScaleRewards,
+    group_advantages,
+    masked_mean,
+    nanstd,
+    policy_loss,
+    token_logps_and_entropy,
+)
+from lightning_modules.model_loading import LoRASpec, ensure_model_dir
+from lightning_modules.policy import PolicyModule
+from lightning_modules.rollout import (
+    Rollout,
+    SamplingConfig,
+    completion_logits,
+    end_token_ids,
+    repeat_prompts,
+    sample_completions,
+    select_rows,
+    special_token_ids,
+)
+from rewards.accuracy import accuracy_reward
+from rewards.format import format_reward
+from rewards.parsing import is_correct
+from rewards.scoring import reward_name, score_completions
+from rewards.validity import validity_reward
+
+RewardFunc = Callable[..., Sequence[float | None]]
+
+
+class GRPOModule(PolicyModule):
+    """GRPO on CT-VQA, starting from a Hugging Face model directory (normally the SFT export).
+
+    Names and defaults follow TRL's ``GRPOConfig`` where the concept exists there.
+
+    Args:
+        model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, gradient_checkpointing,
+            fsdp_param_dtype: the policy, as in the SFT stage.
+        learning_rate, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warmup + cosine decay,
+            over optimizer steps (μ per rollout).
+        max_grad_norm: gradient clipping by global norm; null disables it.
+        num_generations: G, completions sampled per prompt.
+        max_new_tokens: completion budget (TRL's max_completion_length); also the validation answers' budget.
+        temperature, top_p, top_k: sampling of the rollouts (top_k 0 = off). Log-probs use the same temperature.
+        reward_funcs: reward callables ``(completions, **fields) -> list[float | None]``; import paths or
+            class_path + init_args in YAML. Default: accuracy, format, validity.
+        reward_weights: one weight per reward function (default all 1).
+        reward_errors: ``raise`` stops on a reward that raises or returns NaN, naming it and the sample;
+            ``none`` turns those values into None (not applicable) and logs how many there were.
+        scale_rewards: divide centred rewards by the std of the ``group``, the ``batch``, or ``none``.
+        multi_objective_aggregation: ``sum_then_normalize`` (weighted sum, then group-normalise) or
+            ``normalize_then_sum`` (normalise each reward per group, sum, then normalise over the batch).
+        loss_type: grpo, bnpo, dr_grpo or dapo, aggregated exactly as TRL does.
+        beta: weight of the k3 KL to the reference. 0 loads no reference. With LoRA the reference is the same
+            model with its adapter disabled; otherwise a frozen copy that is never saved in checkpoints.
+        epsilon, epsilon_high: clipping range [1 − epsilon, 1 + epsilon_high] (epsilon_high defaults to epsilon).
+        num_iterations: μ, optimizer steps per rollout; μ > 1 computes the rollout policy's log-probs once.
+        importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO).
+        mask_truncated_completions: completions without an end token count for nothing in the loss.
+        dynamic_sampling: DAPO's filter; groups whose rewards have no spread are left out of the loss and of
+            its normalisers (they would only add KL and dilute the token count).
+        micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
+        log_completions_every_n_steps, num_completions_to_print: a rich table of sampled completions.
+        seed: base seed of the rollout sampler; step k on rank r always draws from seed (seed, k, r), so a
+            resumed run samples what the uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "artifacts/sft-model",
+        build_embedded_if_missing: bool = False,
+        lora: LoRASpec | None = None,
+        freeze_vision: bool = False,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0,
+        max_grad_norm: float | None = 1.0,
+        num_generations: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        reward_funcs: list[RewardFunc] | None = None,
+        reward_weights: list[float] | None = None,
+        reward_errors: Literal["raise", "none"] = "raise",
+        scale_rewards: ScaleRewards = "group",
+        multi_objective_aggregation: Aggregation = "sum_then_normalize",
+        loss_type: LossType = "dapo",
+        beta: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        num_iterations: int = 1,
+        importance_sampling_level: ImportanceSamplingLevel = "token",
+        mask_truncated_completions: bool = False,
+        dynamic_sampling: bool = False,
+        micro_batch_size: int | None = None,
+        log_completions_every_n_steps: int = 20,
+        num_completions_to_print: int = 4,
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+        fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
+            lora = LoRASpec(**lora)
+        self.reward_funcs = list(reward_funcs) if reward_funcs else [accuracy_reward, format_reward, validity_reward]
+        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        weights = reward_weights if reward_weights is not None else [1.0] * len(self.reward_funcs)
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward_funcs")
+        if num_generations < 2:
+            raise ValueError("num_generations must be >= 2: advantages compare completions of the same prompt")
+        if num_iterations < 1:
+            raise ValueError("num_iterations must be >= 1")
+        # Callables are not checkpoint material (resume loads with weights_only); their names are.
+        self.save_hyperparameters(ignore=["reward_funcs"])
+        self.hparams.lora = lora
+        self.hparams.reward_names = self.reward_names
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        self.sampling = SamplingConfig(max_new_tokens, temperature, top_p, top_k, do_sample=True)
+        self.automatic_optimization = False  # one rollout feeds μ optimizer steps
+        # Kept in a list so nn.Module does not register it: never in state_dict, checkpoints or the optimizer.
+        self._reference_holder: list[torch.nn.Module] = []
+        self._generator: torch.Generator | None = None
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        if self.hparams.beta != 0.0 and self.hparams.lora is None:
+            path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
+            self._reference_holder = [self.load_policy(path, reference=True)]
+        self._eos = end_token_ids(self.model, self.tokenizer)
+        self._suppress = special_token_ids(self.tokenizer, keep=self._eos)
+
+    @property
+    def frozen_reference(self) -> torch.nn.Module | None:
+        """The frozen reference copy (full fine-tuning with beta > 0), else None."""
+        return self._reference_holder[0] if self._reference_holder else None
+
+    def on_fit_start(self) -> None:
+        if self.frozen_reference is not None:
+            self.frozen_reference.to(self.device)
+        self._generator = torch.Generator(device=self.device)
+
+    def optimizer_steps(self) -> int:
+        return self.trainer.estimated_stepping_batches * self.hparams.num_iterations
+
+    @contextmanager
+    def reference_model(self):
+        """The reference policy: the frozen copy, or (LoRA) this model with its adapter disabled."""
+        if self.frozen_reference is not None:
+            yield self.frozen_reference
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    # ---------------------------------------------------------------------------------------------- rollout
+    def rollout(self, batch: dict[str, Any]) -> tuple[Rollout, list[str]]:
+        """Sample G completions per prompt (eval mode: no dropout) and decode them without special tokens."""
+        step_seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+        self._generator.manual_seed(step_seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rollout = sample_completions(
+                self.model,
+                batch,
+                self.hparams.num_generations,
+                self.sampling,
+                eos_token_ids=self._eos,
+                pad_token_id=self.tokenizer.pad_token_id,
+                suppress_token_ids=self._suppress,
+                generator=self._generator,
+            )
+        finally:
+            self.model.train(was_training)
+        return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+
+    def reward_fields(self, batch: dict[str, Any], rollout: Rollout) -> dict[str, list]:
+        """The dataset columns of each completion's prompt, plus its token count and budget."""
+        g = self.hparams.num_generations
+        meta = [m for m in batch["meta"] for _ in range(g)]
+        fields = {key: [m.get(key) for m in meta] for key in meta[0]}
+        fields["completion_length"] = rollout.completion_mask.sum(1).tolist()
+        fields["max_completion_length"] = [self.hparams.max_new_tokens] * len(meta)
+        return fields
+
+    def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows of ``x`` stacked in rank order (identity on one process)."""
+        if self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x).reshape(-1, *x.shape[1:])
+
+    def advantages(self, rewards_per_func: torch.Tensor) -> tuple[Advantages, torch.Tensor, torch.Tensor]:
+        """Group advantages computed on the global batch (all ranks, for the batch std); returns the global
+        statistics and this rank's slice of the advantages and of the zero-spread flags."""
+        stats = group_advantages(
+            self._gather_rows(rewards_per_func),
+            self.reward_weights.to(rewards_per_func.device),
+            self.hparams.num_generations,
+            self.hparams.scale_rewards,
+            self.hparams.multi_objective_aggregation,
+        )
+        n = rewards_per_func.size(0)
+        mine = slice(self.global_rank * n, (self.global_rank + 1) * n) if self.trainer.world_size > 1 else slice(None)
+        return stats, stats.advantages[mine], stats.is_std_zero[mine]
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _logps(
+        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, rows: slice, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = rollout.completion_ids[rows]
+        logits = completion_logits(model, select_rows(prompts, rows), ids, rollout.completion_mask[rows])
+        return token_logps_and_entropy(logits, ids, self.hparams.temperature, with_entropy=with_entropy)
+
+    @torch.no_grad()
+    def _fixed_logps(
+        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, chunks: list[slice]
+    ) -> torch.Tensor:
+        """Log-probs that stay fixed over the μ updates (rollout policy, reference), in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            return torch.cat([self._logps(model, prompts, rollout, rows)[0] for rows in chunks])
+        finally:
+            model.train(was_training)
+
+    def _chunks(self, n: int) -> list[slice]:
+        """Micro-batches of completions; every rank runs as many as the rank with most (sharded forwards)."""
+        size = self.hparams.micro_batch_size or n
+        chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        if self.trainer.world_size > 1:
+            count = torch.tensor(len(chunks), device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            chunks += [slice(0, 0)] * (int(count) - len(chunks))  # empty: zero loss, same collectives
+        return chunks
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch:  # every sample of the batch was a skipped bad sample
+            return
+        hp = self.hparams
+        g = hp.num_generations
+        rollout, completions = self.rollout(batch)
+        fields = self.reward_fields(batch, rollout)
+        rewards_per_func, errors = score_completions(self.reward_funcs, completions, fields, on_error=hp.reward_errors)
+        rewards_per_func = rewards_per_func.to(self.device)
+        stats, advantages, zero_std = self.advantages(rewards_per_func)
+        rollout_index = self.global_step // hp.num_iterations
+
+        n = rollout.completion_ids.size(0)
+        loss_mask = rollout.completion_mask.clone()
+        if hp.mask_truncated_completions:
+            loss_mask = loss_mask * (~rollout.is_truncated).unsqueeze(1)
+        if hp.dynamic_sampling:
+            loss_mask = loss_mask * (~zero_std).unsqueeze(1)
+        num_items = loss_mask.sum().float()
+        if self.trainer.world_size > 1:
+            dist.all_reduce(num_items)
+
+        prompts = repeat_prompts(batch, g)
+        chunks = self._chunks(n)
+        old_logps = self._fixed_logps(self.model, prompts, rollout, chunks) if hp.num_iterations > 1 else None
+        ref_logps = None
+        if hp.beta != 0.0:
+            with self.reference_model() as reference:
+                ref_logps = self._fixed_logps(reference, prompts, rollout, chunks)
+
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        real_chunks = sum(1 for c in chunks if c.stop > c.start)
+        metrics: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "kl", "low", "high", "entropy")}
+        for _ in range(hp.num_iterations):
+            step_loss = torch.zeros((), device=self.device)
+            for rows in chunks:
+                empty = rows.stop <= rows.start
+                rows = slice(0, 1) if empty else rows
+                logps, entropy = self._logps(self.model, prompts, rollout, rows, with_entropy=True)
+                mask = loss_mask[rows] * (0 if empty else 1)
+                terms = policy_loss(
+                    logps,
+                    None if old_logps is None else old_logps[rows],
+                    advantages[rows],
+                    mask,
+                    loss_type=hp.loss_type,
+                    epsilon_low=hp.epsilon,
+                    epsilon_high=hp.epsilon_high if hp.epsilon_high is not None else hp.epsilon,
+                    beta=hp.beta,
+                    ref_logps=None if ref_logps is None else ref_logps[rows],
+                    importance_sampling_level=hp.importance_sampling_level,
+                    max_completion_length=hp.max_new_tokens,
+                    num_micro_batches=max(real_chunks, 1),
+                    num_items_in_batch=float(num_items),
+                    world_size=self.trainer.world_size,
+                )
+                self.manual_backward(terms.loss)
+                if empty:
+                    continue
+                step_loss += terms.loss.detach()
+                metrics["low"].append(masked_mean(terms.low_clipped, mask))
+                metrics["high"].append(masked_mean(terms.high_clipped, mask))
+                metrics["entropy"].append(masked_mean(entropy, mask))
+                if terms.per_token_kl is not None:
+                    metrics["kl"].append(masked_mean(terms.per_token_kl, mask))
+            metrics["loss"].append(step_loss)
+            if hp.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+
+        self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
+        every = hp.log_completions_every_n_steps
+        if every and self.trainer.is_global_zero and rollout_index % every == 0:
+            self._print_completions(batch, completions, rewards_per_func, advantages)
+
+    # --------------------------------------------------------------------------------------------- logging
+    def _log_step(
+        self,
+        rollout: Rollout,
+        completions: list[str],
+        fields: dict[str, list],
+        rewards_per_func: torch.Tensor,
+        stats: Advantages,
+        errors: dict[str, int],
+        metrics: dict[str, list[torch.Tensor]],
+    ) -> None:
+        """Per-step metrics with TRL's names, under ``train/``; accuracy and format rate whatever the rewards."""
+        n = len(completions)
+        correct = [
+            is_correct(c, a, o) for c, a, o in zip(completions, fields["answer"], fields["options"], strict=True)
+        ]
+        formatted = format_reward(completions, prompt_format=fields.get("prompt_format"))
+        lengths = rollout.completion_mask.sum(1).float()
+        values = {
+            "reward": torch.nanmean(stats.rewards),
+            "reward_std": nanstd(stats.rewards),
+            "accuracy": torch.tensor(sum(correct) / n),
+            "format_rate": torch.tensor(sum(formatted) / n),
+            "frac_reward_zero_std": stats.is_std_zero.float().mean(),
+            "policy_loss": torch.stack(metrics["loss"]).mean(),
+            "clip_ratio/low_mean": _mean(metrics["low"]),
+            "clip_ratio/high_mean": _mean(metrics["high"]),
+            "clip_ratio/region_mean": _mean(metrics["low"]) + _mean(metrics["high"]),
+            "entropy": _mean(metrics["entropy"]),
+            "completions/mean_length": lengths.mean(),
+            "completions/min_length": lengths.min(),
+            "completions/max_length": lengths.max(),
+            "completions/clipped_ratio": rollout.is_truncated.float().mean(),
+            "lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+        }
+        if metrics["kl"]:
+            values["kl"] = _mean(metrics["kl"])
+        for i, name in enumerate(self.reward_names):
+            values[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i])
+            values[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i])
+            if errors.get(name):
+                values[f"rewards/{name}/errors"] = torch.tensor(float(errors[name]))
+        shown = {"reward", "accuracy", "format_rate", "kl"}
+        for key, value in values.items():
+            self.log(f"train/{key}", value.float().to(self.device), prog_bar=key in shown, batch_size=n, sync_dist=True)
+
+    def _print_completions(
+        self, batch: dict[str, Any], completions: list[str], rewards_per_func: torch.Tensor, advantages: torch.Tensor
+    ) -> None:
+        g = self.hparams.num_generations
+        table = Table(title=f"GRPO completions, step {self.global_step}", show_lines=True)
+        table.add_column("question", overflow="fold", ratio=2)
+        table.add_column("answer", overflow="fold", ratio=1)
+        table.add_column("completion", overflow="fold", ratio=5)
+        for column in (*self.reward_names, "advantage"):
+            table.add_column(column, justify="right")
+        for i in range(min(self.hparams.num_completions_to_print, len(completions))):
+            meta = batch["meta"][i // g]
+            table.add_row(
+                meta["question"],
+                meta["answer"],
+                completions[i],
+                *[_fmt(v) for v in rewards_per_func[i].tolist()],
+                f"{advantages[i].item():+.2f}",
+            )
+        console = Console()
+        console.width = max(console.width, 160)  # logs to files/pipes default to 80 columns
+        console.print(table)
+
+    # --------------------------------------------------------------------------------------------- resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the global RNG states (dropout, data order) as plain types that load under ``weights_only``."""
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(states["python"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).mean() if values else torch.tensor(0.0)
+
+
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}"

@@ -1,0 +1,241 @@
+"""GRPO on the tiny model: the CLI config, reference KL, LoRA, μ > 1, resume, and failing rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from cli import main
+from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.grpo import GRPOModule
+from lightning_modules.model_loading import LoRASpec, load_model
+from lightning_modules.rollout import completion_logits, repeat_prompts
+from rewards.scoring import RewardError
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
+
+
+def vowel_reward(completions: list[str], **_) -> list[float]:
+    """A reward with spread even for the untrained tiny model (whose answers are never right): share of vowels."""
+    return [sum(c.count(v) for v in "aeiou") / max(len(c), 1) for c in completions]
+
+
+SMALL = dict(
+    num_generations=4,
+    max_new_tokens=8,
+    learning_rate=1e-3,
+    warmup_steps=0,
+    log_completions_every_n_steps=1,
+    reward_funcs=[vowel_reward],
+)
+
+
+def datamodule(synthetic_root: Path, model_dir: Path, **overrides) -> CTVQADataModule:
+    kwargs = dict(data_dir=str(synthetic_root), processor_path=str(model_dir), synthetic=None, num_workers=0)
+    return CTVQADataModule(**{**kwargs, "batch_size": 2, "max_samples": 8, **overrides})
+
+
+def trainer(tmp_path: Path, max_steps: int, **overrides) -> L.Trainer:
+    kwargs = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=CSVLogger(tmp_path),
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**kwargs, **overrides})
+
+
+def broken_reward(completions: list[str], **_) -> list[float]:
+    """A reward with a bug, as a user might write one."""
+    raise KeyError("answer_text")
+
+
+def fixed_logps(model: torch.nn.Module, batch: dict, completion_ids: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones_like(completion_ids)
+    with torch.no_grad():
+        logits = completion_logits(model, repeat_prompts(batch, 1), completion_ids, mask)
+    return torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tiny_model_dir):
+    run = tmp_path / "run"
+    overlay = {
+        "model": {
+            "init_args": {
+                "model_path": str(tiny_model_dir),
+                "num_generations": 4,
+                "max_new_tokens": 8,
+                "micro_batch_size": 3,  # 8 completions → micro-batches of 3, 3, 2
+                "mask_truncated_completions": False,  # 8 new tokens: most completions are truncated
+                "reward_funcs": [
+                    "rewards.accuracy.accuracy_reward",
+                    "rewards.format.format_reward",
+                    {"class_path": "rewards.penalties.LengthPenalty", "init_args": {"buffer": 4}},
+                ],
+                "reward_weights": [1.0, 0.5, 0.1],
+                "log_completions_every_n_steps": 1,
+            }
+        },
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2},
+        "trainer": {
+            "max_steps": 2,
+            "val_check_interval": 2,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "default_root_dir": str(run),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
+                }
+            ],
+        },
+    }
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    cli = main(["fit", "--config", CONFIG, "--config", str(path)])
+    assert cli.trainer.global_step == 2
+    assert cli.model.reward_names == ["accuracy_reward", "format_reward", "length_penalty"]
+    logged = cli.trainer.logged_metrics
+    for key in (
+        "train/reward",
+        "train/reward_std",
+        "train/accuracy",
+        "train/format_rate",
+        "train/kl",
+        "train/policy_loss",
+        "train/clip_ratio/low_mean",
+        "train/clip_ratio/high_mean",
+        "train/clip_ratio/region_mean",
+        "train/entropy",
+        "train/completions/mean_length",
+        "train/completions/max_length",
+        "train/completions/clipped_ratio",
+        "train/frac_reward_zero_std",
+        "train/rewards/length_penalty/mean",
+        "val/accuracy",
+        "val/format_rate",
+    ):
+        assert key in logged, key
+    assert torch.isfinite(logged["train/entropy"]) and logged["train/entropy"] > 0
+    state = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    # The frozen reference (beta > 0, full fine-tuning) is never saved: only the policy's weights are.
+    assert state["state_dict"] and all(k.startswith("model.") for k in state["state_dict"])
+
+
+def test_reference_is_fixed_and_kl_starts_at_zero(tmp_path, synthetic_root, tiny_model_dir):
+    module = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **SMALL)
+    data = datamodule(synthetic_root, tiny_model_dir)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    probe = torch.randint(0, 500, (batch["prompt_input_ids"].shape[0], 6))
+
+    first = trainer(tmp_path / "a", 1, callbacks=[], enable_checkpointing=False)
+    zero_lr = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **{**SMALL, "learning_rate": 0.0})
+    first.fit(zero_lr, datamodule=data)
+    assert first.logged_metrics["train/kl"].item() == 0.0  # policy == reference: k3 is exactly zero
+
+    fit = trainer(tmp_path / "b", 3, callbacks=[], enable_checkpointing=False)
+    fit.fit(module, datamodule=data)
+    reference = module.frozen_reference
+    before = fixed_logps(load_model(tiny_model_dir).eval(), batch, probe)
+    assert torch.equal(fixed_logps(reference, batch, probe), before)  # reference log-probs untouched
+    assert not torch.equal(fixed_logps(module.model.eval(), batch, probe), before)  # the policy moved
+    assert fit.logged_metrics["train/kl"].item() > 0.0
+
+
+def test_lora_trains_only_the_adapter_and_its_reference_is_the_base(tmp_path, synthetic_root, tiny_model_dir):
+    module = GRPOModule(model_path=str(tiny_model_dir), lora=LoRASpec(r=4, alpha=8, dropout=0.0), beta=0.1, **SMALL)
+    data = datamodule(synthetic_root, tiny_model_dir)
+    module.configure_model()
+    start = {k: v.clone() for k, v in module.model.named_parameters()}
+    trainer(tmp_path, 2, callbacks=[], enable_checkpointing=False).fit(module, datamodule=data)
+    assert module.frozen_reference is None  # no second copy: the adapter is switched off instead
+    changed = {k for k, v in module.model.named_parameters() if not torch.equal(start[k], v)}
+    assert changed and all("lora_" in k for k in changed)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    probe = torch.randint(0, 500, (batch["prompt_input_ids"].shape[0], 6))
+    base = fixed_logps(load_model(tiny_model_dir).eval(), batch, probe)
+    module.model.eval()
+    with module.reference_model() as reference:
+        assert torch.equal(fixed_logps(reference, batch, probe), base)
+    assert not torch.equal(fixed_logps(module.model, batch, probe), base)
+
+
+def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tiny_model_dir):
+    module = GRPOModule(
+        model_path=str(tiny_model_dir),
+        num_iterations=2,
+        loss_type="grpo",
+        importance_sampling_level="sequence",
+        dynamic_sampling=True,
+        mask_truncated_completions=True,
+        **SMALL,
+    )
+    fit = trainer(tmp_path, 4)
+    fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir))
+    assert fit.global_step == 4
+    assert fit.fit_loop.epoch_loop.batch_progress.total.completed == 2  # two rollouts, two updates each
+    assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 4
+
+
+class _Resumed(L.Callback):
+    """Records what a resumed run starts from."""
+
+    def on_train_start(self, trainer, module):
+        optimizer = trainer.optimizers[0]
+        self.adam_steps = {int(s["step"]) for s in optimizer.state.values()}
+        self.scheduler_epoch = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+        self.weights = {k: v.clone() for k, v in module.model.state_dict().items()}
+        self.rng = torch.get_rng_state()
+
+
+def test_resume_restores_policy_optimizer_scheduler_and_rng(tmp_path, synthetic_root, tiny_model_dir):
+    data = datamodule(synthetic_root, tiny_model_dir)
+    first = trainer(tmp_path, 2)
+    module = GRPOModule(model_path=str(tiny_model_dir), **SMALL)
+    first.fit(module, datamodule=data)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+
+    probe = _Resumed()
+    again = trainer(tmp_path, 4, callbacks=[probe, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)])
+    again.fit(GRPOModule(model_path=str(tiny_model_dir), **SMALL), datamodule=data, ckpt_path=last)
+    assert again.global_step == 4
+    assert probe.adam_steps == {2} and probe.scheduler_epoch == 2
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(probe.weights[key.removeprefix("model.")], value), key
+    assert torch.equal(probe.rng, saved["rng_states"]["torch"])
+
+
+def test_a_failing_reward_names_itself_and_the_sample(tmp_path, synthetic_root, tiny_model_dir):
+    module = GRPOModule(model_path=str(tiny_model_dir), **{**SMALL, "reward_funcs": [broken_reward]})
+    with pytest.raises(RewardError, match=r"broken_reward.*sample 0 \(id"):
+        trainer(tmp_path / "raise", 1).fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir))
+
+    from rewards.accuracy import accuracy_reward
+
+    tolerant = GRPOModule(
+        model_path=str(tiny_model_dir),
+        reward_errors="none",
+        **{**SMALL, "reward_funcs": [accuracy_reward, broken_reward]},
+    )
+    fit = trainer(tmp_path / "none", 1)
+    fit.fit(tolerant, datamodule=datamodule(synthetic_root, tiny_model_dir))
+    assert fit.logged_metrics["train/rewards/broken_reward/errors"].item() == 8  # 2 prompts × 4 completions

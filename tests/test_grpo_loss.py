@@ -1,0 +1,209 @@
+"""GRPO math against hand-computed numbers and written-out loops (TRL's definitions, term by term)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.grpo_loss import (
+    STD_EPS,
+    group_advantages,
+    nanstd,
+    per_token_kl,
+    policy_loss,
+    token_logps_and_entropy,
+)
+
+NAN = float("nan")
+
+
+def test_group_advantages_by_hand():
+    # Group 1: rewards 1, 0, 0, 1 → mean 0.5, unbiased std sqrt(1/3). Group 2: all 1 → zero spread.
+    rewards = torch.tensor([[1.0], [0.0], [0.0], [1.0], [1.0], [1.0], [1.0], [1.0]])
+    out = group_advantages(rewards, torch.tensor([1.0]), num_generations=4)
+    a = 0.5 / (math.sqrt(1 / 3) + STD_EPS)
+    torch.testing.assert_close(out.advantages, torch.tensor([a, -a, -a, a, 0, 0, 0, 0]))
+    assert out.is_std_zero.tolist() == [False] * 4 + [True] * 4
+
+
+def test_weighted_sum_then_group_normalise_and_scale_variants():
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])  # one group of 4, two functions
+    weights = torch.tensor([1.0, 0.5])
+    total = torch.tensor([1.0, 0.5, 1.5, 0.0])
+    centred = total - total.mean()
+    grouped = group_advantages(rewards, weights, 4, scale_rewards="group")
+    torch.testing.assert_close(grouped.advantages, centred / (total.std() + STD_EPS))
+    none = group_advantages(rewards, weights, 4, scale_rewards="none")
+    torch.testing.assert_close(none.advantages, centred)
+    # Batch scaling: centred per group, divided by the std of the whole batch.
+    two_groups = torch.cat([rewards, rewards + 1])
+    batch = group_advantages(two_groups, weights, 4, scale_rewards="batch")
+    all_totals = torch.cat([total, total + 1.5])
+    torch.testing.assert_close(batch.advantages, torch.cat([centred, centred]) / (all_totals.std() + STD_EPS))
+
+
+def test_none_rewards_stay_out_of_the_baseline():
+    # Function 2 does not apply to the first group's last completion; nothing applies to the second group's last.
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, NAN], [NAN, 1.0], [1.0, NAN], [NAN, NAN]])
+    out = group_advantages(rewards, torch.tensor([1.0, 1.0]), num_generations=3)
+    # Group 1 totals (nansum): 2, 0, 1 → mean 1, std 1.
+    torch.testing.assert_close(out.advantages[:3], torch.tensor([1.0, -1.0, 0.0]) / (1 + STD_EPS))
+    # Group 2 totals: 1, 1, unscorable → baseline over the two scorable ones; the unscorable one gets 0.
+    assert out.advantages[3:].tolist() == [0.0, 0.0, 0.0]
+    assert math.isnan(out.rewards[5].item())
+    assert out.is_std_zero[3].item()
+
+
+def test_normalize_then_sum_by_hand():
+    rewards = torch.tensor([[1.0, 2.0], [0.0, 2.0], [1.0, 4.0], [0.0, 0.0]])  # two groups of 2
+    out = group_advantages(rewards, torch.tensor([1.0, 1.0]), 2, aggregation="normalize_then_sum")
+    s = math.sqrt(0.5)  # unbiased std of two values 1 apart
+    per_func = torch.tensor([[0.5 / (s + STD_EPS), 0.0], [-0.5 / (s + STD_EPS), 0.0], [0.5, 2.0], [-0.5, -2.0]])
+    per_func[2:, 0] /= s + STD_EPS
+    per_func[2:, 1] /= 4 * s + STD_EPS
+    total = per_func.sum(1)
+    torch.testing.assert_close(out.advantages, (total - total.mean()) / (total.std() + STD_EPS))
+
+
+def test_nanstd_is_unbiased_and_ignores_nan():
+    x = torch.tensor([[1.0, 2.0, 3.0, NAN], [5.0, NAN, NAN, NAN]])
+    assert nanstd(x, dim=1)[0].item() == pytest.approx(1.0)
+    assert math.isnan(nanstd(x, dim=1)[1].item())  # one value: no spread estimate
+
+
+# ------------------------------------------------------------------------------------------------ policy loss
+B, T = 3, 4
+LOGPS = torch.tensor([[-1.0, -0.5, -2.0, -0.1], [-0.3, -1.2, -0.7, -3.0], [-0.9, -0.4, -1.1, -0.2]])
+# Ratios exp(logp − old): token (0,0) exp(0.5) > 1 + eps_high with A > 0 (clipped high); token (1,0) exp(−0.5)
+# < 1 − eps with A < 0 (clipped low); token (1,1) exp(0.3) > 1 + eps_high with A < 0 (not clipped: the min picks
+# the unclipped, larger loss).
+OLD = LOGPS - torch.tensor([[0.5, 0.0, -0.1, 0.05], [-0.5, 0.3, -0.01, 0.0], [0.0, -0.25, 0.25, 0.1]])
+REF = LOGPS + torch.tensor([[0.2, -0.1, 0.0, 0.3], [0.1, 0.0, -0.2, 0.5], [-0.3, 0.2, 0.1, 0.0]])
+ADV = torch.tensor([1.0, -0.5, 0.25])
+MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+EPS_LOW, EPS_HIGH, BETA, MAX_LEN = 0.2, 0.28, 0.04, 6
+
+
+def written_out_token_losses(level: str) -> list[list[float]]:
+    """Per-token loss with plain Python floats: −min(r·A, clip(r)·A) + β·k3."""
+    out = []
+    for i in range(B):
+        n = sum(MASK[i].tolist())
+        seq_log_ratio = sum((LOGPS[i, t] - OLD[i, t]).item() for t in range(T) if MASK[i, t]) / max(n, 1)
+        row = []
+        for t in range(T):
+            log_ratio = seq_log_ratio if level == "sequence" else (LOGPS[i, t] - OLD[i, t]).item()
+            r = math.exp(log_ratio)
+            clipped = min(max(r, 1 - EPS_LOW), 1 + EPS_HIGH)
+            a = ADV[i].item()
+            d = (REF[i, t] - LOGPS[i, t]).item()
+            row.append(-min(r * a, clipped * a) + BETA * (math.exp(d) - d - 1))
+        out.append(row)
+    return out
+
+
+def written_out_loss(loss_type: str, level: str = "token") -> float:
+    tok = written_out_token_losses(level)
+    m = MASK.tolist()
+    if loss_type == "grpo":
+        return sum(sum(tok[i][t] for t in range(T) if m[i][t]) / sum(m[i]) for i in range(B)) / B
+    masked_sum = sum(tok[i][t] for i in range(B) for t in range(T) if m[i][t])
+    if loss_type in ("bnpo", "dapo"):  # dapo on one rank with the whole rollout in one micro-batch
+        return masked_sum / sum(map(sum, m))
+    if loss_type == "dr_grpo":
+        return masked_sum / (B * MAX_LEN)
+    raise AssertionError(loss_type)
+
+
+def compute(loss_type: str, level: str = "token", **overrides):
+    kwargs = dict(
+        loss_type=loss_type,
+        epsilon_low=EPS_LOW,
+        epsilon_high=EPS_HIGH,
+        beta=BETA,
+        ref_logps=REF,
+        importance_sampling_level=level,
+        max_completion_length=MAX_LEN,
+        num_items_in_batch=float(MASK.sum()),
+    )
+    kwargs.update(overrides)
+    logps = LOGPS.clone().requires_grad_(True)
+    return logps, policy_loss(logps, OLD, ADV, MASK, **kwargs)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_each_loss_type_matches_the_written_out_computation(loss_type, level):
+    _, terms = compute(loss_type, level)
+    assert terms.loss.item() == pytest.approx(written_out_loss(loss_type, level), rel=1e-5)
+
+
+def test_clipping_on_both_sides_and_its_gradient():
+    logps, terms = compute("dapo", beta=0.0, ref_logps=None)
+    assert terms.high_clipped[0, 0] and not terms.high_clipped[0, 1]
+    assert terms.low_clipped[1, 0] and not terms.low_clipped[1, 1] and not terms.high_clipped[1, 1]
+    terms.loss.backward()
+    # Clipped tokens carry no policy gradient; unclipped ones carry −A·r / N.
+    assert logps.grad[0, 0].item() == 0.0 and logps.grad[1, 0].item() == 0.0
+    n = MASK.sum().item()
+    assert logps.grad[1, 1].item() == pytest.approx(0.5 * math.exp(0.3) / n, rel=1e-5)
+    assert logps.grad[0, 3].item() == 0.0  # masked-out token
+
+
+def test_micro_batch_scaling_matches_the_whole_batch():
+    """Two micro-batches accumulate to the whole batch's loss for grpo/dr_grpo/dapo (equal-sized halves)."""
+    for loss_type in ("grpo", "dr_grpo", "dapo"):
+        whole = policy_loss(
+            LOGPS[:2],
+            OLD[:2],
+            ADV[:2],
+            MASK[:2],
+            loss_type=loss_type,
+            max_completion_length=MAX_LEN,
+            num_items_in_batch=float(MASK[:2].sum()),
+        )
+        parts = sum(
+            policy_loss(
+                LOGPS[i : i + 1],
+                OLD[i : i + 1],
+                ADV[i : i + 1],
+                MASK[i : i + 1],
+                loss_type=loss_type,
+                max_completion_length=MAX_LEN,
+                num_micro_batches=2,
+                num_items_in_batch=float(MASK[:2].sum()),
+            ).loss
+            for i in range(2)
+        )
+        assert parts.item() == pytest.approx(whole.loss.item(), rel=1e-6), loss_type
+
+
+def test_on_policy_ratio_is_one_but_keeps_the_gradient():
+    logps = LOGPS.clone().requires_grad_(True)
+    terms = policy_loss(logps, None, ADV, MASK, loss_type="bnpo")
+    terms.loss.backward()
+    expected = -(ADV.unsqueeze(1) * MASK).sum() / MASK.sum()
+    assert terms.loss.item() == pytest.approx(expected.item())
+    torch.testing.assert_close(logps.grad, -(ADV.unsqueeze(1) * MASK) / MASK.sum())
+    assert not terms.low_clipped.any() and not terms.high_clipped.any()
+
+
+def test_kl_is_exactly_zero_against_itself_and_positive_otherwise():
+    assert torch.equal(per_token_kl(LOGPS, LOGPS.clone()), torch.zeros_like(LOGPS))
+    assert (per_token_kl(LOGPS, REF)[REF != LOGPS] > 0).all()
+
+
+def test_token_logps_and_entropy_follow_the_temperature():
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    logps, entropy = token_logps_and_entropy(logits, tokens, temperature=0.7)
+    expected = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logps, expected)
+    torch.testing.assert_close(entropy, torch.distributions.Categorical(logits=logits / 0.7).entropy())
+
+
+def test_unknown_loss_type_is_refused():
+    with pytest.raises(ValueError, match="loss_type"):
+        policy_loss(LOGPS, OLD, ADV, MASK, loss_type="ppo")

@@ -1,0 +1,118 @@
+"""Grouped sampling on the tiny model: one prefill per prompt, exact log-probs, end tokens and suppressed tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.grpo_loss import token_logps_and_entropy
+from lightning_modules.model_loading import load_model, load_processor
+from lightning_modules.rollout import (
+    SamplingConfig,
+    completion_logits,
+    end_token_ids,
+    repeat_prompts,
+    sample_completions,
+    select_rows,
+    special_token_ids,
+)
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root, tiny_model_dir):
+    dm = CTVQADataModule(
+        data_dir=str(synthetic_root), processor_path=str(tiny_model_dir), synthetic=None, batch_size=3, num_workers=0
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model = load_model(tiny_model_dir).eval()
+    tokenizer = load_processor(tiny_model_dir).tokenizer
+    eos = end_token_ids(model, tokenizer)
+    return model, tokenizer, batch, eos
+
+
+def test_one_prefill_per_prompt_and_image(setup):
+    model, tokenizer, batch, eos = setup
+    patches_seen = []
+    hook = model.model.visual.register_forward_pre_hook(lambda m, args: patches_seen.append(args[0].shape[0]))
+    try:
+        rollout = sample_completions(model, batch, 4, SamplingConfig(max_new_tokens=6), eos, tokenizer.pad_token_id)
+    finally:
+        hook.remove()
+    # The vision tower ran once, on the 3 prompts' images, not on 3 × 4 copies.
+    assert patches_seen == [batch["pixel_values"].shape[0]] and batch["image_grid_thw"].shape[0] == 3
+    assert rollout.completion_ids.shape == (12, 6)
+
+
+def test_decode_log_probs_equal_a_full_forward(setup):
+    """Cache, repeated rows and rotary positions in the decode loop agree with one pass over prompt + completion."""
+    model, tokenizer, batch, eos = setup
+    generator = torch.Generator().manual_seed(0)
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=50, top_p=0.9)
+    rollout = sample_completions(model, batch, 4, sampling, eos, tokenizer.pad_token_id, generator=generator)
+    logits = completion_logits(model, repeat_prompts(batch, 4), rollout.completion_ids, rollout.completion_mask)
+    logps, _ = token_logps_and_entropy(logits, rollout.completion_ids, temperature=0.7)
+    mask = rollout.completion_mask.bool()
+    torch.testing.assert_close(logps[mask], rollout.sampling_logps[mask], atol=1e-4, rtol=0)
+
+
+def test_greedy_matches_generate_and_repeats_within_the_group(setup):
+    model, tokenizer, batch, eos = setup
+    greedy = SamplingConfig(max_new_tokens=8, do_sample=False)
+    rollout = sample_completions(model, batch, 2, greedy, eos, tokenizer.pad_token_id)
+    assert torch.equal(rollout.completion_ids[0::2], rollout.completion_ids[1::2])
+    prompt = batch["prompt_input_ids"]
+    reference = model.generate(
+        input_ids=prompt,
+        attention_mask=batch["prompt_attention_mask"],
+        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )[:, prompt.shape[1] :]
+    ours = rollout.completion_ids[0::2][:, : reference.shape[1]]
+    assert torch.equal(ours, reference)
+
+
+def test_end_token_closes_the_mask_and_special_tokens_are_never_sampled(setup):
+    model, tokenizer, batch, eos = setup
+    special = special_token_ids(tokenizer, keep=eos)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in special and not set(eos) & set(special)
+    # Leave only an end token and two ordinary tokens sampleable, so completions end early and at varied steps.
+    allowed = {*eos, 30, 31}
+    suppress = [i for i in range(len(tokenizer)) if i not in allowed]
+    rollout = sample_completions(
+        model,
+        batch,
+        4,
+        SamplingConfig(max_new_tokens=16),
+        eos,
+        tokenizer.pad_token_id,
+        suppress_token_ids=suppress,
+        generator=torch.Generator().manual_seed(1),
+    )
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    for row, row_mask, truncated in zip(ids.tolist(), mask.tolist(), rollout.is_truncated.tolist(), strict=True):
+        ends = [t for t, token in enumerate(row) if token in eos]
+        if truncated:
+            assert not ends and all(row_mask)
+            continue
+        first = ends[0]
+        assert row_mask == [1] * (first + 1) + [0] * (len(row) - first - 1)
+        assert all(token == tokenizer.pad_token_id for token in row[first + 1 :])
+        assert set(row[:first]) <= {30, 31}
+    assert not rollout.is_truncated.all()
+
+
+def test_select_rows_takes_exactly_the_rows_images(setup):
+    _, _, batch, _ = setup
+    prompts = repeat_prompts(batch, 2)
+    per_image = batch["image_grid_thw"].prod(-1).tolist()
+    images = torch.split(batch["pixel_values"], per_image)
+    part = select_rows(prompts, slice(3, 5))  # second copy of prompt 1, first copy of prompt 2
+    assert torch.equal(part["pixel_values"], torch.cat([images[1], images[2]]))
+    assert torch.equal(part["prompt_input_ids"], prompts["prompt_input_ids"][3:5])
