@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 from rich.table import Table
 
@@ -154,7 +155,8 @@ class GRPOModule(PolicyModule):
         if self.model is not None:
             return
         super().configure_model()
-        if self.hparams.beta != 0.0 and self.hparams.lora is None:
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and self.hparams.beta != 0.0 and self.hparams.lora is None:
             path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
             self._reference_holder = [self.load_policy(path, reference=True)]
         self._eos = end_token_ids(self.model, self.tokenizer)
@@ -243,66 +245,94 @@ class GRPOModule(PolicyModule):
 
     @torch.no_grad()
     def _fixed_logps(
-        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, chunks: list[slice]
+        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, chunks: list[slice], padding: int
     ) -> torch.Tensor:
         """Log-probs that stay fixed over the μ updates (rollout policy, reference), in eval mode."""
         was_training = model.training
         model.eval()
         try:
-            return torch.cat([self._logps(model, prompts, rollout, rows)[0] for rows in chunks])
+            logps = torch.cat([self._logps(model, prompts, rollout, rows)[0] for rows in chunks])
+            for _ in range(padding):  # discarded: only keeps this rank's sharded forwards in step with the others
+                self._logps(model, prompts, rollout, slice(0, 1))
+            return logps
         finally:
             model.train(was_training)
 
-    def _chunks(self, n: int) -> list[slice]:
-        """Micro-batches of completions; every rank runs as many as the rank with most (sharded forwards)."""
+    def _chunks(self, n: int) -> tuple[list[slice], int]:
+        """Micro-batches of ``micro_batch_size`` completions, and how many zero-weight passes this rank adds so
+        that every rank runs as many sharded forward/backward passes as the busiest one."""
         size = self.hparams.micro_batch_size or n
         chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        if self.trainer.world_size == 1:
+            return chunks, 0
+        count = torch.tensor(len(chunks), device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return chunks, int(count) - len(chunks)
+
+    def _loss_mask(self, rollout: Rollout, zero_std: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Which completion tokens count in the loss, and how many do on all ranks (dapo's normaliser)."""
+        mask = rollout.completion_mask.clone()
+        if self.hparams.mask_truncated_completions:
+            mask = mask * (~rollout.is_truncated).unsqueeze(1)
+        if self.hparams.dynamic_sampling:
+            mask = mask * (~zero_std).unsqueeze(1)
+        num_items = mask.sum().float()
         if self.trainer.world_size > 1:
-            count = torch.tensor(len(chunks), device=self.device)
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
-            chunks += [slice(0, 0)] * (int(count) - len(chunks))  # empty: zero loss, same collectives
-        return chunks
+            dist.all_reduce(num_items)
+        return mask, float(num_items)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch:  # every sample of the batch was a skipped bad sample
             return
         hp = self.hparams
-        g = hp.num_generations
+        rollout_index = self.global_step // hp.num_iterations
         rollout, completions = self.rollout(batch)
         fields = self.reward_fields(batch, rollout)
         rewards_per_func, errors = score_completions(self.reward_funcs, completions, fields, on_error=hp.reward_errors)
         rewards_per_func = rewards_per_func.to(self.device)
         stats, advantages, zero_std = self.advantages(rewards_per_func)
-        rollout_index = self.global_step // hp.num_iterations
+        loss_mask, num_items = self._loss_mask(rollout, zero_std)
 
-        n = rollout.completion_ids.size(0)
-        loss_mask = rollout.completion_mask.clone()
-        if hp.mask_truncated_completions:
-            loss_mask = loss_mask * (~rollout.is_truncated).unsqueeze(1)
-        if hp.dynamic_sampling:
-            loss_mask = loss_mask * (~zero_std).unsqueeze(1)
-        num_items = loss_mask.sum().float()
-        if self.trainer.world_size > 1:
-            dist.all_reduce(num_items)
-
-        prompts = repeat_prompts(batch, g)
-        chunks = self._chunks(n)
-        old_logps = self._fixed_logps(self.model, prompts, rollout, chunks) if hp.num_iterations > 1 else None
+        prompts = repeat_prompts(batch, hp.num_generations)
+        chunks, padding = self._chunks(rollout.completion_ids.size(0))
+        old_logps = None
+        if hp.num_iterations > 1:
+            old_logps = self._fixed_logps(self.model, prompts, rollout, chunks, padding)
         ref_logps = None
         if hp.beta != 0.0:
             with self.reference_model() as reference:
-                ref_logps = self._fixed_logps(reference, prompts, rollout, chunks)
+                ref_logps = self._fixed_logps(reference, prompts, rollout, chunks, padding)
 
+        metrics = self._update(
+            prompts, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding
+        )
+        self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
+        every = hp.log_completions_every_n_steps
+        if every and self.trainer.is_global_zero and rollout_index % every == 0:
+            self._print_completions(batch, completions, rewards_per_func, advantages)
+
+    def _update(
+        self,
+        prompts: dict[str, torch.Tensor],
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        loss_mask: torch.Tensor,
+        num_items: float,
+        old_logps: torch.Tensor | None,
+        ref_logps: torch.Tensor | None,
+        chunks: list[slice],
+        padding: int,
+    ) -> dict[str, list[torch.Tensor]]:
+        """μ optimizer steps on one rollout, each accumulated over the micro-batches; returns their metrics."""
+        hp = self.hparams
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        real_chunks = sum(1 for c in chunks if c.stop > c.start)
+        passes = [(rows, 1) for rows in chunks] + [(slice(0, 1), 0)] * padding
         metrics: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "kl", "low", "high", "entropy")}
         for _ in range(hp.num_iterations):
             step_loss = torch.zeros((), device=self.device)
-            for rows in chunks:
-                empty = rows.stop <= rows.start
-                rows = slice(0, 1) if empty else rows
+            for rows, weight in passes:
                 logps, entropy = self._logps(self.model, prompts, rollout, rows, with_entropy=True)
-                mask = loss_mask[rows] * (0 if empty else 1)
+                mask = loss_mask[rows] * weight
                 terms = policy_loss(
                     logps,
                     None if old_logps is None else old_logps[rows],
@@ -315,12 +345,12 @@ class GRPOModule(PolicyModule):
                     ref_logps=None if ref_logps is None else ref_logps[rows],
                     importance_sampling_level=hp.importance_sampling_level,
                     max_completion_length=hp.max_new_tokens,
-                    num_micro_batches=max(real_chunks, 1),
-                    num_items_in_batch=float(num_items),
+                    num_micro_batches=len(chunks),
+                    num_items_in_batch=num_items,
                     world_size=self.trainer.world_size,
                 )
                 self.manual_backward(terms.loss)
-                if empty:
+                if not weight:
                     continue
                 step_loss += terms.loss.detach()
                 metrics["low"].append(masked_mean(terms.low_clipped, mask))
@@ -334,11 +364,7 @@ class GRPOModule(PolicyModule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-
-        self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
-        every = hp.log_completions_every_n_steps
-        if every and self.trainer.is_global_zero and rollout_index % every == 0:
-            self._print_completions(batch, completions, rewards_per_func, advantages)
+        return metrics
 
     # --------------------------------------------------------------------------------------------- logging
     def _log_step(
