@@ -19,6 +19,7 @@ demo: install
 	$(PY) cli.py fit --config configs/sft.yaml
 	$(PY) cli.py export --config configs/sft.yaml --ckpt_path best --out_dir artifacts/sft-model
 	$(PY) cli.py test --config configs/sft.yaml --config configs/eval_export.yaml
+	$(PY) cli.py validate --config configs/grpo.yaml
 	$(PY) cli.py fit --config configs/grpo.yaml
 	$(PY) cli.py export --config configs/grpo.yaml --ckpt_path best --out_dir artifacts/grpo-model
 	$(PY) cli.py test --config configs/grpo.yaml --config configs/eval_grpo_export.yaml

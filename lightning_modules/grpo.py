@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 from rich.table import Table
+from torchmetrics import MeanMetric
 
 from lightning_modules.grpo_loss import (
     Advantages,
@@ -85,6 +86,8 @@ class GRPOModule(PolicyModule):
         dynamic_sampling: DAPO's filter; groups whose rewards have no spread are left out of the loss and of
             its normalisers (they would only add KL and dilute the token count).
         micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
+        num_generations_eval: completions sampled per validation prompt for ``val/reward`` and
+            ``val/rewards/<name>/mean`` (TRL's eval rewards); 0 = greedy accuracy only.
         log_completions_every_n_steps, num_completions_to_print: a rich table of sampled completions.
         seed: base seed of the rollout sampler; step k on rank r always draws from seed (seed, k, r), so a
             resumed run samples what the uninterrupted run would have.
@@ -120,6 +123,7 @@ class GRPOModule(PolicyModule):
         mask_truncated_completions: bool = False,
         dynamic_sampling: bool = False,
         micro_batch_size: int | None = None,
+        num_generations_eval: int = 4,
         log_completions_every_n_steps: int = 20,
         num_completions_to_print: int = 4,
         seed: int = 0,
@@ -146,6 +150,10 @@ class GRPOModule(PolicyModule):
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.sampling = SamplingConfig(max_new_tokens, temperature, top_p, top_k, do_sample=True)
         self.automatic_optimization = False  # one rollout feeds μ optimizer steps
+        # NaN-ignoring means (a None reward is not applicable), reduced across ranks by torchmetrics.
+        self.val_rewards = torch.nn.ModuleDict(
+            {name: MeanMetric(nan_strategy="ignore") for name in ["reward", *self.reward_names]}
+        )
         # Kept in a list so nn.Module does not register it: never in state_dict, checkpoints or the optimizer.
         self._reference_holder: list[torch.nn.Module] = []
         self._generator: torch.Generator | None = None
@@ -170,7 +178,6 @@ class GRPOModule(PolicyModule):
     def on_fit_start(self) -> None:
         if self.frozen_reference is not None:
             self.frozen_reference.to(self.device)
-        self._generator = torch.Generator(device=self.device)
 
     def optimizer_steps(self) -> int:
         return self.trainer.estimated_stepping_batches * self.hparams.num_iterations
@@ -184,18 +191,50 @@ class GRPOModule(PolicyModule):
             with self.model.disable_adapter():
                 yield self.model
 
+    # ------------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Greedy accuracy per question type (as in SFT) and, like TRL's eval, the rewards of sampled completions.
+
+        The validation draws are seeded by batch index only, so two validations of different weights sample
+        with the same randomness: the change in ``val/rewards/*`` is the model's, not the dice's.
+        """
+        super().validation_step(batch, batch_idx)
+        g = self.hparams.num_generations_eval
+        if not batch or not g:
+            return
+        rollout, completions = self.rollout(batch, g, self._rollout_seed(batch_idx, stream=1))
+        fields = self.reward_fields(batch, rollout)
+        rewards_per_func, _ = score_completions(self.reward_funcs, completions, fields, on_error="none")
+        rewards_per_func = rewards_per_func.to(self.device)
+        total = (rewards_per_func * self.reward_weights.to(self.device)).nansum(dim=1)
+        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        self.val_rewards["reward"].update(total)
+        for i, name in enumerate(self.reward_names):
+            self.val_rewards[name].update(rewards_per_func[:, i])
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.hparams.num_generations_eval:
+            return
+        for name, metric in self.val_rewards.items():
+            key = "val/reward" if name == "reward" else f"val/rewards/{name}/mean"
+            self.log(key, metric.compute(), prog_bar=name == "reward", sync_dist=False)
+            metric.reset()
+
     # ---------------------------------------------------------------------------------------------- rollout
-    def rollout(self, batch: dict[str, Any]) -> tuple[Rollout, list[str]]:
-        """Sample G completions per prompt (eval mode: no dropout) and decode them without special tokens."""
-        step_seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
-        self._generator.manual_seed(step_seed)
+    def rollout(self, batch: dict[str, Any], num_generations: int, seed: int) -> tuple[Rollout, list[str]]:
+        """Sample completions (eval mode: no dropout) from a sampler seeded with ``seed``; decode them without
+        special tokens."""
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
         try:
             rollout = sample_completions(
                 self.model,
                 batch,
-                self.hparams.num_generations,
+                num_generations,
                 self.sampling,
                 eos_token_ids=self._eos,
                 pad_token_id=self.tokenizer.pad_token_id,
@@ -206,33 +245,40 @@ class GRPOModule(PolicyModule):
             self.model.train(was_training)
         return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
+    def _rollout_seed(self, step: int, stream: int = 0) -> int:
+        """Seed of rollout ``step`` on this rank: a pure function of (seed, stream, step, rank), not carried state."""
+        return ((self.hparams.seed * 1_000_003 + stream) * 1_000_033 + step) * 1_009 + self.global_rank
+
     def reward_fields(self, batch: dict[str, Any], rollout: Rollout) -> dict[str, list]:
         """The dataset columns of each completion's prompt, plus its token count and budget."""
-        g = self.hparams.num_generations
+        g = rollout.num_generations
         meta = [m for m in batch["meta"] for _ in range(g)]
         fields = {key: [m.get(key) for m in meta] for key in meta[0]}
         fields["completion_length"] = rollout.completion_mask.sum(1).tolist()
         fields["max_completion_length"] = [self.hparams.max_new_tokens] * len(meta)
         return fields
 
-    def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """All ranks' rows of ``x`` stacked in rank order (identity on one process)."""
-        if self.trainer.world_size == 1:
-            return x
-        return self.all_gather(x).reshape(-1, *x.shape[1:])
-
     def advantages(self, rewards_per_func: torch.Tensor) -> tuple[Advantages, torch.Tensor, torch.Tensor]:
         """Group advantages computed on the global batch (all ranks, for the batch std); returns the global
         statistics and this rank's slice of the advantages and of the zero-spread flags."""
+        n = rewards_per_func.size(0)
+        everyone, mine = rewards_per_func, slice(None)
+        if self.trainer.world_size > 1:
+            # Ranks that skipped bad samples hold fewer groups: pad with unscorable (NaN) groups, which stay out
+            # of every mean and std, so all ranks gather tensors of one shape.
+            most = torch.tensor(n, device=self.device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            padded = rewards_per_func.new_full((int(most), rewards_per_func.size(1)), float("nan"))
+            padded[:n] = rewards_per_func
+            everyone = self.all_gather(padded).reshape(-1, rewards_per_func.size(1))
+            mine = slice(self.global_rank * int(most), self.global_rank * int(most) + n)
         stats = group_advantages(
-            self._gather_rows(rewards_per_func),
+            everyone,
             self.reward_weights.to(rewards_per_func.device),
             self.hparams.num_generations,
             self.hparams.scale_rewards,
             self.hparams.multi_objective_aggregation,
         )
-        n = rewards_per_func.size(0)
-        mine = slice(self.global_rank * n, (self.global_rank + 1) * n) if self.trainer.world_size > 1 else slice(None)
         return stats, stats.advantages[mine], stats.is_std_zero[mine]
 
     # ------------------------------------------------------------------------------------------------ loss
@@ -286,7 +332,7 @@ class GRPOModule(PolicyModule):
             return
         hp = self.hparams
         rollout_index = self.global_step // hp.num_iterations
-        rollout, completions = self.rollout(batch)
+        rollout, completions = self.rollout(batch, hp.num_generations, self._rollout_seed(self.global_step))
         fields = self.reward_fields(batch, rollout)
         rewards_per_func, errors = score_completions(self.reward_funcs, completions, fields, on_error=hp.reward_errors)
         rewards_per_func = rewards_per_func.to(self.device)

@@ -130,6 +130,9 @@ def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tin
         "train/rewards/length_penalty/mean",
         "val/accuracy",
         "val/format_rate",
+        "val/reward",
+        "val/rewards/accuracy_reward/mean",
+        "val/rewards/length_penalty/mean",
     ):
         assert key in logged, key
     assert torch.isfinite(logged["train/entropy"]) and logged["train/entropy"] > 0
@@ -258,3 +261,18 @@ def test_micro_batches_accumulate_to_the_whole_rollout_update(tmp_path, syntheti
     # signs, so the check is against the step size (1e-3), which any lost or double-counted micro-batch exceeds.
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)
+
+
+def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_model_dir):
+    """no_think prompts are scored by the no-think format; the fields carry each prompt's columns per completion."""
+    data = datamodule(synthetic_root, tiny_model_dir, prompt_format="no_think")
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module = GRPOModule(model_path=str(tiny_model_dir), **SMALL)
+    module.configure_model()
+    rollout, completions = module.rollout(batch, 4, seed=0)
+    fields = module.reward_fields(batch, rollout)
+    assert len(completions) == 8 and fields["prompt_format"] == ["no_think"] * 8
+    assert fields["answer"] == [m["answer"] for m in batch["meta"] for _ in range(4)]
+    assert fields["completion_length"] == rollout.completion_mask.sum(1).tolist()
+    assert "<|image_pad|>" not in "".join(completions)  # special tokens never reach the rewards
