@@ -100,9 +100,8 @@ def main() -> None:
         ).loss
         diff = abs(ours.item() - theirs.item())
         worst = max(worst, diff / max(abs(theirs.item()), 1e-12))
-        print(
-            f"{loss_type:8s} {level:8s} beta={beta:<5} micro-batches={ga}  TRL {theirs.item():+.8f}  ours {ours.item():+.8f}"
-        )
+        case = f"{loss_type:8s} {level:8s} beta={beta:<5} micro-batches={ga}"
+        print(f"{case}  TRL {theirs.item():+.8f}  ours {ours.item():+.8f}")
     print(f"largest relative difference: {worst:.2e}")
 
 
