@@ -16,7 +16,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 from rich.table import Table
 from torchmetrics import MeanMetric
@@ -83,8 +82,9 @@ class GRPOModule(PolicyModule):
         num_iterations: μ, optimizer steps per rollout; μ > 1 computes the rollout policy's log-probs once.
         importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO).
         mask_truncated_completions: completions without an end token count for nothing in the loss.
-        dynamic_sampling: DAPO's filter; groups whose rewards have no spread are left out of the loss and of
-            its normalisers (they would only add KL and dilute the token count).
+        dynamic_sampling: DAPO's filter; groups whose (weighted) rewards have no spread, whatever
+            ``scale_rewards``, are masked out of the loss: their tokens leave bnpo's and dapo's token counts,
+            while grpo and dr_grpo keep TRL's per-sequence denominators, as for masked truncated completions.
         micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
         num_generations_eval: completions sampled per validation prompt for ``val/reward`` and
             ``val/rewards/<name>/mean`` (TRL's eval rewards); 0 = greedy accuracy only.
@@ -135,7 +135,7 @@ class GRPOModule(PolicyModule):
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
             lora = LoRASpec(**lora)
         self.reward_funcs = list(reward_funcs) if reward_funcs else [accuracy_reward, format_reward, validity_reward]
-        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        self.reward_names = _unique([reward_name(f) for f in self.reward_funcs])
         weights = reward_weights if reward_weights is not None else [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward_funcs")
@@ -163,10 +163,6 @@ class GRPOModule(PolicyModule):
         if self.model is not None:
             return
         super().configure_model()
-        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if fitting and self.hparams.beta != 0.0 and self.hparams.lora is None:
-            path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
-            self._reference_holder = [self.load_policy(path, reference=True)]
         self._eos = end_token_ids(self.model, self.tokenizer)
         self._suppress = special_token_ids(self.tokenizer, keep=self._eos)
 
@@ -176,11 +172,23 @@ class GRPOModule(PolicyModule):
         return self._reference_holder[0] if self._reference_holder else None
 
     def on_fit_start(self) -> None:
-        if self.frozen_reference is not None:
-            self.frozen_reference.to(self.device)
+        """Load the frozen reference (full fine-tuning with beta > 0) only for fitting, in the policy's dtype."""
+        if self.hparams.beta == 0.0 or self.hparams.lora is not None or self.frozen_reference is not None:
+            return
+        path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
+        reference = self.load_policy(path, reference=True)
+        dtype = next(self.model.parameters()).dtype  # e.g. bf16-true converts only registered modules
+        self._reference_holder = [reference.to(device=self.device, dtype=dtype)]
 
     def optimizer_steps(self) -> int:
-        return self.trainer.estimated_stepping_batches * self.hparams.num_iterations
+        """Optimizer steps of the run: μ per rollout, capped by ``trainer.max_steps`` (which counts them)."""
+        trainer, mu = self.trainer, self.hparams.num_iterations
+        rollouts = trainer.estimated_stepping_batches  # min(max_steps, batches × epochs); sets up the data
+        if trainer.max_steps == -1:
+            return int(rollouts * mu)
+        if trainer.max_epochs is None or trainer.max_epochs == -1:
+            return trainer.max_steps
+        return int(min(trainer.max_steps, trainer.num_training_batches * trainer.max_epochs * mu))
 
     @contextmanager
     def reference_model(self):
@@ -200,7 +208,7 @@ class GRPOModule(PolicyModule):
         """
         super().validation_step(batch, batch_idx)
         g = self.hparams.num_generations_eval
-        if not batch or not g:
+        if not self.batch_usable(batch) or not g:
             return
         rollout, completions = self.rollout(batch, g, self._rollout_seed(batch_idx, stream=1))
         fields = self.reward_fields(batch, rollout)
@@ -260,7 +268,7 @@ class GRPOModule(PolicyModule):
 
     def advantages(self, rewards_per_func: torch.Tensor) -> tuple[Advantages, torch.Tensor, torch.Tensor]:
         """Group advantages computed on the global batch (all ranks, for the batch std); returns the global
-        statistics and this rank's slice of the advantages and of the zero-spread flags."""
+        statistics and this rank's slice of the advantages and of the groups-without-spread flags."""
         n = rewards_per_func.size(0)
         everyone, mine = rewards_per_func, slice(None)
         if self.trainer.world_size > 1:
@@ -279,7 +287,7 @@ class GRPOModule(PolicyModule):
             self.hparams.scale_rewards,
             self.hparams.multi_objective_aggregation,
         )
-        return stats, stats.advantages[mine], stats.is_std_zero[mine]
+        return stats, stats.advantages[mine], stats.group_without_spread[mine]
 
     # ------------------------------------------------------------------------------------------------ loss
     def _logps(
@@ -315,20 +323,20 @@ class GRPOModule(PolicyModule):
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return chunks, int(count) - len(chunks)
 
-    def _loss_mask(self, rollout: Rollout, zero_std: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _loss_mask(self, rollout: Rollout, no_spread: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Which completion tokens count in the loss, and how many do on all ranks (dapo's normaliser)."""
         mask = rollout.completion_mask.clone()
         if self.hparams.mask_truncated_completions:
             mask = mask * (~rollout.is_truncated).unsqueeze(1)
         if self.hparams.dynamic_sampling:
-            mask = mask * (~zero_std).unsqueeze(1)
+            mask = mask * (~no_spread).unsqueeze(1)
         num_items = mask.sum().float()
         if self.trainer.world_size > 1:
             dist.all_reduce(num_items)
         return mask, float(num_items)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not batch:  # every sample of the batch was a skipped bad sample
+        if not self.batch_usable(batch):
             return
         hp = self.hparams
         rollout_index = self.global_step // hp.num_iterations
@@ -336,8 +344,8 @@ class GRPOModule(PolicyModule):
         fields = self.reward_fields(batch, rollout)
         rewards_per_func, errors = score_completions(self.reward_funcs, completions, fields, on_error=hp.reward_errors)
         rewards_per_func = rewards_per_func.to(self.device)
-        stats, advantages, zero_std = self.advantages(rewards_per_func)
-        loss_mask, num_items = self._loss_mask(rollout, zero_std)
+        stats, advantages, no_spread = self.advantages(rewards_per_func)
+        loss_mask, num_items = self._loss_mask(rollout, no_spread)
 
         prompts = repeat_prompts(batch, hp.num_generations)
         chunks, padding = self._chunks(rollout.completion_ids.size(0))
@@ -452,11 +460,20 @@ class GRPOModule(PolicyModule):
         for i, name in enumerate(self.reward_names):
             values[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i])
             values[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i])
-            if errors.get(name):
-                values[f"rewards/{name}/errors"] = torch.tensor(float(errors[name]))
+            if self.hparams.reward_errors == "none":  # every step on every rank: logging is a collective
+                values[f"rewards/{name}/errors"] = torch.tensor(float(errors.get(name, 0)))
         shown = {"reward", "accuracy", "format_rate", "kl"}
+        reduce = {"completions/min_length": "min", "completions/max_length": "max"}
         for key, value in values.items():
-            self.log(f"train/{key}", value.float().to(self.device), prog_bar=key in shown, batch_size=n, sync_dist=True)
+            fx = "sum" if key.endswith("/errors") else reduce.get(key, "mean")
+            self.log(
+                f"train/{key}",
+                value.float().to(self.device),
+                prog_bar=key in shown,
+                batch_size=n,
+                sync_dist=True,
+                reduce_fx=fx,
+            )
 
     def _print_completions(
         self, batch: dict[str, Any], completions: list[str], rewards_per_func: torch.Tensor, advantages: torch.Tensor
@@ -502,6 +519,16 @@ class GRPOModule(PolicyModule):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Reward names for logs and metrics; a repeated name (two LengthPenalty instances) gets _2, _3, …"""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
 
 
 def _mean(values: list[torch.Tensor]) -> torch.Tensor:

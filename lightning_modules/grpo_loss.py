@@ -39,9 +39,10 @@ class Advantages:
     """Per-completion advantages with the statistics that are logged next to them."""
 
     advantages: torch.Tensor  # (N,), 0 for unscorable completions
-    rewards: torch.Tensor  # (N,), weighted sum of the reward functions, NaN where none applied
+    rewards: torch.Tensor  # (N,), weighted sum of the raw rewards, NaN where no function applied (what is logged)
     std: torch.Tensor  # (N,), the std each advantage was (or, with scale_rewards="none", would be) divided by
-    is_std_zero: torch.Tensor  # (N,) bool, the completion's group (or batch) has no reward spread
+    is_std_zero: torch.Tensor  # (N,) bool, that std is zero (TRL's frac_reward_zero_std)
+    group_without_spread: torch.Tensor  # (N,) bool, the completion's group has one reward value (DAPO's filter)
 
 
 def group_advantages(
@@ -59,6 +60,10 @@ def group_advantages(
     """
     g = num_generations
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    raw = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+    raw[unscorable] = torch.nan
+    group_std = nanstd(raw.view(-1, g), dim=1).repeat_interleave(g) if g > 1 else torch.zeros_like(raw)
+    group_without_spread = torch.nan_to_num(group_std, nan=0.0) == 0
     if aggregation == "sum_then_normalize":
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
@@ -84,7 +89,7 @@ def group_advantages(
     else:
         raise ValueError(f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', not {aggregation!r}")
     is_std_zero = torch.isclose(std, torch.zeros_like(std))
-    return Advantages(torch.nan_to_num(advantages, nan=0.0), rewards, std, is_std_zero)
+    return Advantages(torch.nan_to_num(advantages, nan=0.0), raw, std, is_std_zero, group_without_spread)
 
 
 def token_logps_and_entropy(

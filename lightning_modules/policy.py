@@ -60,11 +60,27 @@ class PolicyModule(L.LightningModule):
         self.model = self.load_policy(path)
         self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
 
+    def batch_usable(self, batch: dict[str, Any]) -> bool:
+        """False for a batch whose samples were all skipped as bad; an error when other ranks wait on this one.
+
+        Under several processes every rank must run the same collectives (sharded forwards, metric syncs), so
+        a rank cannot silently skip a step; the skip report names the bad files to fix or drop.
+        """
+        if batch:
+            return True
+        if self.trainer.world_size > 1:
+            raise RuntimeError(
+                f"rank {self.global_rank}: every sample of this batch was skipped as bad (skip_bad_samples), and "
+                "the other ranks would wait for it forever. Fix or remove the bad samples named in the log, or "
+                "use a larger batch_size."
+            )
+        return False
+
     def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         """Hook for a stage-specific loss on validation/test batches (SFT logs its cross-entropy)."""
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
-        if not batch:  # every sample of the batch was a skipped bad sample
+        if not self.batch_usable(batch):
             return
         self.eval_loss(batch, prefix)
         completions = generate_answers(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)

@@ -46,6 +46,8 @@ def _first_failing(func: RewardFunc, completions: list[str], fields: dict[str, l
 
 def _checked(name: str, values: Any, n: int) -> list[float | None]:
     """The outputs as floats (None kept); NaN/inf are passed through for the caller's on_error policy."""
+    if hasattr(values, "tolist") and not isinstance(values, list):  # a numpy array or tensor of rewards
+        values = values.tolist()
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise RewardError(f"reward {name!r} must return a list of {n} values, got {type(values).__name__}")
     if len(values) != n:

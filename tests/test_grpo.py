@@ -191,11 +191,20 @@ def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tin
         mask_truncated_completions=True,
         **SMALL,
     )
-    fit = trainer(tmp_path, 4)
+    # 4 batches per epoch × μ = 8 optimizer steps, capped at max_steps = 6: three rollouts, two updates each.
+    fit = trainer(tmp_path, 6, max_epochs=1)
     fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir))
-    assert fit.global_step == 4
-    assert fit.fit_loop.epoch_loop.batch_progress.total.completed == 2  # two rollouts, two updates each
-    assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 4
+    assert fit.global_step == 6
+    assert fit.fit_loop.epoch_loop.batch_progress.total.completed == 3
+    assert module.optimizer_steps() == 6  # the schedule's horizon is the steps actually taken
+    assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+def test_repeated_reward_names_stay_apart():
+    from rewards.penalties import LengthPenalty
+
+    module = GRPOModule(reward_funcs=[LengthPenalty(), LengthPenalty(buffer=4)])
+    assert module.reward_names == ["length_penalty", "length_penalty_2"]
 
 
 class _Resumed(L.Callback):

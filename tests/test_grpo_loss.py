@@ -67,6 +67,20 @@ def test_normalize_then_sum_by_hand():
     torch.testing.assert_close(out.advantages, (total - total.mean()) / (total.std() + STD_EPS))
 
 
+def test_spread_filter_and_logged_rewards_do_not_depend_on_the_scaling_mode():
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # group 1 has no spread
+    weights = torch.tensor([1.0, 0.5])
+    for scale, aggregation in [
+        ("group", "sum_then_normalize"),
+        ("batch", "sum_then_normalize"),
+        ("none", "sum_then_normalize"),
+        ("group", "normalize_then_sum"),
+    ]:
+        out = group_advantages(rewards, weights, 2, scale_rewards=scale, aggregation=aggregation)
+        assert out.group_without_spread.tolist() == [True, True, False, False], (scale, aggregation)
+        torch.testing.assert_close(out.rewards, torch.tensor([1.0, 1.0, 0.5, 1.5]))  # raw weighted sums
+
+
 def test_nanstd_is_unbiased_and_ignores_nan():
     x = torch.tensor([[1.0, 2.0, 3.0, NAN], [5.0, NAN, NAN, NAN]])
     assert nanstd(x, dim=1)[0].item() == pytest.approx(1.0)

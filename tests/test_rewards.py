@@ -333,3 +333,17 @@ def test_score_completions_batch_only_failure_names_the_batch():
 
     with pytest.raises(RewardError, match=r"'needs_one' raised RuntimeError on a batch of 2.*batched call failed"):
         score_completions([needs_one], ["a", "b"], FIELDS)
+
+
+def test_score_completions_accepts_array_and_tensor_outputs():
+    import numpy as np
+
+    def as_array(completions, **_):
+        return np.array([0.5] * len(completions))
+
+    def as_tensor(completions, **_):
+        return torch.tensor([1.0, float("nan")])
+
+    scores, errors = score_completions([as_array, as_tensor], ["a", "b"], {}, on_error="none")
+    assert scores[:, 0].tolist() == [0.5, 0.5] and scores[0, 1].item() == 1.0
+    assert math.isnan(scores[1, 1].item()) and errors["as_tensor"] == 1
