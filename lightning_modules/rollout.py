@@ -34,7 +34,7 @@ class Rollout:
     completion_ids: torch.Tensor  # (N, L); after the end token: pad
     completion_mask: torch.Tensor  # (N, L) int; 1 up to and including the first end token
     is_truncated: torch.Tensor  # (N,) bool; no end token within max_new_tokens
-    sampling_logps: torch.Tensor  # (N, L) log-prob of each token under softmax(logits / temperature) at decode time
+    sampling_logps: torch.Tensor | None  # (N, L) decode-time log-probs under softmax(logits / T), if asked for
     num_generations: int
 
 
@@ -124,8 +124,13 @@ def sample_completions(
     pad_token_id: int,
     suppress_token_ids: list[int] | None = None,
     generator: torch.Generator | None = None,
+    with_logps: bool = False,
 ) -> Rollout:
-    """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch."""
+    """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch.
+
+    ``with_logps`` also records each sampled token's log-prob at decode time (for checks against the training
+    forward, or importance-sampling corrections); off by default, as it costs a log-softmax per step.
+    """
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     device = prompt_ids.device
     positions, next_position = prompt_positions(model, batch)
@@ -157,7 +162,9 @@ def sample_completions(
         token = _next_tokens(logits, sampling, suppress, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
-        logps.append((logits.float() / temperature).log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
+        if with_logps:
+            scaled = logits.float() / temperature
+            logps.append(scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
         finished |= torch.isin(token, eos)
         if step == sampling.max_new_tokens - 1 or _all_ranks_done(bool(finished.all()), device):
             break
@@ -176,7 +183,7 @@ def sample_completions(
     has_eos = is_eos.any(dim=1)
     first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), completion_ids.size(1))
     completion_mask = (torch.arange(completion_ids.size(1), device=device) <= first_eos.unsqueeze(1)).int()
-    return Rollout(completion_ids, completion_mask, ~has_eos, torch.stack(logps, dim=1), g)
+    return Rollout(completion_ids, completion_mask, ~has_eos, torch.stack(logps, dim=1) if with_logps else None, g)
 
 
 def repeat_prompts(batch: dict[str, Any], num_generations: int) -> dict[str, torch.Tensor]:

@@ -50,7 +50,9 @@ def test_decode_log_probs_equal_a_full_forward(setup):
     model, tokenizer, batch, eos = setup
     generator = torch.Generator().manual_seed(0)
     sampling = SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=50, top_p=0.9)
-    rollout = sample_completions(model, batch, 4, sampling, eos, tokenizer.pad_token_id, generator=generator)
+    rollout = sample_completions(
+        model, batch, 4, sampling, eos, tokenizer.pad_token_id, generator=generator, with_logps=True
+    )
     logits = completion_logits(model, repeat_prompts(batch, 4), rollout.completion_ids, rollout.completion_mask)
     logps, _ = token_logps_and_entropy(logits, rollout.completion_ids, temperature=0.7)
     mask = rollout.completion_mask.bool()
