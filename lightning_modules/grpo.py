@@ -31,6 +31,7 @@ from lightning_modules.grpo_loss import (
     nanstd,
     policy_loss,
     token_logps_and_entropy,
+    weighted_reward,
 )
 from lightning_modules.model_loading import LoRASpec, ensure_model_dir
 from lightning_modules.policy import PolicyModule
@@ -38,11 +39,10 @@ from lightning_modules.rollout import (
     Rollout,
     SamplingConfig,
     completion_logits,
-    end_token_ids,
+    eval_mode,
     repeat_prompts,
     sample_completions,
     select_rows,
-    special_token_ids,
 )
 from rewards.accuracy import accuracy_reward
 from rewards.format import format_reward
@@ -159,13 +159,6 @@ class GRPOModule(PolicyModule):
         self._generator: torch.Generator | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        super().configure_model()
-        self._eos = end_token_ids(self.model, self.tokenizer)
-        self._suppress = special_token_ids(self.tokenizer, keep=self._eos)
-
     @property
     def frozen_reference(self) -> torch.nn.Module | None:
         """The frozen reference copy (full fine-tuning with beta > 0), else None."""
@@ -214,9 +207,7 @@ class GRPOModule(PolicyModule):
         fields = self.reward_fields(batch, rollout)
         rewards_per_func, _ = score_completions(self.reward_funcs, completions, fields, on_error="none")
         rewards_per_func = rewards_per_func.to(self.device)
-        total = (rewards_per_func * self.reward_weights.to(self.device)).nansum(dim=1)
-        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        self.val_rewards["reward"].update(total)
+        self.val_rewards["reward"].update(weighted_reward(rewards_per_func, self.reward_weights.to(self.device)))
         for i, name in enumerate(self.reward_names):
             self.val_rewards[name].update(rewards_per_func[:, i])
 
@@ -236,21 +227,17 @@ class GRPOModule(PolicyModule):
         if self._generator is None or self._generator.device != self.device:
             self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             rollout = sample_completions(
                 self.model,
                 batch,
                 num_generations,
                 self.sampling,
-                eos_token_ids=self._eos,
+                eos_token_ids=self.end_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
-                suppress_token_ids=self._suppress,
+                suppress_token_ids=self.suppressed_tokens,
                 generator=self._generator,
             )
-        finally:
-            self.model.train(was_training)
         return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
     def _rollout_seed(self, step: int, stream: int = 0) -> int:
@@ -302,15 +289,11 @@ class GRPOModule(PolicyModule):
         self, model: torch.nn.Module, prompts: dict, rollout: Rollout, chunks: list[slice], padding: int
     ) -> torch.Tensor:
         """Log-probs that stay fixed over the μ updates (rollout policy, reference), in eval mode."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             logps = torch.cat([self._logps(model, prompts, rollout, rows)[0] for rows in chunks])
             for _ in range(padding):  # discarded: only keeps this rank's sharded forwards in step with the others
                 self._logps(model, prompts, rollout, slice(0, 1))
-            return logps
-        finally:
-            model.train(was_training)
+        return logps
 
     def _chunks(self, n: int) -> tuple[list[slice], int]:
         """Micro-batches of ``micro_batch_size`` completions, and how many zero-weight passes this rank adds so

@@ -34,6 +34,13 @@ def nanstd(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> to
     return std if keepdim else std.squeeze(dim)
 
 
+def weighted_reward(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the reward functions per completion (None/NaN ones skipped); NaN where none applied."""
+    total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+    total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return total
+
+
 @dataclass
 class Advantages:
     """Per-completion advantages with the statistics that are logged next to them."""
@@ -60,13 +67,11 @@ def group_advantages(
     """
     g = num_generations
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
-    raw = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-    raw[unscorable] = torch.nan
+    raw = weighted_reward(rewards_per_func, weights)
     group_std = nanstd(raw.view(-1, g), dim=1).repeat_interleave(g) if g > 1 else torch.zeros_like(raw)
     group_without_spread = torch.nan_to_num(group_std, nan=0.0) == 0
     if aggregation == "sum_then_normalize":
-        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        rewards[unscorable] = torch.nan
+        rewards = raw
         mean = torch.nanmean(rewards.view(-1, g), dim=1).repeat_interleave(g)
         if scale_rewards in ("group", "none"):
             std = nanstd(rewards.view(-1, g), dim=1).repeat_interleave(g) if g > 1 else torch.zeros_like(rewards)

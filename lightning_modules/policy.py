@@ -9,6 +9,7 @@ import torch
 
 from datamodules.vqa_records import QUESTION_TYPES
 from lightning_modules.model_loading import ensure_model_dir, load_model, load_processor
+from lightning_modules.rollout import end_token_ids, special_token_ids
 from lightning_modules.schedules import warmup_cosine
 from lightning_modules.vqa_eval import VQAAccuracy, generate_answers
 
@@ -58,6 +59,9 @@ class PolicyModule(L.LightningModule):
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
         self.tokenizer = load_processor(path).tokenizer
         self.model = self.load_policy(path)
+        # Once per model, not per batch: the tokens that end an answer and the ones never to generate.
+        self.end_tokens = end_token_ids(self.model, self.tokenizer)
+        self.suppressed_tokens = special_token_ids(self.tokenizer, keep=self.end_tokens)
         self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
 
     def batch_usable(self, batch: dict[str, Any]) -> bool:
@@ -83,7 +87,14 @@ class PolicyModule(L.LightningModule):
         if not self.batch_usable(batch):
             return
         self.eval_loss(batch, prefix)
-        completions = generate_answers(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
+        completions = generate_answers(
+            self.model,
+            self.tokenizer,
+            batch,
+            self.hparams.max_new_tokens,
+            eos_token_ids=self.end_tokens,
+            suppress_token_ids=self.suppressed_tokens,
+        )
         self.val_accuracy.update(completions, batch["meta"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

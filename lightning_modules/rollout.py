@@ -8,7 +8,8 @@ sampled rollouts and the greedy validation answers, so what is trained is what i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,17 @@ class Rollout:
     is_truncated: torch.Tensor  # (N,) bool; no end token within max_new_tokens
     sampling_logps: torch.Tensor | None  # (N, L) decode-time log-probs under softmax(logits / T), if asked for
     num_generations: int
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def vl_core(model: torch.nn.Module) -> torch.nn.Module:

@@ -10,25 +10,31 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics import Metric
 
-from lightning_modules.rollout import SamplingConfig, end_token_ids, sample_completions, special_token_ids
+from lightning_modules.rollout import SamplingConfig, sample_completions
 from rewards.parsing import extract_answer, is_correct
 
 
 @torch.no_grad()
-def generate_answers(model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    batch: dict[str, Any],
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    suppress_token_ids: list[int],
+) -> list[str]:
     """Greedy completions for the batch's prompts, decoded without special tokens.
 
     The same decode loop as GRPO's rollouts (one answer per prompt, no sampling), so it is safe under FSDP2.
     """
-    eos = end_token_ids(model, tokenizer)
     rollout = sample_completions(
         model,
         batch,
         num_generations=1,
         sampling=SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
-        eos_token_ids=eos,
+        eos_token_ids=eos_token_ids,
         pad_token_id=tokenizer.pad_token_id,
-        suppress_token_ids=special_token_ids(tokenizer, keep=eos),
+        suppress_token_ids=suppress_token_ids,
     )
     return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
