@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import MetaTensor
-from monai.transforms import LoadImage, Orientation
+from monai.data import MetaTensor, NibabelReader
+from monai.transforms import Orientation
 
 CTRATE_LABELS: tuple[str, ...] = (
     "Medical material",
@@ -223,10 +223,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise BadSampleError(f"{where}: file not found")
     try:
-        img = LoadImage(image_only=True, reader="NibabelReader", dtype=None)(str(path))
+        # The reader itself, not LoadImage: LoadImage builds every MONAI reader per call, and with pydicom
+        # installed the DICOM one logs an nvImageCodec warning each time.
+        reader = NibabelReader()
+        arr, meta = reader.get_data(reader.read(str(path)))
     except Exception as e:  # nibabel/gzip/MONAI raise many types for corrupt files; all mean the same here
         raise BadSampleError(f"{where}: cannot read NIfTI ({type(e).__name__}: {e})") from e
-    return np.asarray(img), np.asarray(img.affine)
+    return np.asarray(arr), np.asarray(meta["affine"])
 
 
 def load_ct_volume(path: str | Path, meta: Mapping[str, Any]) -> MetaTensor:
