@@ -35,6 +35,42 @@ class Trainer(L.Trainer):
         print(f"exported {type(model).__name__} from {ckpt_path or 'its initial weights'} to {path}")
         return path
 
+    def ask(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        volume: str,
+        question: str,
+        options: list[str] | None = None,
+        roi: list[int] | None = None,
+        roi_mask: str | None = None,
+        slice_index: int | None = None,
+        ckpt_path: str | None = None,
+        out_dir: str = "runs/ask",
+    ) -> dict:
+        """Answer ``question`` about your own CT (NIfTI file or DICOM folder); prints the reasoning and the answer
+        and saves the zoom-embedded image the model saw (``out_dir/image.png``) with ``answer.json``.
+
+        Args:
+            volume: a .nii/.nii.gz file or a folder holding one DICOM series.
+            question: the question, e.g. "Is there a lung nodule in the outlined region?".
+            options: answer options shown to the model, quoted on the command line: ``--options '["yes", "no"]'``
+                (bare yes/no would parse as YAML booleans); a free-text answer when omitted.
+            roi: ROI box [x0, y0, x1, y1] in pixels of the axial slice (display orientation).
+            roi_mask: a NIfTI mask of the ROI on the same grid as the volume (its fullest slice is shown).
+            slice_index: axial slice to show (default: the mask's fullest slice, else the middle one).
+            ckpt_path: a Lightning checkpoint to load into the model (default: the model directory's weights).
+            out_dir: where image.png and answer.json go.
+        """
+        from lightning_modules.export import load_checkpoint_file
+        from lightning_modules.inference import ask
+
+        model.configure_model()
+        if ckpt_path is not None:
+            model.load_state_dict(load_checkpoint_file(ckpt_path)["state_dict"])
+        model.to(self.strategy.root_device).eval()
+        return ask(model, datamodule, volume, question, options, roi, roi_mask, slice_index, out_dir)
+
 
 def _best(dirpath: str) -> str:
     """The best checkpoint recorded by ModelCheckpoint in ``last.ckpt`` (its callback state)."""
@@ -52,10 +88,19 @@ class CLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "ask": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_path", "data.processor_path")
+
+    def before_test(self) -> None:
+        """Hand the exact parsed config to the evaluation report, which records it next to the numbers."""
+        from evaluation.callbacks import EvaluationReport
+
+        text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, EvaluationReport):
+                callback.config_yaml = text
 
 
 def main(args: list[str] | None = None) -> CLI:

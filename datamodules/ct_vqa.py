@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from monai.transforms import Compose, Resized
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.collate import VQACollator
 from datamodules.ctrate import (
@@ -137,13 +137,20 @@ class CTVQADataset(Dataset):
                     f"{record['_where']}: field 'roi' {box} is outside the {width}×{height} slice "
                     f"of {record['volume_name']}"
                 )
-        data = self.transform({"image": torch.as_tensor(np.asarray(hu, dtype=np.float32)), "roi": record["roi"]})
+        return self.render(hu, record["roi"])
+
+    def render(self, slice_hu: np.ndarray, roi: list[list[int]]) -> torch.Tensor:
+        """An axial HU slice and its ROI boxes → the windowed, zoom-embedded, resized (3, H, W) image in [0, 1]."""
+        data = self.transform({"image": torch.as_tensor(np.asarray(slice_hu, dtype=np.float32)), "roi": roi})
         return torch.as_tensor(data["image"]).float().clamp(0, 1)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        record = self.records[index]
+        # Indices past the end are padding from EvenEvalSampler: a repeat, flagged so metrics skip it.
+        record = self.records[index % len(self.records)]
         try:
-            return self._encode(record)
+            sample = self._encode(record)
+            sample["meta"]["padding"] = index >= len(self.records)
+            return sample
         except BadSampleError as e:
             if not self.skip_bad_samples:
                 raise
@@ -153,7 +160,10 @@ class CTVQADataset(Dataset):
             return None
 
     def _encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        image = self.image(record)
+        return self.encode(record, self.image(record))
+
+    def encode(self, record: dict[str, Any], image: torch.Tensor) -> dict[str, Any]:
+        """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
         messages = build_messages(record["question"], record["options"], self.system_prompt)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
@@ -174,9 +184,31 @@ class CTVQADataset(Dataset):
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "meta": {
                 **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+                "abnormality": record.get("abnormality"),  # the label a presence question asks about
+                "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
                 "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
             },
         }
+
+
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+class EvenEvalSampler(DistributedSampler):
+    """DistributedSampler for evaluation that pads with indices past the end instead of repeating indices.
+
+    The dataset maps index ``len + i`` to sample ``i`` flagged ``padding``, so ranks get equal batch counts and
+    metrics skip the repeats. Lightning keeps a DistributedSampler it is given instead of replacing it.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        indices = list(range(self.total_size))  # indices >= len(dataset) are the padding
+        return iter(indices[self.rank : self.total_size : self.num_replicas])
 
 
 def _split_patients(patients: Sequence[str], val_fraction: float, seed: int) -> set[str]:
@@ -204,6 +236,7 @@ class CTVQADataModule(L.LightningDataModule):
         max_samples: cap per split, for quick runs (all when null).
         shuffle: shuffle the training set each epoch (seeded).
         skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
+        predict_split: the split ``cli.py predict`` answers (``test`` is CT-RATE's valid split).
     """
 
     def __init__(
@@ -228,6 +261,7 @@ class CTVQADataModule(L.LightningDataModule):
         skip_bad_samples: bool = False,
         volume_cache_size: int = 64,
         seed: int = 0,
+        predict_split: Stage = "test",
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -275,9 +309,6 @@ class CTVQADataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from lightning_modules.model_loading import load_processor
-
-        self.processor = load_processor(self.hparams.processor_path)
         train_records = self._records("train")
         val_patients = _split_patients(
             [r["patient_id"] for r in train_records], self.hparams.val_fraction, self.hparams.seed
@@ -288,32 +319,47 @@ class CTVQADataModule(L.LightningDataModule):
             "test": self._records("valid"),
         }
         metadata = {**self._metadata("train"), **self._metadata("valid")}
-        zoom = self.hparams.zoom
         for name, records in splits.items():
             if self.hparams.max_samples:
                 records = records[: self.hparams.max_samples]
-            self.datasets[name] = CTVQADataset(
-                records,
-                self.root,
-                self.processor,
-                metadata,
-                windows=self.windows,
-                zoom=zoom,
-                image_size=self.hparams.image_size,
-                prompt_format=self.hparams.prompt_format,
-                system_prompt=self.hparams.system_prompt,
-                max_length=self.hparams.max_length,
-                skip_bad_samples=self.hparams.skip_bad_samples,
-                volume_cache_size=self.hparams.volume_cache_size,
-            )
+            self.datasets[name] = self.dataset_for(records, metadata)
         log.info("CT-VQA samples: %s", {k: len(v) for k, v in self.datasets.items()})
+
+    def dataset_for(
+        self, records: list[dict[str, Any]], metadata: dict[str, dict[str, Any]] | None = None
+    ) -> CTVQADataset:
+        """A dataset of ``records`` with this module's image and prompt settings (also used by ``cli.py ask``
+        with no records, to render and encode a user's own volume exactly as in training)."""
+        if self.processor is None:
+            from lightning_modules.model_loading import load_processor
+
+            self.processor = load_processor(self.hparams.processor_path)
+        return CTVQADataset(
+            records,
+            self.root,
+            self.processor,
+            metadata or {},
+            windows=self.windows,
+            zoom=self.hparams.zoom,
+            image_size=self.hparams.image_size,
+            prompt_format=self.hparams.prompt_format,
+            system_prompt=self.hparams.system_prompt,
+            max_length=self.hparams.max_length,
+            skip_bad_samples=self.hparams.skip_bad_samples,
+            volume_cache_size=self.hparams.volume_cache_size,
+        )
 
     def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:
         pad_id = self.processor.tokenizer.pad_token_id
+        dataset = self.datasets[split]
+        # Evaluation under several processes: every rank needs the same number of batches (sharded forwards
+        # run in lockstep), but repeated samples must not count twice in the metrics.
+        sampler = EvenEvalSampler(dataset) if not shuffle and _world_size() > 1 else None
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=VQACollator(pad_token_id=pad_id),
             persistent_workers=self.hparams.num_workers > 0,
@@ -330,7 +376,7 @@ class CTVQADataModule(L.LightningDataModule):
         return self._loader("test", False, self.hparams.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.hparams.eval_batch_size)
+        return self._loader(self.hparams.predict_split, False, self.hparams.eval_batch_size)
 
     def skipped_samples(self) -> dict[str, list[str]]:
         """Bad samples skipped so far, per split (with ``skip_bad_samples: true``; counted in the main process

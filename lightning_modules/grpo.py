@@ -207,6 +207,9 @@ class GRPOModule(PolicyModule):
         fields = self.reward_fields(batch, rollout)
         rewards_per_func, _ = score_completions(self.reward_funcs, completions, fields, on_error="none")
         rewards_per_func = rewards_per_func.to(self.device)
+        # Repeats that even out a distributed split score NaN, which the MeanMetrics ignore.
+        padding = torch.tensor([bool(m.get("padding")) for m in batch["meta"]], device=self.device)
+        rewards_per_func[padding.repeat_interleave(g)] = float("nan")
         self.val_rewards["reward"].update(weighted_reward(rewards_per_func, self.reward_weights.to(self.device)))
         for i, name in enumerate(self.reward_names):
             self.val_rewards[name].update(rewards_per_func[:, i])

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import lightning as L
 import torch
 
+from datamodules.ctrate import CTRATE_LABELS
 from datamodules.vqa_records import QUESTION_TYPES
+from evaluation.metrics import DiagnosisMetrics, VQAAccuracy
 from lightning_modules.model_loading import ensure_model_dir, load_model, load_processor
 from lightning_modules.rollout import end_token_ids, special_token_ids
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.vqa_eval import VQAAccuracy, generate_answers
+from lightning_modules.vqa_eval import first_token_id, generate_answers, prediction_rows, print_results
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PolicyModule(L.LightningModule):
-    """Base of the training stages. Subclasses call ``save_hyperparameters()`` with at least:
-    model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, gradient_checkpointing,
-    fsdp_param_dtype, learning_rate, weight_decay, warmup_steps, min_lr_ratio, max_new_tokens.
+    """Base of the training stages and the evaluator. Subclasses call ``save_hyperparameters()`` with at least:
+    model_path, build_embedded_if_missing, lora, attn_implementation, fsdp_param_dtype, max_new_tokens; training
+    stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay, warmup_steps, min_lr_ratio.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.model: torch.nn.Module | None = None
         self.val_accuracy = VQAAccuracy(QUESTION_TYPES)
+        self.test_metrics = DiagnosisMetrics(QUESTION_TYPES, CTRATE_LABELS)
+        self.test_rows: list[dict[str, Any]] = []
+        # Filled at the end of `test`: {"metrics": …, "predictions": [rows of all ranks]}; read by
+        # evaluation.callbacks.EvaluationReport to write the run folder.
+        self.test_results: dict[str, Any] | None = None
 
     def prepare_data(self) -> None:
         """Build the embedded tiny model if it is configured and missing (rank 0, before any setup)."""
@@ -39,9 +47,9 @@ class PolicyModule(L.LightningModule):
         model = load_model(
             path,
             lora=None if reference else self.hparams.lora,
-            freeze_vision=self.hparams.freeze_vision,
+            freeze_vision=self.hparams.get("freeze_vision", True),  # absent: an evaluator, which never trains
             attn_implementation=self.hparams.attn_implementation,
-            gradient_checkpointing=self.hparams.gradient_checkpointing and not reference,
+            gradient_checkpointing=self.hparams.get("gradient_checkpointing", False) and not reference,
         )
         if reference:
             model.requires_grad_(False).eval()
@@ -62,6 +70,7 @@ class PolicyModule(L.LightningModule):
         # Once per model, not per batch: the tokens that end an answer and the ones never to generate.
         self.end_tokens = end_token_ids(self.model, self.tokenizer)
         self.suppressed_tokens = special_token_ids(self.tokenizer, keep=self.end_tokens)
+        self.yes_no_ids = (first_token_id(self.tokenizer, "yes"), first_token_id(self.tokenizer, "no"))
         self.model.train()  # from_pretrained returns eval mode; Lightning toggles modes per loop from here
 
     def batch_usable(self, batch: dict[str, Any]) -> bool:
@@ -83,10 +92,8 @@ class PolicyModule(L.LightningModule):
     def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         """Hook for a stage-specific loss on validation/test batches (SFT logs its cross-entropy)."""
 
-    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
-        if not self.batch_usable(batch):
-            return
-        self.eval_loss(batch, prefix)
+    def answer_batch(self, batch: dict[str, Any], with_p_yes: bool) -> list[dict[str, Any]]:
+        """Greedy answers for the batch, scored as prediction rows (``evaluation.metrics.prediction_row``)."""
         completions = generate_answers(
             self.model,
             self.tokenizer,
@@ -95,27 +102,49 @@ class PolicyModule(L.LightningModule):
             eos_token_ids=self.end_tokens,
             suppress_token_ids=self.suppressed_tokens,
         )
-        self.val_accuracy.update(completions, batch["meta"])
+        return prediction_rows(self.model, self.tokenizer, batch, completions, self.yes_no_ids if with_p_yes else None)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        if not self.batch_usable(batch):
+            return
+        self.eval_loss(batch, "val")
+        self.val_accuracy.update(self.answer_batch(batch, with_p_yes=False))
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, prefix: str) -> None:
+    def on_validation_epoch_end(self) -> None:
         results = self.val_accuracy.compute()
         self.val_accuracy.reset()
         for name, value in results.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", sync_dist=True)
+            self.log(f"val/{name}", value, prog_bar=name == "accuracy")
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.val_accuracy.print_report(results, title=f"{prefix} (epoch {self.current_epoch})")
+            print_results(results, QUESTION_TYPES, title=f"val (epoch {self.current_epoch}, step {self.global_step})")
 
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Full evaluation: answers, p(yes) on presence questions, every diagnosis metric, rows kept for the report."""
+        if not self.batch_usable(batch):
+            return
+        self.eval_loss(batch, "test")
+        rows = self.answer_batch(batch, with_p_yes=True)
+        self.test_metrics.update(rows)
+        self.test_rows.extend(r for r in rows if not r["padding"])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows, self.test_results = [], None
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        results = self.test_metrics.compute()
+        self.test_metrics.reset()
+        for name, value in results.items():
+            if isinstance(value, float):
+                self.log(f"test/{name}", value, prog_bar=name == "accuracy")
+        self.test_results = {"metrics": results, "predictions": gather_rows(self.test_rows)}
+        if self.trainer.is_global_zero:
+            print_results(results, QUESTION_TYPES, title="test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Prediction rows (question, reasoning, answer, truth, correct, p(yes)) for ``cli.py predict``."""
+        if not self.batch_usable(batch):
+            return []
+        return [r for r in self.answer_batch(batch, with_p_yes=True) if not r["padding"]]
 
     def optimizer_steps(self) -> int:
         """Optimizer steps of the whole run (the horizon of the learning-rate schedule)."""
@@ -131,3 +160,15 @@ class PolicyModule(L.LightningModule):
             min_lr_ratio=self.hparams.min_lr_ratio,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's rows on every rank, in dataset order of the distributed split (ids are unique)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(rows)
+    gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, rows)
+    # DistributedSampler deals index i to rank i % world: interleave back to dataset order.
+    out = [row for group in itertools.zip_longest(*gathered) for row in group if row is not None]
+    seen: set[str] = set()
+    return [r for r in out if not (r["id"] in seen or seen.add(r["id"]))]

@@ -1,17 +1,20 @@
-"""Answer generation and exact-match accuracy per question type, shared by the SFT and GRPO modules."""
+"""Answering CT-VQA batches for validation, test and predict: greedy answers, p(yes), scored prediction rows."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
-from torchmetrics import Metric
 
-from lightning_modules.rollout import SamplingConfig, sample_completions
-from rewards.parsing import extract_answer, is_correct
+from evaluation.metrics import prediction_row
+from lightning_modules.rollout import SamplingConfig, completion_logits, sample_completions
+
+_ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 
 
 @torch.no_grad()
@@ -39,64 +42,85 @@ def generate_answers(
     return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
 
-class VQAAccuracy(Metric):
-    """Exact-match accuracy overall and per question type, with the chance level of the same questions.
+def answer_prefix(completion: str) -> str:
+    """The completion up to where its answer starts: through ``<answer>`` when written, else its reasoning
+    followed by ``<answer>`` (so a model that skipped the tag is still asked for its answer there)."""
+    opened = _ANSWER_OPEN_RE.search(completion)
+    if opened:
+        return completion[: opened.end()]
+    closed = completion.lower().find("</think>")
+    if closed >= 0:
+        return completion[: closed + len("</think>")] + "<answer>"
+    return "<answer>"
 
-    Chance is 1 / number of options, averaged over the questions seen: the bar a model that ignores the
-    image (and the question's prior) would reach. Sums are ``dist_reduce_fx="sum"`` states, so the values
-    are exact across batches and devices.
+
+def first_token_id(tokenizer: Any, text: str) -> int:
+    """The token a model emits first when it starts writing ``text`` right after ``<answer>``."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    return ids[0]
+
+
+@torch.no_grad()
+def yes_probabilities(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    batch: dict[str, Any],
+    completions: Sequence[str],
+    yes_no_ids: tuple[int, int],
+) -> list[float]:
+    """p(yes) = softmax over the logits of "yes" and "no" as the first answer token, after the model's own
+    reasoning (one teacher-forced forward over prompt + ``answer_prefix``). The score for AUROC and calibration.
     """
+    rows = [tokenizer(answer_prefix(c), add_special_tokens=False)["input_ids"] for c in completions]
+    length = max(len(r) for r in rows) + 1  # +1: a slot whose logits are the prediction after the prefix
+    device = batch["prompt_input_ids"].device
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r) + 1] = 1
+    logits = completion_logits(model, batch, ids, mask)
+    at_answer = logits[torch.arange(len(rows), device=device), torch.tensor([len(r) for r in rows], device=device)]
+    pair = at_answer[:, list(yes_no_ids)].float()
+    return torch.softmax(pair, dim=-1)[:, 0].tolist()
 
-    full_state_update = False
 
-    def __init__(self, question_types: Sequence[str]) -> None:
-        super().__init__()
-        self.question_types = list(question_types)
-        n = len(self.question_types)
-        for name in ("correct", "chance", "count", "formatted"):
-            self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+def prediction_rows(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    batch: dict[str, Any],
+    completions: Sequence[str],
+    yes_no_ids: tuple[int, int] | None,
+) -> list[dict[str, Any]]:
+    """Scored rows for the batch; presence questions get p(yes) when ``yes_no_ids`` is given."""
+    metas = batch["meta"]
+    p_yes: list[float | None] = [None] * len(metas)
+    if yes_no_ids is not None and any(m["question_type"] == "presence" for m in metas):
+        probs = yes_probabilities(model, tokenizer, batch, completions, yes_no_ids)
+        p_yes = [p if m["question_type"] == "presence" else None for p, m in zip(probs, metas, strict=True)]
+    return [prediction_row(c, m, p) for c, m, p in zip(completions, metas, p_yes, strict=True)]
 
-    def update(self, completions: Sequence[str], meta: Sequence[dict[str, Any]]) -> None:
-        for completion, m in zip(completions, meta, strict=True):
-            t = self.question_types.index(m["question_type"])
-            self.count[t] += 1
-            self.correct[t] += float(is_correct(completion, m["answer"], m["options"]))
-            self.chance[t] += 1.0 / max(1, len(m["options"]))
-            self.formatted[t] += float(extract_answer(completion) is not None)
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        total = self.count.sum().clamp(min=1)
-        results = {
-            "accuracy": self.correct.sum() / total,
-            "chance": self.chance.sum() / total,
-            "format_rate": self.formatted.sum() / total,
-        }
-        for t, name in enumerate(self.question_types):
-            if self.count[t] > 0:
-                results[f"accuracy/{name}"] = self.correct[t] / self.count[t]
-                results[f"chance/{name}"] = self.chance[t] / self.count[t]
-                results[f"n/{name}"] = self.count[t]
-        return {k: v.float() for k, v in results.items()}
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
-    def print_report(self, results: dict[str, torch.Tensor], title: str) -> None:
-        """A rich table: accuracy against chance per question type."""
-        table = Table(title=f"CT-VQA {title}")
-        for column in ("question type", "n", "accuracy", "chance", "Δ vs chance"):
-            table.add_column(column, justify="right" if column != "question type" else "left")
-        for name in self.question_types:
-            if f"n/{name}" in results:
-                acc, chance = results[f"accuracy/{name}"].item(), results[f"chance/{name}"].item()
-                table.add_row(
-                    name, f"{int(results[f'n/{name}'])}", f"{acc:.3f}", f"{chance:.3f}", f"{acc - chance:+.3f}"
-                )
-        acc, chance = results["accuracy"].item(), results["chance"].item()
-        table.add_row(
-            "all",
-            f"{int(sum(results[k].item() for k in results if k.startswith('n/')))}",
-            f"{acc:.3f}",
-            f"{chance:.3f}",
-            f"{acc - chance:+.3f}",
-            style="bold",
-        )
-        Console().print(table)
-        Console().print(f"format rate: {results['format_rate'].item():.3f}")
+
+def print_results(results: dict[str, Any], question_types: Sequence[str], title: str) -> None:
+    """Rich tables: accuracy against chance per question type, then the diagnosis metrics that were computed."""
+    console = Console()
+    table = Table(title=f"CT-VQA {title}")
+    for column in ("question type", "n", "accuracy", "chance", "Δ vs chance"):
+        table.add_column(column, justify="left" if column == "question type" else "right")
+    total = 0
+    for name in question_types:
+        if f"n/{name}" in results:
+            acc, chance, n = results[f"accuracy/{name}"], results[f"chance/{name}"], int(results[f"n/{name}"])
+            total += n
+            table.add_row(name, str(n), _fmt(acc), _fmt(chance), f"{acc - chance:+.3f}")
+    acc, chance = results["accuracy"], results["chance"]
+    table.add_row("all", str(total), _fmt(acc), _fmt(chance), f"{acc - chance:+.3f}", style="bold")
+    console.print(table)
+    headline = ["format_rate", "validity_rate", "macro_f1", "micro_f1", "auroc", "auprc", "ece", "bleu", "rouge_l"]
+    console.print("  ".join(f"{k}: {_fmt(results[k])}" for k in headline if k in results))

@@ -1,0 +1,115 @@
+"""Lightning callbacks that turn `cli.py test` and `cli.py predict` into files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from evaluation.report import atomic_write_text
+from evaluation.run_folder import file_sha256, json_safe, write_run
+
+
+def run_info(trainer: L.Trainer, module: L.LightningModule, name: str, split: str) -> dict[str, Any]:
+    """What was evaluated, on which data and with which seeds: the provenance block of run.json."""
+    datamodule = trainer.datamodule
+    data = dict(getattr(datamodule, "hparams", {}))
+    vqa_dir = Path(data.get("vqa_dir") or Path(data.get("data_dir", ".")) / "vqa")
+    vqa_file = vqa_dir / ("valid.jsonl" if split == "test" else "train.jsonl")
+    synthetic = data.get("synthetic")
+    return {
+        "name": name,
+        "model": f"{type(module).__module__}.{type(module).__qualname__}",
+        "model_path": module.hparams.get("model_path"),
+        "ckpt_path": trainer.ckpt_path,
+        "split": split,
+        "vqa_file": str(vqa_file),
+        "vqa_file_sha256": file_sha256(vqa_file),
+        "data_dir": data.get("data_dir"),
+        "synthetic": vars(synthetic) if synthetic is not None and hasattr(synthetic, "__dict__") else synthetic,
+        "zoom": vars(data["zoom"]) if getattr(data.get("zoom"), "__dict__", None) else data.get("zoom"),
+        "image_size": data.get("image_size"),
+        "prompt_format": data.get("prompt_format"),
+        "val_fraction": data.get("val_fraction"),
+        "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
+        "data_seed": data.get("seed"),
+        "max_new_tokens": module.hparams.get("max_new_tokens"),
+        "world_size": trainer.world_size,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+class EvaluationReport(L.Callback):
+    """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report, plots, provenance).
+
+    Args:
+        out_dir: parent folder of evaluation runs.
+        name: run name (rows of a comparison group by it); default: the checkpoint's or model folder's name.
+    """
+
+    def __init__(self, out_dir: str = "runs/eval", name: str | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.config_yaml: str | None = None  # set by cli.py from the parsed config
+        self.report_path: Path | None = None
+
+    def _name(self, trainer: L.Trainer, module: L.LightningModule) -> str:
+        if self.name:
+            return self.name
+        if trainer.ckpt_path:
+            return Path(trainer.ckpt_path).stem
+        return Path(str(module.hparams.get("model_path", "model"))).name
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = getattr(pl_module, "test_results", None)
+        if not trainer.is_global_zero or results is None:
+            return
+        name = self._name(trainer, pl_module)
+        info = run_info(trainer, pl_module, name, split="test")
+        self.report_path = write_run(
+            self.out_dir / name, results["metrics"], results["predictions"], info, self.config_yaml
+        )
+        print(f"evaluation report: {self.report_path}")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``cli.py predict`` rows to ``path`` as JSONL (question, reasoning, answer, truth, correct, p(yes)).
+
+    Each rank writes its own part while predicting; rank 0 joins them at the end into one file, renamed into
+    place, so an interrupted run never leaves a truncated predictions file.
+    """
+
+    def __init__(self, path: str = "runs/predict/predictions.jsonl") -> None:
+        super().__init__(write_interval="batch")
+        self.path = Path(path)
+
+    def _part(self, rank: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.rank{rank}.part")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._part(trainer.global_rank).write_text("")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        with self._part(trainer.global_rank).open("a", encoding="utf-8") as f:
+            for row in prediction:
+                row = {k: v for k, v in row.items() if k != "padding"}
+                f.write(json.dumps(json_safe(row), ensure_ascii=False) + "\n")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.strategy.barrier()
+        if not trainer.is_global_zero:
+            return
+        parts = [self._part(rank) for rank in range(trainer.world_size)]
+        atomic_write_text(self.path, "".join(p.read_text(encoding="utf-8") for p in parts))
+        for part in parts:
+            part.unlink()
+        print(f"predictions: {self.path}")

@@ -1,0 +1,254 @@
+"""Markdown report for one evaluation run folder, plus the atomic file writes shared by the run writer."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DASH = "–"
+QTYPE_ORDER: tuple[str, ...] = ("presence", "abnormality", "location", "size", "count")
+PLOT_TITLES: dict[str, str] = {
+    "abnormality_f1": "F1 per abnormality",
+    "confusion": "Confusion matrices per question type",
+    "confusion_matrices": "Confusion matrices per question type",
+    "calibration": "Calibration of P(yes) on presence questions",
+    "comparison": "Run comparison",
+}
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A crash or a concurrent reader never sees a half-written file; same folder so the rename stays on one filesystem.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def as_float(x: Any) -> float:
+    """``x`` as a float; None, bools, strings and other non-numbers become NaN (a metric may be missing)."""
+    if isinstance(x, bool) or x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fmt(x: Any, signed: bool = False) -> str:
+    """Three decimals, "–" for missing / NaN / infinite values."""
+    v = as_float(x)
+    if not math.isfinite(v):
+        return DASH
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _cell(text: Any, limit: int | None = None) -> str:
+    """One-line, pipe-escaped text for a Markdown table cell or list item, optionally shortened."""
+    s = " ".join(str(text).split())
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 1].rstrip() + "…"
+    return s.replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> list[str]:
+    align = align or ["l", *["r"] * (len(header) - 1)]
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _qtype_key(qtype: str) -> tuple[int, str]:
+    return (QTYPE_ORDER.index(qtype) if qtype in QTYPE_ORDER else len(QTYPE_ORDER), qtype)
+
+
+def _chance(preds: Sequence[Mapping[str, Any]]) -> float:
+    """Expected accuracy of a uniform guess among each sample's options."""
+    vals = [1.0 / len(p["options"]) for p in preds if p.get("options")]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _qtype_rows(metrics: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for p in predictions:
+        by_type.setdefault(str(p.get("question_type")), []).append(p)
+    qtypes = set(by_type) | {k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/")}
+    rows = []
+    for q in sorted(qtypes, key=_qtype_key):
+        preds = by_type.get(q, [])
+        # metrics.json is authoritative; fall back to the predictions for anything it lacks.
+        n = as_float(metrics.get(f"n/{q}"))
+        n = len(preds) if math.isnan(n) else n
+        acc = as_float(metrics.get(f"accuracy/{q}"))
+        if math.isnan(acc) and preds:
+            acc = sum(bool(p.get("correct")) for p in preds) / len(preds)
+        chance = as_float(metrics.get(f"chance/{q}"))
+        chance = _chance(preds) if math.isnan(chance) else chance
+        rows.append([q, str(int(n)), fmt(acc), fmt(chance), fmt(acc - chance, signed=True)])
+    return rows
+
+
+def _pick_examples(predictions: Sequence[Mapping[str, Any]], correct: bool, k: int) -> list[Mapping[str, Any]]:
+    """Up to ``k`` predictions with the given correctness, one per question type first so the examples vary."""
+    pool = [p for p in predictions if bool(p.get("correct")) == correct]
+    picked: list[Mapping[str, Any]] = []
+    seen: set[str] = set()
+    for p in pool:
+        if len(picked) < k and p.get("question_type") not in seen:
+            picked.append(p)
+            seen.add(str(p.get("question_type")))
+    for p in pool:
+        if len(picked) >= k:
+            break
+        if not any(p is q for q in picked):
+            picked.append(p)
+    return picked
+
+
+def _support(stats: Mapping[str, Any]) -> int:
+    """Support as an int, -1 when missing (sorts last, shown as "–")."""
+    v = as_float(stats.get("support"))
+    return int(v) if math.isfinite(v) else -1
+
+
+def _example(p: Mapping[str, Any]) -> list[str]:
+    answer = p.get("answer")
+    flags = []
+    if not p.get("formatted"):
+        flags.append("unformatted")
+    if answer is not None and not p.get("valid"):
+        flags.append("not an option")
+    answer_text = DASH if answer is None else f"`{_cell(answer, 80)}`"
+    lines = [
+        f"- **{_cell(p.get('id', '?'))}** ({_cell(p.get('question_type', '?'))}, {_cell(p.get('volume_name', '?'))})",
+        f"  - Q: {_cell(p.get('question', ''), 200)}",
+        f"  - Options: {' / '.join(_cell(o, 60) for o in p.get('options') or [])}",
+        f"  - Truth: `{_cell(p.get('truth', ''), 80)}` · Answer: {answer_text}"
+        + (f" ({', '.join(flags)})" if flags else ""),
+    ]
+    reasoning = p.get("reasoning")
+    if reasoning:
+        lines.append(f"  - Reasoning: {_cell(reasoning, 300)}")
+    elif not p.get("formatted") and p.get("completion"):
+        # Without parsed reasoning, the raw completion is what explains an unformatted answer.
+        lines.append(f"  - Completion: {_cell(p.get('completion'), 300)}")
+    return lines
+
+
+def render_report(
+    metrics: Mapping[str, Any],
+    predictions: Sequence[Mapping[str, Any]],
+    info: Mapping[str, Any],
+    plots: Mapping[str, str | os.PathLike],
+    base_dir: str | os.PathLike | None = None,
+) -> str:
+    """Markdown report of one evaluation run: reproduction info, headline / per-type / per-abnormality tables,
+    plots and a few example predictions.
+
+    ``plots`` maps a plot key (e.g. "abnormality_f1", "confusion", "calibration") to its PNG path; paths are
+    linked as given, or relative to ``base_dir`` (the report's folder) when that is passed.
+    """
+    name = info.get("name") or "evaluation"
+    out: list[str] = [f"# Evaluation report: {name}", ""]
+    n_samples = len(predictions) if predictions else info.get("num_samples")
+    split, created = info.get("split") or DASH, info.get("created") or DASH
+    out += [f"Split `{split}`, {n_samples if n_samples is not None else DASH} samples, created {created}.", ""]
+
+    out += ["## Reproduce", ""]
+    if info.get("command"):
+        out += ["```bash", str(info["command"]), "```", ""]
+    for label, key in [
+        ("Model", "model"),
+        ("Model path", "model_path"),
+        ("Checkpoint", "ckpt_path"),
+        ("Split", "split"),
+        ("Samples", "num_samples"),
+        ("Seed", "seed"),
+        ("Data seed", "data_seed"),
+    ]:
+        value = info.get(key)
+        out.append(f"- {label}: " + (f"`{value}`" if value is not None else DASH))
+    out.append("")
+
+    acc, chance = as_float(metrics.get("accuracy")), as_float(metrics.get("chance"))
+    if math.isnan(chance):
+        chance = _chance(predictions)
+    headline = [
+        ("Accuracy", fmt(acc)),
+        ("Chance (uniform over options)", fmt(chance)),
+        ("Accuracy − chance", fmt(acc - chance, signed=True)),
+        ("Format compliance", fmt(metrics.get("format_rate"))),
+        ("Answer validity", fmt(metrics.get("validity_rate"))),
+        ("Macro F1 (abnormalities)", fmt(metrics.get("macro_f1"))),
+        ("Micro F1 (abnormalities)", fmt(metrics.get("micro_f1"))),
+        ("AUROC (presence, P(yes))", fmt(metrics.get("auroc"))),
+        ("AUPRC (presence, P(yes))", fmt(metrics.get("auprc"))),
+        ("ECE (presence, P(yes))", fmt(metrics.get("ece"))),
+        ("BLEU (reasoning)", fmt(metrics.get("bleu"))),
+        ("ROUGE-L (reasoning)", fmt(metrics.get("rouge_l"))),
+    ]
+    out += ["## Headline metrics", "", *_table(["Metric", "Value"], [list(r) for r in headline]), ""]
+
+    qrows = _qtype_rows(metrics, predictions)
+    if qrows:
+        out += ["## Per question type", ""]
+        out += [*_table(["Question type", "n", "Accuracy", "Chance", "Δ"], qrows), ""]
+
+    per_abn = metrics.get("per_abnormality") or {}
+    if per_abn:
+        rows = []
+        # Most frequent labels first: their numbers are the ones to trust.
+        for label, s in sorted(per_abn.items(), key=lambda kv: (-_support(kv[1]), kv[0])):
+            support = _support(s)
+            rows.append(
+                [
+                    _cell(label),
+                    fmt(s.get("precision")),
+                    fmt(s.get("recall")),
+                    fmt(s.get("f1")),
+                    DASH if support < 0 else str(support),
+                    fmt(s.get("auroc")),
+                    fmt(s.get("auprc")),
+                ]
+            )
+        out += ["## Per abnormality", ""]
+        out += [*_table(["Abnormality", "Precision", "Recall", "F1", "Support", "AUROC", "AUPRC"], rows), ""]
+
+    if plots:
+        out += ["## Plots", ""]
+        for key, path in plots.items():
+            link = Path(path)
+            if base_dir is not None:
+                link = Path(os.path.relpath(link, base_dir))
+            title = PLOT_TITLES.get(key, key.replace("_", " "))
+            out += [f"### {title}", "", f"![{title}]({link.as_posix()})", ""]
+
+    wrong, right = _pick_examples(predictions, False, 3), _pick_examples(predictions, True, 2)
+    if wrong or right:
+        out += ["## Example predictions", ""]
+        if wrong:
+            out += ["### Wrong", ""] + [line for p in wrong for line in _example(p)] + [""]
+        if right:
+            out += ["### Right", ""] + [line for p in right for line in _example(p)] + [""]
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,40 @@
+"""Evaluating any Hugging Face VLM directory (zero-shot or fine-tuned) with the training stages' own prompts,
+decoding and metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from lightning_modules.model_loading import LoRASpec
+from lightning_modules.policy import PolicyModule
+
+
+class VQAEvaluator(PolicyModule):
+    """Test / predict only: greedy answers, p(yes) and every diagnosis metric, no training.
+
+    For a Lightning checkpoint of SFT or GRPO, pass ``--ckpt_path``: LightningCLI then rebuilds the module that
+    wrote it from the checkpoint's hyperparameters, so the same test step runs with the trained weights.
+
+    Args:
+        model_path: Hugging Face model directory (the exported tiny model, a real Qwen2.5-VL, another VLM).
+        build_embedded_if_missing: build the embedded tiny model at ``model_path`` if the directory is missing.
+        lora: LoRA settings of a checkpoint to load into (null for plain model directories).
+        max_new_tokens: generation budget per answer.
+        fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "artifacts/sft-model",
+        build_embedded_if_missing: bool = False,
+        lora: LoRASpec | None = None,
+        max_new_tokens: int = 64,
+        fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
+            lora = LoRASpec(**lora)
+        self.save_hyperparameters()
+        self.hparams.lora = lora

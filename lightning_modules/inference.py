@@ -1,0 +1,100 @@
+"""One-shot inference on a user's own CT (``cli.py ask``): volume + question (+ ROI) → reasoning and answer.
+
+The volume goes through the datamodule's own rendering and prompt code, so the model sees exactly what it was
+trained on; the zoom-embedded image it saw is saved next to the answer for a clinician to check.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+
+from datamodules.collate import VQACollator
+from datamodules.ct_vqa import CTVQADataModule
+from datamodules.ctrate import axial_slice
+from datamodules.transforms import to_pil
+from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
+from evaluation.report import atomic_write_bytes, atomic_write_text
+from lightning_modules.policy import PolicyModule
+from lightning_modules.vqa_eval import generate_answers
+from rewards.parsing import extract_answer, match_option
+
+ASK_ID = "ask"
+
+
+def ask(
+    module: PolicyModule,
+    datamodule: CTVQADataModule,
+    volume: str,
+    question: str,
+    options: list[str] | None = None,
+    roi: list[int] | None = None,
+    roi_mask: str | None = None,
+    slice_index: int | None = None,
+    out_dir: str | Path = "runs/ask",
+) -> dict[str, Any]:
+    """Answer ``question`` about ``volume`` (NIfTI file or DICOM folder); returns and saves the answer record.
+
+    The view is the ROI mask's fullest slice, or ``slice_index`` (default: the middle slice) with the ``roi``
+    box, or the lung fields when no ROI is given (``datamodules.user_volume.choose_view``).
+    """
+    ct = load_user_volume(volume)
+    mask = load_user_mask(roi_mask, like=ct) if roi_mask else None
+    k, boxes = choose_view(ct, roi=roi, mask=mask, slice_index=slice_index)
+    dataset = datamodule.dataset_for([])
+    image = dataset.render(axial_slice(ct, k), boxes)
+    record = {
+        "id": ASK_ID,
+        "question_type": "presence" if options and {o.lower() for o in options} == {"yes", "no"} else "open",
+        "question": question,
+        "answer": "",
+        "options": list(options or []),
+        "volume_name": str(volume),
+        "reasoning": "",
+        "_where": str(volume),
+    }
+    batch = VQACollator(pad_token_id=datamodule.processor.tokenizer.pad_token_id)([dataset.encode(record, image)])
+    batch = {k: v.to(module.device) if hasattr(v, "to") else v for k, v in batch.items()}
+    completion = generate_answers(
+        module.model,
+        module.tokenizer,
+        batch,
+        module.hparams.max_new_tokens,
+        eos_token_ids=module.end_tokens,
+        suppress_token_ids=module.suppressed_tokens,
+    )[0]
+    raw = extract_answer(completion)
+    result = {
+        "volume": str(volume),
+        "question": question,
+        "options": record["options"],
+        "slice_index": k,
+        "roi": boxes,
+        "completion": completion,
+        "answer": (match_option(raw, record["options"]) or raw) if record["options"] else raw,
+        "image": "image.png",
+    }
+    out = Path(out_dir)
+    atomic_write_bytes(out / "image.png", _png_bytes(to_pil(image)))
+    atomic_write_text(out / "answer.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    _print(result, out)
+    return result
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _print(result: dict[str, Any], out: Path) -> None:
+    console = Console()
+    where = f"slice {result['slice_index']}, ROI {result['roi']}"
+    console.print(Panel(result["completion"] or "(empty)", title=f"{result['question']}  [{where}]"))
+    console.print(f"answer: [bold]{result['answer']}[/bold]")
+    console.print(f"saved the image the model saw to {out / 'image.png'} and the answer to {out / 'answer.json'}")

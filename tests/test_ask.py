@@ -1,0 +1,80 @@
+"""`cli.py ask` on a user's own NIfTI: an answer, and the zoom-embedded image the model saw, saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import yaml
+from PIL import Image
+
+from cli import main
+
+EVAL = str(Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
+
+
+def write_ct(path: Path) -> np.ndarray:
+    """A chest-like HU volume stored as RAS NIfTI (what dcm2niix writes): body, two lungs, one nodule."""
+    from datamodules.synthetic_ctrate import make_phantom
+
+    phantom = make_phantom(np.random.default_rng(3), findings=False)
+    hu = phantom.hu.copy()  # (X, Y, Z) in LPS
+    hu[50:54, 60:64, 10:12] = 40.0
+    ras = hu[::-1, ::-1, :]  # L→R and P→A flips: the same voxels in RAS index order
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(ras), np.diag([2.5, 2.5, 5.0, 1.0])), path)
+    return hu
+
+
+def test_ask_answers_and_saves_the_image(tmp_path, synthetic_root, tiny_model_dir):
+    volume = tmp_path / "my_ct.nii.gz"
+    write_ct(volume)
+    mask = np.zeros((128, 128, 32), np.uint8)
+    mask[50:54, 60:64, 10:12] = 1
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(mask[::-1, ::-1, :]), np.diag([2.5, 2.5, 5.0, 1.0])),
+        tmp_path / "roi.nii.gz",
+    )
+    overlay = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 8}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "image_size": 56},
+    }
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    out = tmp_path / "ask"
+    common = ["ask", "--config", EVAL, "--config", str(tmp_path / "o.yaml"), "--volume", str(volume)]
+    main(
+        [
+            *common,
+            "--question",
+            "Is there a lung nodule?",
+            "--options",
+            '["yes", "no"]',
+            "--roi_mask",
+            str(tmp_path / "roi.nii.gz"),
+            "--out_dir",
+            str(out),
+        ]
+    )
+    answer = json.loads((out / "answer.json").read_text())
+    assert answer["slice_index"] in (10, 11)  # the mask's fullest slice
+    assert answer["roi"] == [[50, 60, 54, 64]]  # display x = LPS i, y = LPS j
+    assert isinstance(answer["completion"], str) and answer["options"] == ["yes", "no"]
+    with Image.open(out / "image.png") as image:
+        assert max(image.size) == 56 and image.mode == "RGB"
+
+    main(
+        [
+            *common,
+            "--question",
+            "Where is the nodule?",
+            "--roi",
+            "[40, 50, 70, 80]",
+            "--slice_index",
+            "5",
+            "--out_dir",
+            str(out),
+        ]
+    )
+    answer = json.loads((out / "answer.json").read_text())
+    assert answer["slice_index"] == 5 and answer["roi"] == [[40, 50, 70, 80]] and answer["options"] == []

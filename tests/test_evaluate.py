@@ -1,0 +1,133 @@
+"""`cli.py test` / `cli.py predict` with configs/eval.yaml: run folder, predictions, p(yes), checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cli import main
+from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.evaluator import VQAEvaluator
+from lightning_modules.vqa_eval import answer_prefix, yes_probabilities
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL = str(ROOT / "configs" / "eval.yaml")
+SFT = str(ROOT / "configs" / "sft.yaml")
+
+
+def overlay(tmp_path: Path, synthetic_root: Path, tiny_model_dir: Path, name: str | None = "tiny") -> str:
+    config = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 12}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 12},
+        "trainer": {
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {
+                    "class_path": "evaluation.callbacks.EvaluationReport",
+                    "init_args": {"out_dir": str(tmp_path / "eval"), "name": name},
+                },
+                {
+                    "class_path": "evaluation.callbacks.PredictionWriter",
+                    "init_args": {"path": str(tmp_path / "predict" / "predictions.jsonl")},
+                },
+            ],
+        },
+    }
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_p_yes_matches_a_plain_forward(synthetic_root, tiny_model_dir):
+    """The teacher-forced p(yes) (explicit mrope positions, left-padded batch) equals a per-sample HF forward."""
+    module = VQAEvaluator(model_path=str(tiny_model_dir))
+    module.configure_model()
+    module.eval()
+    data = CTVQADataModule(data_dir=str(synthetic_root), processor_path=str(tiny_model_dir), max_samples=3)
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    completions = ["<think>a density</think><answer>yes</answer>", "<think>clear</think>", "no tags"]
+    got = yes_probabilities(module.model, module.tokenizer, batch, completions, module.yes_no_ids)
+    for i, completion in enumerate(completions):
+        prompt = batch["prompt_input_ids"][i][batch["prompt_attention_mask"][i].bool()]
+        prefix = module.tokenizer(answer_prefix(completion), add_special_tokens=False)["input_ids"]
+        ids = torch.cat([prompt, torch.tensor(prefix)]).unsqueeze(0)
+        mm = torch.cat(
+            [
+                batch["prompt_mm_token_type_ids"][i][batch["prompt_attention_mask"][i].bool()],
+                torch.zeros(len(prefix), dtype=torch.long),
+            ]
+        ).unsqueeze(0)
+        per_image = int(batch["image_grid_thw"][i].prod())
+        pixels = batch["pixel_values"][i * per_image : (i + 1) * per_image]
+        with torch.no_grad():
+            logits = module.model(
+                input_ids=ids,
+                mm_token_type_ids=mm,
+                pixel_values=pixels,
+                image_grid_thw=batch["image_grid_thw"][i : i + 1],
+            ).logits[0, -1]
+        expected = torch.softmax(logits[list(module.yes_no_ids)], dim=-1)[0].item()
+        assert got[i] == pytest.approx(expected, abs=1e-5)
+
+
+def test_eval_writes_a_run_folder_and_predict_writes_jsonl(tmp_path, synthetic_root, tiny_model_dir):
+    cfg = overlay(tmp_path, synthetic_root, tiny_model_dir)
+    cli = main(["test", "--config", EVAL, "--config", cfg])
+    run = tmp_path / "eval" / "tiny"
+    for name in ("metrics.json", "predictions.jsonl", "report.md", "run.json", "config.yaml"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+    presence = [r for r in rows if r["question_type"] == "presence"]
+    assert presence and all(0.0 <= r["p_yes"] <= 1.0 for r in presence)
+    assert all(r["p_yes"] is None for r in rows if r["question_type"] != "presence")
+    assert {"question", "reasoning", "answer", "truth", "correct"} <= set(rows[0])
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 0 and info["split"] == "test" and info["num_samples"] == 12 and info["vqa_file_sha256"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["max_new_tokens"] == 12
+    assert list((run / "plots").glob("*.png"))
+    assert "tiny" in (run / "report.md").read_text()
+    assert cli.trainer.callback_metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+
+    main(["predict", "--config", EVAL, "--config", cfg])
+    predicted = (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in predicted] == [r["id"] for r in rows]
+    assert not list((tmp_path / "predict").glob(".*part"))
+
+
+def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_root, tiny_model_dir):
+    """--ckpt_path of an SFT run: LightningCLI rebuilds SFTModule from the checkpoint, the test runs its weights."""
+    run = tmp_path / "sft"
+    sft = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 8},
+        "trainer": {
+            "max_steps": 2,
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "default_root_dir": str(run),
+            "logger": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
+                }
+            ],
+        },
+    }
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
+    trained = main(["fit", "--config", SFT, "--config", str(tmp_path / "sft.yaml")]).model
+    cfg = overlay(tmp_path, synthetic_root, tiny_model_dir, name=None)
+    cli = main(["test", "--config", EVAL, "--config", cfg, "--ckpt_path", str(run / "ckpt" / "last.ckpt")])
+    assert type(cli.model).__name__ == "SFTModule"
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(cli.model.model.state_dict()[key], value), key
+    assert (tmp_path / "eval" / "last" / "metrics.json").is_file()  # named after the checkpoint
