@@ -1,0 +1,220 @@
+"""Small-scale replication of MedReason-R1's ablation on the embedded default, in one command.
+
+For every seed, each arm of ``configs/experiments/replication.yaml`` is trained with the normal configs (SFT or
+GRPO, through ``cli.py``'s own entry point), exported, and evaluated on the test split with
+``configs/eval.yaml``; then all run folders go into one comparison report (mean ± std over seeds).
+
+    python -m experiments.replicate --config configs/experiments/replication.yaml
+    python -m experiments.replicate --config configs/experiments/replication.yaml --smoke   # a minute: tiny budgets
+
+Everything an arm ran with is written next to its results (``<out>/seed<s>/<arm>/{fit,eval}.yaml``), and a
+finished arm is skipped when the command is run again, so an interrupted experiment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("experiments.replicate")
+DONE = "done.json"
+
+
+def deep_merge(base: dict[str, Any], *overlays: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` updated by each overlay in turn; nested dicts merge, anything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for overlay in overlays:
+        for key, value in (overlay or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass
+class Arm:
+    """One row of the comparison: a training stage with its own overrides, optionally started from another arm."""
+
+    name: str
+    stage: str  # "sft" or "grpo"
+    init_from: str | None = None  # arm whose exported model this one starts from (GRPO after SFT)
+    data: dict[str, Any] = field(default_factory=dict)  # datamodule overrides (also used to evaluate it)
+    overrides: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's config
+
+
+@dataclass
+class Experiment:
+    out_dir: Path
+    seeds: list[int]
+    stages: dict[str, dict[str, Any]]  # stage -> {config: path, overrides: {...}}; "eval" evaluates every arm
+    data: dict[str, Any]
+    arms: list[Arm]
+    init_model: dict[str, Any]
+    report_metrics: list[str] | None = None  # comparison columns (default: evaluation.compare's headline)
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise ValueError(f"arm {name!r} is not defined (arms: {', '.join(a.name for a in self.arms)})")
+
+    def arm_data(self, arm: Arm) -> dict[str, Any]:
+        """An arm's data settings: the common ones, its parent's (a GRPO arm sees what its SFT saw), its own."""
+        parent = self.arm_data(self.arm(arm.init_from)) if arm.init_from else self.data
+        return deep_merge(parent, arm.data)
+
+
+def load_experiment(paths: list[str], smoke: bool) -> Experiment:
+    """The experiment spec: YAML files merged in order, then their ``smoke`` section when ``smoke`` is set."""
+    spec: dict[str, Any] = {}
+    for path in paths:
+        spec = deep_merge(spec, yaml.safe_load(Path(path).read_text()) or {})
+    if smoke:
+        spec = deep_merge(spec, spec.get("smoke", {}))
+    arms = [Arm(**a) for a in spec["arms"]]
+    for arm in arms:
+        if arm.stage not in ("sft", "grpo"):
+            raise ValueError(f"arm {arm.name!r}: stage must be sft or grpo, not {arm.stage!r}")
+    exp = Experiment(
+        out_dir=Path(spec["out_dir"]),
+        seeds=[int(s) for s in spec["seeds"]],
+        stages=spec["stages"],
+        data=spec.get("data", {}),
+        arms=arms,
+        init_model=spec.get("init_model", {}),
+        report_metrics=spec.get("report_metrics"),
+    )
+    for arm in arms:
+        if arm.init_from:
+            exp.arm(arm.init_from)
+    return exp
+
+
+def _write_yaml(path: Path, config: dict[str, Any]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path: Path) -> dict[str, Any]:
+    stage = exp.stages[arm.stage]
+    run = {
+        "seed_everything": seed,
+        "model": {"init_args": {"model_path": str(model_path), "build_embedded_if_missing": False}},
+        "data": {**exp.arm_data(arm), "seed": seed},
+        "trainer": {
+            "default_root_dir": str(arm_dir),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(arm_dir), "name": "logs"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(arm_dir / "checkpoints"),
+                        "filename": "best-{step}",
+                        "monitor": "val/accuracy",
+                        "mode": "max",
+                        "save_last": True,
+                    },
+                }
+            ],
+        },
+    }
+    return deep_merge(stage.get("overrides", {}), arm.overrides, run)
+
+
+def _eval_overlay(exp: Experiment, arm: Arm, seed: int, seed_dir: Path, model_dir: Path) -> dict[str, Any]:
+    run = {
+        "seed_everything": seed,
+        "model": {"init_args": {"model_path": str(model_dir)}},
+        "data": exp.arm_data(arm),
+        "trainer": {
+            "default_root_dir": str(seed_dir / "eval"),
+            "callbacks": [
+                {
+                    "class_path": "evaluation.callbacks.EvaluationReport",
+                    "init_args": {"out_dir": str(seed_dir / "eval"), "name": arm.name},
+                }
+            ],
+        },
+    }
+    return deep_merge(exp.stages["eval"].get("overrides", {}), run)
+
+
+def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
+    """Train, export and evaluate one arm for one seed; returns its evaluation run folder. Skips finished arms."""
+    from cli import main as cli
+
+    seed_dir = exp.out_dir / f"seed{seed}"
+    arm_dir, eval_dir = seed_dir / arm.name, seed_dir / "eval" / arm.name
+    if (arm_dir / DONE).is_file():
+        log.info("seed %d, %s: done before, skipped", seed, arm.name)
+        return eval_dir
+    start = time.perf_counter()
+    model_path = seed_dir / arm.init_from / "model" if arm.init_from else _init_model(exp, seed_dir, seed)
+    base = exp.stages[arm.stage]["config"]
+    fit = _write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
+    log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
+    cli(["fit", "--config", base, "--config", fit])
+    cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
+    evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir / "model"))
+    cli(["test", "--config", exp.stages["eval"]["config"], "--config", evaluation])
+    seconds = time.perf_counter() - start
+    (arm_dir / DONE).write_text(json.dumps({"seconds": round(seconds, 1), "eval": str(eval_dir)}) + "\n")
+    log.info("seed %d, %s: finished in %.0f s", seed, arm.name, seconds)
+    return eval_dir
+
+
+def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
+    """The seed's initial tiny model: every arm of a seed starts from the same weights (a paired comparison)."""
+    from lightning_modules.embedded_model import build_embedded_model
+
+    path = seed_dir / "init-model"
+    if not (path / "config.json").is_file():
+        build_embedded_model(path, seed=seed, **exp.init_model)
+    return path
+
+
+def run(exp: Experiment) -> Path:
+    """Every arm for every seed, then the comparison report; returns the path of ``comparison.md``."""
+    from evaluation.compare import write_comparison
+
+    run_dirs = [run_arm(exp, arm, seed) for seed in exp.seeds for arm in exp.arms]
+    seconds = {
+        f"seed{seed}/{arm.name}": json.loads((exp.out_dir / f"seed{seed}" / arm.name / DONE).read_text())["seconds"]
+        for seed in exp.seeds
+        for arm in exp.arms
+    }
+    report = write_comparison(run_dirs, exp.out_dir / "comparison", metric_names=exp.report_metrics)
+    (exp.out_dir / "comparison" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", required=True, help="experiment YAML (several merge in order)")
+    parser.add_argument("--smoke", action="store_true", help="apply the spec's smoke section: tiny budgets")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = run(load_experiment(args.config, args.smoke))
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(report.read_text()))
+    print(f"comparison report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
