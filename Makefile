@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine (Python 3.11):
 #   make demo   install, synthetic CT-RATE, SFT, GRPO, exports and test-split reports on the embedded default
 #   make test   install, then the test suite
+#   make replicate  the paper's ablation at small scale (not part of demo)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test replicate lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -18,14 +19,19 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) cli.py fit --config configs/sft.yaml
 	$(PY) cli.py export --config configs/sft.yaml --ckpt_path best --out_dir artifacts/sft-model
-	$(PY) cli.py test --config configs/sft.yaml --config configs/eval_export.yaml
+	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/sft-model
 	$(PY) cli.py validate --config configs/grpo.yaml
 	$(PY) cli.py fit --config configs/grpo.yaml
 	$(PY) cli.py export --config configs/grpo.yaml --ckpt_path best --out_dir artifacts/grpo-model
-	$(PY) cli.py test --config configs/grpo.yaml --config configs/eval_grpo_export.yaml
+	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/grpo-model
+	$(PY) -m evaluation.compare runs/eval/sft-model runs/eval/grpo-model --out runs/eval/comparison
 
 test: install
 	$(PY) -m pytest -q
+
+# The paper's ablation at small scale (README, "Replication"): about 45 min on 2 CPU cores.
+replicate: install
+	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

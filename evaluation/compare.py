@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.report import QTYPE_ORDER, _table, as_float, atomic_write_text, fmt
+from evaluation.report import QTYPE_ORDER, as_float, atomic_write_text, fmt, markdown_table
 
 METRICS_FILE = "metrics.json"
 INFO_FILE = "run.json"
@@ -129,7 +129,7 @@ def render_comparison(groups: Sequence[Mapping[str, Any]], metric_names: Sequenc
         [str(g["name"]).replace("|", "\\|"), *[format_stat(g["metrics"].get(m), g["n_runs"]) for m in metric_names]]
         for g in groups
     ]
-    lines = _table(["Run", *metric_names], rows)
+    lines = markdown_table(["Run", *metric_names], rows)
     lines.append("")
     for g in groups:
         runs = ", ".join(

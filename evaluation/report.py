@@ -71,7 +71,10 @@ def _cell(text: Any, limit: int | None = None) -> str:
     return s.replace("|", "\\|")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> list[str]:
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None
+) -> list[str]:
+    """Lines of a Markdown table; columns left- ("l") or right-aligned ("r"), numbers right by default."""
     align = align or ["l", *["r"] * (len(header) - 1)]
     sep = ["---:" if a == "r" else "---" for a in align]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
@@ -208,12 +211,12 @@ def render_report(
         ("BLEU (reasoning)", fmt(metrics.get("bleu"))),
         ("ROUGE-L (reasoning)", fmt(metrics.get("rouge_l"))),
     ]
-    out += ["## Headline metrics", "", *_table(["Metric", "Value"], [list(r) for r in headline]), ""]
+    out += ["## Headline metrics", "", *markdown_table(["Metric", "Value"], [list(r) for r in headline]), ""]
 
     qrows = _qtype_rows(metrics, predictions)
     if qrows:
         out += ["## Per question type", ""]
-        out += [*_table(["Question type", "n", "Accuracy", "Chance", "Δ"], qrows), ""]
+        out += [*markdown_table(["Question type", "n", "Accuracy", "Chance", "Δ"], qrows), ""]
 
     per_abn = metrics.get("per_abnormality") or {}
     if per_abn:
@@ -233,7 +236,7 @@ def render_report(
                 ]
             )
         out += ["## Per abnormality", ""]
-        out += [*_table(["Abnormality", "Precision", "Recall", "F1", "Support", "AUROC", "AUPRC"], rows), ""]
+        out += [*markdown_table(["Abnormality", "Precision", "Recall", "F1", "Support", "AUROC", "AUPRC"], rows), ""]
 
     if plots:
         out += ["## Plots", ""]

@@ -15,11 +15,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
     "files",
     [
         ["sft.yaml"],
-        ["sft.yaml", "eval_export.yaml"],
+        ["eval.yaml"],
         ["sft.yaml", "sft_tiny_gpu_fsdp.yaml"],
         ["sft_qwen2.5vl_3b_fsdp.yaml"],
         ["grpo.yaml"],
-        ["grpo.yaml", "eval_grpo_export.yaml"],
         ["grpo_qwen2.5vl_3b_fsdp.yaml"],
     ],
 )

@@ -131,3 +131,37 @@ def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_roo
     for key, value in trained.model.state_dict().items():
         assert torch.equal(cli.model.model.state_dict()[key], value), key
     assert (tmp_path / "eval" / "last" / "metrics.json").is_file()  # named after the checkpoint
+
+
+def test_two_process_evaluation_counts_every_question_once(tmp_path, synthetic_root, tiny_model_dir):
+    """FSDP2 on 2 gloo processes, 7 questions in batches of 2: the ranks get 4 batches of padded work each, and
+    the metrics and the predictions file hold each of the 7 questions exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = overlay(tmp_path, synthetic_root, tiny_model_dir)
+    extra = {
+        "data": {"max_samples": 7, "eval_batch_size": 2},
+        "trainer": {
+            "devices": 2,
+            "strategy": {
+                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+            },
+        },
+    }
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(extra))
+    cmd = [sys.executable, "cli.py", "test", "--config", EVAL, "--config", cfg, "--config", str(tmp_path / "fsdp.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "eval" / "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    data = CTVQADataModule(data_dir=str(synthetic_root), processor_path=str(tiny_model_dir), max_samples=7)
+    data.setup("test")
+    assert [r["id"] for r in rows] == [r["id"] for r in data.datasets["test"].records]
+    assert sum(v for k, v in metrics.items() if k.startswith("n/")) == 7
+    assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 7)
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
