@@ -134,13 +134,13 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
     return deep_merge(stage.get("overrides", {}), arm.overrides, run)
 
 
-def _eval_overlay(exp: Experiment, arm: Arm, seed: int, seed_dir: Path, model_dir: Path) -> dict[str, Any]:
+def _eval_overlay(exp: Experiment, arm: Arm, seed: int, seed_dir: Path, arm_dir: Path) -> dict[str, Any]:
     run = {
         "seed_everything": seed,
-        "model": {"init_args": {"model_path": str(model_dir)}},
+        "model": {"init_args": {"model_path": str(arm_dir / "model")}},
         "data": exp.arm_data(arm),
         "trainer": {
-            "default_root_dir": str(seed_dir / "eval"),
+            "default_root_dir": str(arm_dir),  # not the eval folder: only run folders belong there
             "callbacks": [
                 {
                     "class_path": "evaluation.callbacks.EvaluationReport",
@@ -168,7 +168,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
     log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
     cli(["fit", "--config", base, "--config", fit])
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
-    evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir / "model"))
+    evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir))
     cli(["test", "--config", exp.stages["eval"]["config"], "--config", evaluation])
     seconds = time.perf_counter() - start
     (arm_dir / DONE).write_text(json.dumps({"seconds": round(seconds, 1), "eval": str(eval_dir)}) + "\n")
