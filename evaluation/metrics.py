@@ -145,9 +145,8 @@ class AbnormalityDetection(Metric):
         tp, fp, fn = self.tp, self.fp, self.fn
         per_label: dict[str, dict[str, float]] = {}
         f1s = []
-        probs = dim_zero_cat(self.p_yes).float() if self.p_yes else torch.zeros(0)
-        target = dim_zero_cat(self.target) if self.target else torch.zeros(0, dtype=torch.long)
-        index = dim_zero_cat(self.label_index) if self.label_index else torch.zeros(0, dtype=torch.long)
+        probs = _cat(self.p_yes, torch.float64).float()
+        target, index = _cat(self.target, torch.long), _cat(self.label_index, torch.long)
         for i, label in enumerate(self.labels):
             if tp[i] + fp[i] + fn[i] + self.tn[i] == 0:
                 continue
@@ -174,6 +173,13 @@ class AbnormalityDetection(Metric):
             "per_abnormality": per_label,
             "calibration": calibration_bins(probs, target),
         }
+
+
+def _cat(state: list[torch.Tensor] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A "cat" state as one tensor: a list of batches on one process, already one tensor after a sync."""
+    if isinstance(state, torch.Tensor):
+        return state.to(dtype).cpu()
+    return dim_zero_cat(state).to(dtype).cpu() if state else torch.zeros(0, dtype=dtype)
 
 
 def _both_classes(target: torch.Tensor) -> bool:
