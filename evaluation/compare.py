@@ -175,10 +175,26 @@ def write_groups(
     return atomic_write_text(out_dir / "comparison.md", md)
 
 
+def print_comparison(groups: Sequence[Mapping[str, Any]], metric_names: Sequence[str] | None = None) -> None:
+    """The comparison as a rich table in the terminal: one row per group, metrics transposed to rows when many."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metric_names = list(metric_names) if metric_names is not None else headline_metrics(groups)
+    # Metrics as rows, runs as columns: a dozen metric names do not fit across a terminal, a few runs do.
+    table = Table(title="Run comparison (mean ± std over runs of one name)")
+    table.add_column("metric")
+    for g in groups:
+        table.add_column(f"{g['name']} (n={g['n_runs']})", justify="right")
+    for m in metric_names:
+        table.add_row(
+            m, *[format_stat(g["metrics"].get(m), g["n_runs"]).replace(f" (n={g['n_runs']})", "") for g in groups]
+        )
+    Console().print(table)
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """CLI: aggregate run folders, write the comparison files into ``--out``, print the table and the path."""
-    from rich.console import Console
-    from rich.markdown import Markdown
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.compare", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="evaluation run folders (metrics.json + run.json)")
@@ -190,9 +206,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))  # a usage problem, not a crash: message + exit code 2, no traceback
     md_path = write_groups(groups, args.out)
-    console = Console()
-    console.print(Markdown(render_comparison(groups)))
-    console.print(f"wrote {md_path}")
+    print_comparison(groups)
+    print(f"wrote {md_path}")
     return md_path
 
 

@@ -131,6 +131,8 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
             ],
         },
     }
+    if arm.stage == "grpo":
+        run["model"]["init_args"]["sampling_seed"] = seed  # the rollout sampler varies with the seed too
     return deep_merge(stage.get("overrides", {}), arm.overrides, run)
 
 
@@ -186,9 +188,9 @@ def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
     return path
 
 
-def run(exp: Experiment) -> Path:
-    """Every arm for every seed, then the comparison report; returns the path of ``comparison.md``."""
-    from evaluation.compare import write_comparison
+def run(exp: Experiment) -> tuple[Path, list[dict[str, Any]]]:
+    """Every arm for every seed, then the comparison report; returns ``comparison.md``'s path and the groups."""
+    from evaluation.compare import aggregate, load_run, write_groups
 
     run_dirs = [run_arm(exp, arm, seed) for seed in exp.seeds for arm in exp.arms]
     seconds = {
@@ -196,9 +198,10 @@ def run(exp: Experiment) -> Path:
         for seed in exp.seeds
         for arm in exp.arms
     }
-    report = write_comparison(run_dirs, exp.out_dir / "comparison", metric_names=exp.report_metrics)
+    groups = aggregate([load_run(d) for d in run_dirs])
+    report = write_groups(groups, exp.out_dir / "comparison", metric_names=exp.report_metrics)
     (exp.out_dir / "comparison" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
-    return report
+    return report, groups
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -207,11 +210,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--smoke", action="store_true", help="apply the spec's smoke section: tiny budgets")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = run(load_experiment(args.config, args.smoke))
-    from rich.console import Console
-    from rich.markdown import Markdown
+    exp = load_experiment(args.config, args.smoke)
+    report, groups = run(exp)
+    from evaluation.compare import print_comparison
 
-    Console().print(Markdown(report.read_text()))
+    print_comparison(groups, exp.report_metrics)
     print(f"comparison report: {report}")
     return report
 

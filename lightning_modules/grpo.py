@@ -89,8 +89,9 @@ class GRPOModule(PolicyModule):
         num_generations_eval: completions sampled per validation prompt for ``val/reward`` and
             ``val/rewards/<name>/mean`` (TRL's eval rewards); 0 = greedy accuracy only.
         log_completions_every_n_steps, num_completions_to_print: a rich table of sampled completions.
-        seed: base seed of the rollout sampler; step k on rank r always draws from seed (seed, k, r), so a
-            resumed run samples what the uninterrupted run would have.
+        sampling_seed: base seed of the rollout sampler; step k on rank r always draws from seed
+            (sampling_seed, k, r), so a resumed run samples what the uninterrupted run would have. (Not ``seed``:
+            the datamodule's ``seed`` is another setting, and Lightning refuses one name with two values.)
     """
 
     def __init__(
@@ -126,7 +127,7 @@ class GRPOModule(PolicyModule):
         num_generations_eval: int = 4,
         log_completions_every_n_steps: int = 20,
         num_completions_to_print: int = 4,
-        seed: int = 0,
+        sampling_seed: int = 0,
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
@@ -244,8 +245,8 @@ class GRPOModule(PolicyModule):
         return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
     def _rollout_seed(self, step: int, stream: int = 0) -> int:
-        """Seed of rollout ``step`` on this rank: a pure function of (seed, stream, step, rank), not carried state."""
-        return ((self.hparams.seed * 1_000_003 + stream) * 1_000_033 + step) * 1_009 + self.global_rank
+        """Seed of rollout ``step`` on this rank: from (sampling_seed, stream, step, rank), not carried state."""
+        return ((self.hparams.sampling_seed * 1_000_003 + stream) * 1_000_033 + step) * 1_009 + self.global_rank
 
     def reward_fields(self, batch: dict[str, Any], rollout: Rollout) -> dict[str, list]:
         """The dataset columns of each completion's prompt, plus its token count and budget."""

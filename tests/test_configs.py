@@ -30,3 +30,18 @@ def test_config_parses(files, capsys):
         main([*args, "--print_config"])
     assert done.value.code in (0, None)
     assert "class_path: lightning_modules." in capsys.readouterr().out
+
+
+def test_no_setting_name_is_shared_by_a_module_and_the_datamodule():
+    """Lightning refuses to log hyperparameters when a LightningModule and the datamodule both have a name with
+    different values (e.g. a GRPO `seed` and the data `seed`), so every fit would fail once they differ."""
+    import inspect
+
+    from datamodules.ct_vqa import CTVQADataModule
+    from lightning_modules.evaluator import VQAEvaluator
+    from lightning_modules.grpo import GRPOModule
+    from lightning_modules.sft import SFTModule
+
+    data = set(inspect.signature(CTVQADataModule).parameters)
+    for module in (SFTModule, GRPOModule, VQAEvaluator):
+        assert not data & set(inspect.signature(module).parameters), module.__name__
