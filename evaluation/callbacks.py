@@ -52,7 +52,8 @@ class EvaluationReport(L.Callback):
 
     Args:
         out_dir: parent folder of evaluation runs.
-        name: run name (rows of a comparison group by it); default: the checkpoint's or model folder's name.
+        name: run name (rows of a comparison group by it); default: ``<run>-<checkpoint>`` (``sft-last`` for
+            runs/sft/checkpoints/last.ckpt) or the model folder's name.
     """
 
     def __init__(self, out_dir: str = "runs/eval", name: str | None = None) -> None:
@@ -65,7 +66,10 @@ class EvaluationReport(L.Callback):
         if self.name:
             return self.name
         if trainer.ckpt_path:
-            return Path(trainer.ckpt_path).stem
+            # runs/sft/checkpoints/last.ckpt -> "sft-last": every run has a last.ckpt, so the stem alone collides.
+            ckpt = Path(trainer.ckpt_path)
+            run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+            return f"{run.name}-{ckpt.stem}" if run.name else ckpt.stem
         return Path(str(module.hparams.get("model_path", "model"))).name
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

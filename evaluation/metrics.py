@@ -19,7 +19,7 @@ from torchmetrics.text import BLEUScore, ROUGEScore
 from torchmetrics.utilities import dim_zero_cat
 
 from rewards.format import format_reward
-from rewards.parsing import extract_answer, is_correct, match_option
+from rewards.parsing import extract_answer, is_correct, match_option, normalize_answer
 from rewards.validity import validity_reward
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
@@ -129,7 +129,7 @@ class AbnormalityDetection(Metric):
             if row["padding"] or row["question_type"] != "presence" or row.get("abnormality") not in self.labels:
                 continue
             i = self.labels.index(row["abnormality"])
-            truth, said_yes = row["truth"] == "yes", row["answer"] == "yes"
+            truth, said_yes = normalize_answer(row["truth"]) == "yes", normalize_answer(row["answer"] or "") == "yes"
             state = {(True, True): self.tp, (False, True): self.fp, (True, False): self.fn, (False, False): self.tn}
             state[(truth, said_yes)][i] += 1
             if row.get("p_yes") is not None:
@@ -137,15 +137,16 @@ class AbnormalityDetection(Metric):
                 targets.append(int(truth))
                 indices.append(i)
         if probs:
-            self.p_yes.append(torch.tensor(probs, dtype=torch.float64, device=self.tp.device))
-            self.target.append(torch.tensor(targets, dtype=torch.long, device=self.tp.device))
-            self.label_index.append(torch.tensor(indices, dtype=torch.long, device=self.tp.device))
+            # All in the metric's float dtype: a rank with nothing to add syncs an empty tensor of that dtype,
+            # and the gather needs one dtype on every rank (labels and indices are exact in float32).
+            for state, values in ((self.p_yes, probs), (self.target, targets), (self.label_index, indices)):
+                state.append(torch.tensor(values, dtype=self.dtype, device=self.tp.device))
 
     def compute(self) -> dict[str, Any]:
         tp, fp, fn = self.tp, self.fp, self.fn
         per_label: dict[str, dict[str, float]] = {}
         f1s = []
-        probs = _cat(self.p_yes, torch.float64).float()
+        probs = _cat(self.p_yes, torch.float32)
         target, index = _cat(self.target, torch.long), _cat(self.label_index, torch.long)
         for i, label in enumerate(self.labels):
             if tp[i] + fp[i] + fn[i] + self.tn[i] == 0:
@@ -237,6 +238,11 @@ class ReasoningOverlap(Metric):
             self.answer_bleu.update(preds, [[r["truth"]] for r in open_rows])
             self.answer_rouge.update(preds, [r["truth"] for r in open_rows])
             self.n_answer += len(open_rows)
+
+    def reset(self) -> None:
+        super().reset()  # resets this metric's own states only, not the metrics it holds
+        for metric in (self.reasoning_bleu, self.reasoning_rouge, self.answer_bleu, self.answer_rouge):
+            metric.reset()
 
     @staticmethod
     def _has_reasoning(row: Mapping[str, Any]) -> bool:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from evaluation.report import atomic_write_text
+
 log = logging.getLogger("experiments.replicate")
 DONE = "done.json"
 
@@ -81,6 +83,13 @@ def load_experiment(paths: list[str], smoke: bool) -> Experiment:
     if smoke:
         spec = deep_merge(spec, spec.get("smoke", {}))
     arms = [Arm(**a) for a in spec["arms"]]
+    for where, overrides in [
+        *((f"stages.{k}", v.get("overrides", {})) for k, v in spec["stages"].items()),
+        *((f"arm {a.name}", a.overrides) for a in arms),
+    ]:
+        # The runner sets each run's callbacks and logger (checkpoints, reports); merged lists would be replaced.
+        if {"callbacks", "logger"} & set(overrides.get("trainer", {})):
+            raise ValueError(f"{where}: trainer.callbacks / trainer.logger are set by the runner, not overridable")
     for arm in arms:
         if arm.stage not in ("sft", "grpo"):
             raise ValueError(f"arm {arm.name!r}: stage must be sft or grpo, not {arm.stage!r}")
@@ -173,7 +182,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
     evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir))
     cli(["test", "--config", exp.stages["eval"]["config"], "--config", evaluation])
     seconds = time.perf_counter() - start
-    (arm_dir / DONE).write_text(json.dumps({"seconds": round(seconds, 1), "eval": str(eval_dir)}) + "\n")
+    atomic_write_text(arm_dir / DONE, json.dumps({"seconds": round(seconds, 1), "eval": str(eval_dir)}) + "\n")
     log.info("seed %d, %s: finished in %.0f s", seed, arm.name, seconds)
     return eval_dir
 

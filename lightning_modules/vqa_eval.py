@@ -45,9 +45,9 @@ def generate_answers(
 def answer_prefix(completion: str) -> str:
     """The completion up to where its answer starts: through ``<answer>`` when written, else its reasoning
     followed by ``<answer>`` (so a model that skipped the tag is still asked for its answer there)."""
-    opened = _ANSWER_OPEN_RE.search(completion)
-    if opened:
-        return completion[: opened.end()]
+    opened = list(_ANSWER_OPEN_RE.finditer(completion))
+    if opened:  # the last one: the answer that is graded (rewards.parsing.extract_answer)
+        return completion[: opened[-1].end()]
     closed = completion.lower().find("</think>")
     if closed >= 0:
         return completion[: closed + len("</think>")] + "<answer>"
@@ -55,7 +55,15 @@ def answer_prefix(completion: str) -> str:
 
 
 def first_token_id(tokenizer: Any, text: str) -> int:
-    """The token a model emits first when it starts writing ``text`` right after ``<answer>``."""
+    """The token a model emits first when it starts writing ``text`` right after ``<answer>``.
+
+    Read off the tokenization of ``<answer>`` + text, because BPE may merge ``>`` with the next letters when
+    ``<answer>`` is plain text (real Qwen tokenizers) rather than one added token (the embedded one).
+    """
+    prefix = tokenizer("<answer>", add_special_tokens=False)["input_ids"]
+    full = tokenizer("<answer>" + text, add_special_tokens=False)["input_ids"]
+    if full[: len(prefix)] == prefix and len(full) > len(prefix):
+        return full[len(prefix)]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"the tokenizer gives no tokens for {text!r}")
@@ -97,7 +105,9 @@ def prediction_rows(
     """Scored rows for the batch; presence questions get p(yes) when ``yes_no_ids`` is given."""
     metas = batch["meta"]
     p_yes: list[float | None] = [None] * len(metas)
-    if yes_no_ids is not None and any(m["question_type"] == "presence" for m in metas):
+    # Under several processes the forward is a collective (FSDP2 gathers weights): every rank must run it.
+    sharded = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if yes_no_ids is not None and (sharded or any(m["question_type"] == "presence" for m in metas)):
         probs = yes_probabilities(model, tokenizer, batch, completions, yes_no_ids)
         p_yes = [p if m["question_type"] == "presence" else None for p, m in zip(probs, metas, strict=True)]
     return [prediction_row(c, m, p) for c, m, p in zip(completions, metas, p_yes, strict=True)]

@@ -130,7 +130,7 @@ def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_roo
     assert type(cli.model).__name__ == "SFTModule"
     for key, value in trained.model.state_dict().items():
         assert torch.equal(cli.model.model.state_dict()[key], value), key
-    assert (tmp_path / "eval" / "last" / "metrics.json").is_file()  # named after the checkpoint
+    assert (tmp_path / "eval" / "ckpt-last" / "metrics.json").is_file()  # named after the run and checkpoint
 
 
 def test_two_process_evaluation_counts_every_question_once(tmp_path, synthetic_root, tiny_model_dir):

@@ -146,7 +146,28 @@ def test_calibration_bins():
         ("<think>round density</think><answer>yes</answer>", "<think>round density</think><answer>"),
         ("<think>round density</think> yes", "<think>round density</think><answer>"),
         ("just yes", "<answer>"),
+        ("<answer>no</answer><answer>yes</answer>", "<answer>no</answer><answer>"),  # the graded, last one
     ],
 )
 def test_answer_prefix(completion, prefix):
     assert answer_prefix(completion) == prefix
+
+
+def test_capitalised_yes_no_options_count_as_yes_and_no():
+    rows = [
+        prediction_row(said("Yes"), meta(truth="Yes", options=("Yes", "No"), id="a")),
+        prediction_row(said("No"), meta(truth="Yes", options=("Yes", "No"), id="b")),
+    ]
+    metric = AbnormalityDetection(LABELS)
+    metric.update(rows)
+    nodule = metric.compute()["per_abnormality"]["Lung nodule"]
+    assert (nodule["precision"], nodule["recall"]) == (1.0, 0.5)
+
+
+def test_reset_clears_the_text_scores_too():
+    metrics = DiagnosisMetrics(QUESTION_TYPES, LABELS)
+    metrics.update([prediction_row(said("yes", "completely different words here"), meta(id="a"))])
+    first = metrics.compute()["bleu"]
+    metrics.reset()
+    metrics.update([row("yes", "yes", id="b")])  # reasoning copied verbatim: BLEU 1 unless the old pair stayed
+    assert first < 0.5 and metrics.compute()["bleu"] == pytest.approx(1.0)
