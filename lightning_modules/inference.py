@@ -21,7 +21,6 @@ from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
 from evaluation.report import atomic_write_bytes, atomic_write_text
 from lightning_modules.policy import PolicyModule
-from lightning_modules.vqa_eval import generate_answers
 from rewards.parsing import extract_answer, match_option
 
 ASK_ID = "ask"
@@ -60,14 +59,7 @@ def ask(
     }
     batch = VQACollator(pad_token_id=datamodule.processor.tokenizer.pad_token_id)([dataset.encode(record, image)])
     batch = {k: v.to(module.device) if hasattr(v, "to") else v for k, v in batch.items()}
-    completion = generate_answers(
-        module.model,
-        module.tokenizer,
-        batch,
-        module.hparams.max_new_tokens,
-        eos_token_ids=module.end_tokens,
-        suppress_token_ids=module.suppressed_tokens,
-    )[0]
+    completion = module.greedy_answers(batch)[0]
     raw = extract_answer(completion)
     result = {
         "volume": str(volume),

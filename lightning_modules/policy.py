@@ -92,9 +92,9 @@ class PolicyModule(L.LightningModule):
     def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         """Hook for a stage-specific loss on validation/test batches (SFT logs its cross-entropy)."""
 
-    def answer_batch(self, batch: dict[str, Any], with_p_yes: bool) -> list[dict[str, Any]]:
-        """Greedy answers for the batch, scored as prediction rows (``evaluation.metrics.prediction_row``)."""
-        completions = generate_answers(
+    def greedy_answers(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy completions of the batch's prompts with this module's budget, stop and suppressed tokens."""
+        return generate_answers(
             self.model,
             self.tokenizer,
             batch,
@@ -102,6 +102,10 @@ class PolicyModule(L.LightningModule):
             eos_token_ids=self.end_tokens,
             suppress_token_ids=self.suppressed_tokens,
         )
+
+    def answer_batch(self, batch: dict[str, Any], with_p_yes: bool) -> list[dict[str, Any]]:
+        """Greedy answers for the batch, scored as prediction rows (``evaluation.metrics.prediction_row``)."""
+        completions = self.greedy_answers(batch)
         return prediction_rows(self.model, self.tokenizer, batch, completions, self.yes_no_ids if with_p_yes else None)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
