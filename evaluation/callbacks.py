@@ -13,8 +13,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from evaluation.report import atomic_write_text
-from evaluation.run_folder import file_sha256, json_safe, write_run
+from evaluation.report import atomic_write_text, json_safe
+from evaluation.run_folder import file_sha256, write_run
 
 
 def run_info(trainer: L.Trainer, module: L.LightningModule, name: str, split: str) -> dict[str, Any]:

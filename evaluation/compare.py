@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.report import QTYPE_ORDER, as_float, atomic_write_text, fmt, markdown_table
+from evaluation.report import QTYPE_ORDER, as_float, atomic_write_text, fmt, json_safe, markdown_table
 
 METRICS_FILE = "metrics.json"
 INFO_FILE = "run.json"
@@ -139,17 +139,6 @@ def render_comparison(groups: Sequence[Mapping[str, Any]], metric_names: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN / inf → null so comparison.json is strict JSON that any reader accepts."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def write_comparison(
     run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, metric_names: Sequence[str] | None = None
 ) -> Path:
@@ -170,7 +159,7 @@ def write_groups(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"name": g["name"], "metrics": {m: (s["mean"], s["std"]) for m, s in g["metrics"].items()}} for g in groups]
     png = plot_comparison(rows, out_dir / "comparison.png")
-    atomic_write_text(out_dir / "comparison.json", json.dumps(_json_safe(list(groups)), indent=2) + "\n")
+    atomic_write_text(out_dir / "comparison.json", json.dumps(json_safe(list(groups)), indent=2) + "\n")
     md = "# Run comparison\n\n" + render_comparison(groups, metric_names) + f"\n![Run comparison]({png.name})\n"
     return atomic_write_text(out_dir / "comparison.md", md)
 

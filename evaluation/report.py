@@ -45,6 +45,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(value: Any) -> Any:
+    """NaN/inf → None, recursively: strict JSON for other tools (Python's json would write bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def as_float(x: Any) -> float:
     """``x`` as a float; None, bools, strings and other non-numbers become NaN (a metric may be missing)."""
     if isinstance(x, bool) or x is None:

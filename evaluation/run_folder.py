@@ -14,26 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_confusion_matrices
-from evaluation.report import atomic_write_text, render_report
+from evaluation.report import atomic_write_text, json_safe, render_report
 
 ROW_KEYS_DROPPED = ("padding",)
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf → None, recursively: strict JSON for other tools (Python's json would write bare NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def file_sha256(path: str | Path) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluation.metrics import prediction_row
+from evaluation.report import fmt
 from lightning_modules.rollout import SamplingConfig, completion_logits, sample_completions
 
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
@@ -113,10 +113,6 @@ def prediction_rows(
     return [prediction_row(c, m, p) for c, m, p in zip(completions, metas, p_yes, strict=True)]
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
-
-
 def print_results(results: dict[str, Any], question_types: Sequence[str], title: str) -> None:
     """Rich tables: accuracy against chance per question type, then the diagnosis metrics that were computed."""
     console = Console()
@@ -128,9 +124,9 @@ def print_results(results: dict[str, Any], question_types: Sequence[str], title:
         if f"n/{name}" in results:
             acc, chance, n = results[f"accuracy/{name}"], results[f"chance/{name}"], int(results[f"n/{name}"])
             total += n
-            table.add_row(name, str(n), _fmt(acc), _fmt(chance), f"{acc - chance:+.3f}")
+            table.add_row(name, str(n), fmt(acc), fmt(chance), f"{acc - chance:+.3f}")
     acc, chance = results["accuracy"], results["chance"]
-    table.add_row("all", str(total), _fmt(acc), _fmt(chance), f"{acc - chance:+.3f}", style="bold")
+    table.add_row("all", str(total), fmt(acc), fmt(chance), f"{acc - chance:+.3f}", style="bold")
     console.print(table)
     headline = ["format_rate", "validity_rate", "macro_f1", "micro_f1", "auroc", "auprc", "ece", "bleu", "rouge_l"]
-    console.print("  ".join(f"{k}: {_fmt(results[k])}" for k in headline if k in results))
+    console.print("  ".join(f"{k}: {fmt(results[k])}" for k in headline if k in results))
