@@ -84,14 +84,20 @@ def _best(dirpath: str) -> str:
 
 
 class CLI(LightningCLI):
-    """LightningCLI with the model's directory linked to the datamodule's processor."""
+    """LightningCLI with the model's directory linked to the datamodule's processor.
+
+    ``data:`` defaults to the CT-VQA datamodule (configs give its init args directly); a config may name
+    another one with ``class_path`` (the ROI classifier trains on slice bags, configs/roi_classifier.yaml).
+    """
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "ask": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.init_args.model_path", "data.processor_path")
+        parser.set_defaults({"data": {"class_path": f"{CTVQADataModule.__module__}.{CTVQADataModule.__name__}"}})
+        # Applied only where both ends exist: the ROI classifier has no model_path, its datamodule no processor.
+        parser.link_arguments("model.init_args.model_path", "data.init_args.processor_path")
 
     def before_test(self) -> None:
         """Hand the exact parsed config to the evaluation report, which records it next to the numbers."""
@@ -106,7 +112,8 @@ class CLI(LightningCLI):
 def main(args: list[str] | None = None) -> CLI:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return CLI(
-        datamodule_class=CTVQADataModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_data=True,
         trainer_class=Trainer,
         subclass_mode_model=True,
         save_config_kwargs={"overwrite": True},

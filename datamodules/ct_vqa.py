@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import OrderedDict
@@ -28,6 +29,7 @@ from datamodules.ctrate import (
     read_csv_checked,
 )
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
+from datamodules.roi_sources import ROISource
 from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
 from datamodules.vqa_records import read_vqa_jsonl
 
@@ -237,6 +239,9 @@ class CTVQADataModule(L.LightningDataModule):
         shuffle: shuffle the training set each epoch (seeded).
         skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
         predict_split: the split ``cli.py predict`` answers (``test`` is CT-RATE's valid split).
+        roi_source: where the VQA files' boxes come from (datamodules/roi_sources.py; default lesion masks with
+            anatomy for the rest). The VQA files are built with it when ``vqa_dir`` holds none yet; files built
+            with another source are refused, so point ``vqa_dir`` at a folder per source.
     """
 
     def __init__(
@@ -262,6 +267,7 @@ class CTVQADataModule(L.LightningDataModule):
         volume_cache_size: int = 64,
         seed: int = 0,
         predict_split: Stage = "test",
+        roi_source: ROISource | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -269,7 +275,9 @@ class CTVQADataModule(L.LightningDataModule):
             synthetic = SyntheticData(**synthetic)
         if isinstance(zoom, dict):
             zoom = ZoomSpec(**zoom)
-        self.save_hyperparameters()
+        # The source is an object with caches: it lives on the module, not in checkpoints' hyperparameters.
+        self.save_hyperparameters(ignore=["roi_source"])
+        self.roi_source = roi_source
         self.hparams.synthetic, self.hparams.zoom = synthetic, zoom
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
@@ -280,15 +288,35 @@ class CTVQADataModule(L.LightningDataModule):
         return Path(self.hparams.data_dir)
 
     def prepare_data(self) -> None:
-        """Generate the synthetic data set if asked for and missing (rank 0 only, by Lightning)."""
-        if (self.root / "dataset").is_dir() or self.hparams.synthetic is None:
-            return
-        from datamodules.synthetic_ctrate import generate
-        from datamodules.vqa_builder import build_vqa
+        """Generate the synthetic data set if asked for and missing, and build the VQA files with ``roi_source``
+        if they are missing (rank 0 only, by Lightning)."""
+        from datamodules.vqa_builder import BUILD_INFO, build_info, build_vqa
 
-        log.info("generating synthetic CT-RATE at %s", self.root)
-        generate(self.root, n=self.hparams.synthetic.n, seed=self.hparams.synthetic.seed)
-        build_vqa(self.root, out_dir=self._vqa_dir(), seed=self.hparams.synthetic.seed)
+        synthetic = self.hparams.synthetic
+        if not (self.root / "dataset").is_dir():
+            if synthetic is None:
+                return  # setup() names the missing files
+            from datamodules.synthetic_ctrate import generate
+
+            log.info("generating synthetic CT-RATE at %s", self.root)
+            generate(self.root, n=synthetic.n, seed=synthetic.seed)
+        seed = synthetic.seed if synthetic is not None else self.hparams.seed
+        vqa_dir = self._vqa_dir()
+        wanted = build_info(seed, self.roi_source)["roi_source"]
+        if (vqa_dir / "train.jsonl").is_file():
+            info = vqa_dir / BUILD_INFO
+            built = json.loads(info.read_text(encoding="utf-8"))["roi_source"] if info.is_file() else None
+            if self.roi_source is not None and built is not None and built != wanted:
+                raise BadSampleError(
+                    f"{info}: these VQA files were built with roi_source {built['class_path']} "
+                    f"{built['init_args']}, the config asks for {wanted['class_path']} {wanted['init_args']}; "
+                    "set data.vqa_dir to a folder of its own for this source"
+                )
+            return
+        if synthetic is None and self.roi_source is None:
+            return  # real data without a source to build with: setup() names the missing files
+        log.info("building CT-RATE-VQA at %s with %s", vqa_dir, wanted["class_path"])
+        build_vqa(self.root, out_dir=vqa_dir, seed=seed, roi_source=self.roi_source)
 
     def _vqa_dir(self) -> Path:
         return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"

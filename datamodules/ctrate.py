@@ -129,6 +129,12 @@ class CTRATEPaths:
     def lesion_mask(self, volume_name: str) -> Path:
         return self.root / "rexgroundingct" / "segmentations" / volume_name
 
+    def region_mask(self, volume_name: str, structure: str, regions_dir: str = "totalsegmentator") -> Path:
+        """One organ/region mask as TotalSegmentator writes them: ``<regions_dir>/<volume stem>/<structure>.nii.gz``
+        (``regions_dir`` relative to the root unless absolute)."""
+        stem = volume_name.removesuffix(".nii.gz")
+        return self.root / regions_dir / stem / f"{structure}.nii.gz"
+
 
 def read_csv_checked(path: str | Path, required_columns: Sequence[str]) -> pd.DataFrame:
     """Read a CSV; a missing file, unreadable CSV or missing column raises ``BadSampleError``."""

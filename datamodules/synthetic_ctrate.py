@@ -1,4 +1,4 @@
-"""Deterministic synthetic CT-RATE (+ ReXGroundingCT masks) for CPU tests and smoke runs.
+"""Deterministic synthetic CT-RATE (+ ReXGroundingCT masks, TotalSegmentator-style organ masks) for CPU runs.
 
 Writes exactly the layout ``datamodules/ctrate.py`` reads for real data; volumes are stored the way raw
 CT-RATE downloads are (int16 stored values, intercept -1024, identity header affine, true geometry only
@@ -56,6 +56,7 @@ class Phantom:
     hu: np.ndarray  # float32 (X, Y, Z), LPS
     lungs: np.ndarray  # bool (X, Y, Z): aerated-lung anatomy before findings
     lesions: list[Lesion] = field(default_factory=list)
+    regions: dict[str, np.ndarray] = field(default_factory=dict)  # TotalSegmentator structure name -> bool mask
 
     @property
     def labels(self) -> dict[str, int]:
@@ -81,6 +82,21 @@ def _disk(d: int) -> np.ndarray:
     c, r2 = (d - 1) / 2, (d / 2) ** 2
     o = np.arange(d)
     return ((o[:, None] - c) ** 2 + (o[None, :] - c) ** 2) <= r2
+
+
+def _regions(side_of, heart, aorta, i, j, k, centres) -> dict[str, np.ndarray]:
+    """Organ/lobe masks as TotalSegmentator names them, with the lobe boundaries ``_lobe`` uses for reports."""
+    right, left = side_of["right"], side_of["left"]
+    middle = right & (k >= 8) & (k < 18) & (j < centres["right"][1])
+    return {
+        "lung_upper_lobe_right": right & (k >= 18),
+        "lung_middle_lobe_right": middle,
+        "lung_lower_lobe_right": right & (k < 18) & ~middle,
+        "lung_upper_lobe_left": left & (k >= 16),
+        "lung_lower_lobe_left": left & (k < 16),
+        "heart": heart.copy(),
+        "aorta": aorta.copy(),
+    }
 
 
 def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
@@ -111,7 +127,7 @@ def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
     lungs &= ~(heart | aorta | spine)
     for side in side_of:
         side_of[side] &= lungs
-    ph = Phantom(hu=hu, lungs=lungs.copy())
+    ph = Phantom(hu=hu, lungs=lungs.copy(), regions=_regions(side_of, heart, aorta, i, j, k, centres))
     if big_heart:
         ph.lesions.append(Lesion("Cardiomegaly", "Cardiomegaly: the cardiac silhouette is enlarged.", heart))
     if not findings:
@@ -271,6 +287,10 @@ def generate(out: Path, n: int, seed: int = 0) -> None:
         vpath = paths.volume(name)
         vpath.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(raw, np.eye(4)), vpath)
+        for structure, mask in ph.regions.items():  # what TotalSegmentator would write for this volume
+            rpath = paths.region_mask(name, structure)
+            rpath.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), rpath)
         rows[split]["meta"].append(_metadata(name, rng))
         rows[split]["rep"].append({"VolumeName": name, **_report(ph)})
         rows[split]["lab"].append({"VolumeName": name, **ph.labels})

@@ -15,13 +15,21 @@ Presence is balanced yes/no per label *and* per ROI kind (mask-like vs anatomy).
 metadata only, never shown to the model: decoys are recorded as "anatomy". Count questions show one box
 per nodule on the slice on purpose (the answer is the number of lesions the model must see).
 
+Where a question's box comes from is pluggable (``--roi_source``, datamodules/roi_sources.py). The default,
+``MaskROI``, is the above. A source that ignores lesion masks (``AnatomyROI``, ``CAMROI``) boxes presence and
+abnormality questions of every volume, positives and negatives alike; a negative asks the source about a region
+drawn from where the split's reports place that label, so the region does not give the answer away either.
+Location, size and count questions keep their lesion boxes: their answers come from those masks.
+
     python -m datamodules.vqa_builder --root data/synthetic-ctrate --seed 0
+    python -m datamodules.vqa_builder --root data/synthetic-ctrate --out data/synthetic-ctrate/vqa-anatomy \
+        --roi_source datamodules.roi_sources.AnatomyROI
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -47,6 +55,7 @@ from datamodules.ctrate import (
     patient_id,
     read_split,
 )
+from datamodules.roi_sources import MaskROI, ROIProposal, ROIQuery, ROISource, check_proposal, main_lesion, region_of
 
 VQA_KEYS = (
     "id",
@@ -148,11 +157,7 @@ def _best_slice(mask3d: np.ndarray) -> int:
     return int(np.argmax(mask3d.sum(axis=(0, 1))))
 
 
-def _main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
-    """(best slice, largest 2D component there in display orientation): the lesion a question is about."""
-    k = _best_slice(mask3d)
-    lab, _ = label_components(mask3d[:, :, k].T)
-    return k, lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+_main_lesion = main_lesion  # the lesion a question is about: best slice, largest 2D component there
 
 
 def _heart_box(lungs: np.ndarray) -> list[int] | None:
@@ -247,7 +252,7 @@ def anatomy_roi(vol: Any, label: str, rng: np.random.Generator) -> tuple[int, li
     return k, [bbox_of(axial_slice(vol, k) > -500)], "heart" if label in CARDIAC else "lung"
 
 
-def _by_label(findings: list[Finding], masks: np.ndarray | None) -> dict[str, list[tuple[Finding, np.ndarray]]]:
+def findings_by_label(findings: list[Finding], masks: np.ndarray | None) -> dict[str, list[tuple[Finding, np.ndarray]]]:
     out: dict[str, list[tuple[Finding, np.ndarray]]] = {}
     for f in findings:
         label = label_of(f.text)
@@ -264,6 +269,16 @@ class _PositiveStats:
         self.boxes: dict[str, list[list[tuple[int, int, float]]]] = {}  # per volume: (w, h, k / (depth - 1))
         self.masked: Counter = Counter()
         self.unmasked: Counter = Counter()
+        self.regions: dict[str, list[str]] = {}  # where the reports place each label's positives
+
+    def add_regions(self, present: list[str], row: Mapping[str, Any]) -> None:
+        for label in present:
+            self.regions.setdefault(label, []).append(report_region(label, row))
+
+    def sample_region(self, label: str, rng: np.random.Generator) -> str:
+        """Where a positive of ``label`` would be: the report region of a random positive of the split."""
+        pool = self.regions.get(label)
+        return pool[int(rng.integers(len(pool)))] if pool else region_of(label)
 
     def add(self, present: list[str], by_label: Mapping[str, list[tuple[Finding, np.ndarray]]]) -> None:
         for label in present:
@@ -293,17 +308,37 @@ class _PositiveStats:
         return w, h, float(rng.uniform(f0, f1))
 
 
+def report_region(label: str, row: Mapping[str, Any]) -> str:
+    """The region the report's sentences about ``label`` name (the whole lungs / its organ when they name none)."""
+    text = row.get("Findings_EN")
+    sentences = re.split(r"(?<=\.)\s+", text) if isinstance(text, str) else []
+    return region_of(label, " ".join(s for s in sentences if label_of(s) == label))
+
+
 class _VolumeQuestions:
     """All candidate questions of one volume (negatives are subsampled later, per label)."""
 
-    def __init__(self, split: str, row: Mapping[str, Any], vol: Any, findings: list[Finding], masks, rng, stats):
+    def __init__(
+        self,
+        split: str,
+        row: Mapping[str, Any],
+        vol: Any,
+        findings: list[Finding],
+        masks,
+        rng,
+        stats,
+        source: ROISource,
+        root: Path,
+        region_rng: np.random.Generator,
+    ):
         self.split, self.row, self.vol, self.rng, self.stats = split, row, vol, rng, stats
+        self.source, self.root, self.region_rng = source, root, region_rng
         self.name = str(row["VolumeName"])
         self.depth = vol.shape[-1]
         self.has_masks = masks is not None
         self.records: list[dict[str, Any]] = []
         self.roi_kind: dict[str, str] = {}  # presence id -> "mask" (mask or decoy box) or "anatomy"
-        self.by_label = _by_label(findings, masks)
+        self.by_label = findings_by_label(findings, masks)
 
     def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why):
         rec = {
@@ -324,14 +359,31 @@ class _VolumeQuestions:
         check_record(rec, self.vol.shape[1:3], f"{self.split} {self.name}")
         self.records.append(rec)
 
+    def propose(self, label: str, region: str, lesion: np.ndarray | None = None) -> ROIProposal | None:
+        """The ROI source's proposal, checked (slice in the volume, boxes inside the slice, none empty)."""
+        query = ROIQuery(self.vol, self.name, self.row, self.root, label, region, lesion)
+        p = self.source.propose(query)
+        return None if p is None else check_proposal(p, self.vol, f"{self.split} {self.name} {label}")
+
+    def _where_box(self, label: str, p: ROIProposal) -> str:
+        spot = np.zeros(axial_slice(self.vol, p.slice_index).shape, bool)
+        for x0, y0, x1, y1 in p.boxes:
+            spot[y0:y1, x0:x1] = True
+        return _where(label, _side(spot, _midline(axial_slice(self.vol, p.slice_index))), p.slice_index, self.depth)
+
     def positive_view(self, label: str) -> tuple[int, list[list[int]], str, str]:
-        """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked, else anatomy."""
-        if label in self.by_label:
+        """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked and the source
+        uses lesion masks, else the source's proposal for the region the report names, else anatomy."""
+        seen = _SEEN.get(label, "an abnormal density")
+        if self.source.uses_lesion_masks and label in self.by_label:
             finding, m = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
             k, comp = _main_lesion(m)
             side = _side(comp, _midline(axial_slice(self.vol, k)))
             where = _where(label, side, k, self.depth)
-            return k, [bbox_of(comp)], "mask", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
+            return k, [bbox_of(comp)], "mask", f"Global: {where}. Zoom: {seen}."
+        p = self.propose(label, report_region(label, self.row))
+        if p is not None:
+            return p.slice_index, p.boxes, p.source, f"Global: {self._where_box(label, p)}. Zoom: {seen}."
         k, boxes, region = anatomy_roi(self.vol, label, self.rng)
         where = "cardiac region" if region == "heart" else "both lung fields"
         return k, boxes, "anatomy", f"Global: {where}. Zoom: {_SEEN.get(label, 'an abnormal density')}."
@@ -353,14 +405,21 @@ class _VolumeQuestions:
 
     def presence(self, label: str, present: bool) -> None:
         question = f"Is there {_phrase(label)} in this CT slice?"
-        decoy = None
-        if not present and self.has_masks and self.rng.random() < self.stats.p_decoy(label):
+        decoy, proposal = None, None
+        lesion_like = self.source.uses_lesion_masks and self.has_masks
+        if not present and lesion_like and self.rng.random() < self.stats.p_decoy(label):
             decoy = self.decoy_view(label)
+        if not present and decoy is None:
+            proposal = self.propose(label, self.stats.sample_region(label, self.region_rng))
         if present:
             k, boxes, source, why = self.positive_view(label)
             kind = source
         elif decoy is not None:
             (k, boxes, why), source, kind = decoy, "anatomy", "mask"  # looks like a mask ROI; source is metadata
+        elif proposal is not None:
+            k, boxes, source = proposal.slice_index, proposal.boxes, proposal.source
+            absent = _ABSENT.get(label, "no " + label.lower())
+            why, kind = f"Global: {self._where_box(label, proposal)}. Zoom: {absent}.", source
         else:
             k, boxes, region = anatomy_roi(self.vol, label, self.rng)
             place = "cardiac region" if region == "heart" else "both lung fields"
@@ -370,7 +429,7 @@ class _VolumeQuestions:
         self.roi_kind[self.records[-1]["id"]] = kind
 
     def abnormality(self, present: list[str], askable: list[str]) -> None:
-        masked = [lb for lb in present if lb in self.by_label] or present
+        masked = [lb for lb in present if lb in self.by_label and self.source.uses_lesion_masks] or present
         label = masked[int(self.rng.integers(len(masked)))]
         pool = [lb for lb in askable if lb not in present] or [lb for lb in CTRATE_LABELS if lb not in present]
         if len(pool) < 3:
@@ -447,11 +506,15 @@ def check_record(rec: Mapping[str, Any], shape_xy: tuple[int, int], where: str) 
             raise BadSampleError(f"{where}: field 'roi' {box} is outside the {height}×{width} slice")
 
 
-def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
+def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None = None) -> list[dict[str, Any]]:
+    """Questions of one split; ``roi_source`` (default ``MaskROI()``) says where their boxes come from."""
+    source = roi_source if roi_source is not None else MaskROI()
     df = read_split(root, split)
     paths = CTRATEPaths(root, split)
     grounding = load_grounding(root)
     rng = np.random.default_rng([seed, SPLITS.index(split)])
+    # Regions for negatives come from their own stream, so the default source's questions stay as they were.
+    region_rng = np.random.default_rng([seed, SPLITS.index(split), 1])
     askable = [lb for lb in CTRATE_LABELS if df[lb].sum() > 0]
     rows = df.to_dict("records")
 
@@ -471,8 +534,9 @@ def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
     for row in rows:
         findings = grounding.get(row["VolumeName"], [])
         masks = masks_of(row, findings)
+        stats.add_regions([lb for lb in askable if row[lb] == 1], row)
         if masks is not None:
-            stats.add([lb for lb in askable if row[lb] == 1], _by_label(findings, masks))
+            stats.add([lb for lb in askable if row[lb] == 1], findings_by_label(findings, masks))
     records: list[dict[str, Any]] = []
     roi_kind: dict[str, str] = {}
     for row in rows:
@@ -483,7 +547,7 @@ def build_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
         if masks is not None and masks.shape[1:] != tuple(vol.shape[1:]):
             where = display_path(paths.lesion_mask(name))
             raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
-        vq = _VolumeQuestions(split, row, vol, findings, masks, rng, stats)
+        vq = _VolumeQuestions(split, row, vol, findings, masks, rng, stats, source, Path(root), region_rng)
         present = [lb for lb in askable if row[lb] == 1]
         # Labels with a mask but 0 in the labels CSV are ambiguous: never asked as negatives.
         for label in askable:
@@ -522,8 +586,22 @@ def _balance_presence(
     return [r for r in records if r["id"] not in drop]
 
 
-def build_vqa(root: Path, out_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
-    """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``); returns {split: path}."""
+BUILD_INFO = "build.json"
+
+
+def build_info(seed: int, roi_source: ROISource | None) -> dict[str, Any]:
+    """What a VQA folder was built with (``build.json`` beside its JSONL files)."""
+    source = (roi_source if roi_source is not None else MaskROI()).describe()
+    return json.loads(json.dumps({"seed": seed, "roi_source": source}))  # tuples → lists, as read back
+
+
+def build_vqa(
+    root: Path, out_dir: Path | None = None, seed: int = 0, roi_source: ROISource | None = None
+) -> dict[str, Path]:
+    """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``) and ``build.json``; returns {split: path}.
+
+    Each file is written to a temporary name and renamed, so an interrupted build never leaves a half file.
+    """
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "vqa"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -531,16 +609,21 @@ def build_vqa(root: Path, out_dir: Path | None = None, seed: int = 0) -> dict[st
     for split in SPLITS:
         if not CTRATEPaths(root, split).labels_csv.is_file():
             continue
-        records = build_split(root, split, seed)
+        records = build_split(root, split, seed, roi_source)
         path = out_dir / f"{split}.jsonl"
-        with path.open("w", encoding="utf-8") as f:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
         written[split] = path
     if not written:
         raise BadSampleError(
             f"{display_path(root)}: no labels CSV for any split under dataset/multi_abnormality_labels"
         )
+    tmp = out_dir / (BUILD_INFO + ".tmp")
+    tmp.write_text(json.dumps(build_info(seed, roi_source), indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / BUILD_INFO)
     return written
 
 
@@ -558,12 +641,16 @@ def summarize(paths: Mapping[str, Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="config")
     parser.add_argument("--root", type=Path, required=True, help="folder holding dataset/ (and rexgroundingct/)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default ROOT/vqa)")
+    parser.add_argument("--out", type=Path | None, default=None, help="output folder (default ROOT/vqa)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    paths = build_vqa(args.root, args.out, args.seed)
+    parser.add_argument("--roi_source", type=ROISource | None, default=None, help="where boxes come from (MaskROI)")
+    args = parser.instantiate(parser.parse_args(argv))
+    paths = build_vqa(args.root, args.out, args.seed, args.roi_source)
     print(summarize(paths))
     for split, path in paths.items():
         print(f"{split}: {path}")

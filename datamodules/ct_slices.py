@@ -1,0 +1,239 @@
+"""Axial-slice bags for the weakly supervised ROI classifier: one CT-RATE volume → S slices + its 18 labels.
+
+Multiple-instance learning: the labels belong to the volume, not to any slice, so a sample is a bag of slices
+spread over the volume and the model pools its slice scores (lightning_modules/roi_classifier.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from monai.transforms import Compose, Resized, SpatialPadd
+from monai.utils import convert_to_tensor
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from datamodules.ct_vqa import SyntheticData, _split_patients
+from datamodules.ctrate import (
+    CTRATE_LABELS,
+    CTRATEPaths,
+    axial_slice,
+    load_ct_volume,
+    parse_volume_name,
+    patient_id,
+    read_split,
+)
+from datamodules.transforms import HUWindowd
+
+log = logging.getLogger(__name__)
+
+
+class SliceRenderer:
+    """Axial HU slices → the (C, size, size) images the classifier sees.
+
+    Windowed and resized (longest side = ``image_size``) exactly as the VLM pipeline renders a slice, without
+    the zoom inset; then zero-padded at the end (bottom/right) to a square so bags of any slice shape batch.
+    Padding at the end keeps pixel (0, 0) where it was: a map over the square maps back by scaling only.
+    C = number of windows (one window → one grey channel).
+    """
+
+    def __init__(self, windows: Sequence[str], image_size: int) -> None:
+        self.channels = len(windows)
+        self.image_size = image_size
+        self.transform = Compose(
+            [
+                HUWindowd(keys="image", windows=list(windows)),
+                Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"),
+                SpatialPadd(keys="image", spatial_size=(image_size, image_size), method="end"),
+            ]
+        )
+
+    def __call__(self, volume: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        """Slices ``indices`` of a (1, X, Y, Z) HU volume → (S, C, image_size, image_size) in [0, 1]."""
+        images = []
+        for k in indices:
+            image = self.transform({"image": torch.from_numpy(axial_slice(volume, int(k)))})["image"]
+            images.append(convert_to_tensor(image, dtype=torch.float32, track_meta=False)[: self.channels])
+        return torch.stack(images).clamp_(0, 1)
+
+
+def slice_positions(depth: int, n: int, generator: torch.Generator | None = None) -> list[int]:
+    """``n`` slice indices spread over ``depth``: one per equal bin, at its centre, or uniformly inside it when a
+    ``generator`` is given (training jitter). Bins repeat indices when ``depth < n``."""
+    edges = np.linspace(0, depth, n + 1)
+    if generator is None:
+        return [min(int((lo + hi) / 2), depth - 1) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    u = torch.rand(n, generator=generator).numpy()
+    return [min(int(lo + x * (hi - lo)), depth - 1) for lo, hi, x in zip(edges[:-1], edges[1:], u, strict=True)]
+
+
+class CTSliceDataset(Dataset):
+    """One volume (a row of ``read_split``) → {"image": (S, C, H, W), "target": (18,), "volume_name": str}.
+
+    Training bags jitter their slice positions. The generator is seeded with ``seed`` in the main process and
+    with the worker's seed in a DataLoader worker (PyTorch derives it from the loader's seeded generator, anew
+    each epoch), so the jitter is reproducible and still differs between epochs.
+    """
+
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        root: Path,
+        renderer: SliceRenderer,
+        slices_per_volume: int,
+        jitter: bool,
+        seed: int,
+        volume_cache_size: int,
+    ) -> None:
+        self.rows = rows.reset_index(drop=True)
+        self.root = root
+        self.renderer = renderer
+        self.slices_per_volume = slices_per_volume
+        self.jitter = jitter
+        self.seed = seed
+        self.volume_cache_size = volume_cache_size
+        self.targets = torch.tensor(self.rows[list(CTRATE_LABELS)].to_numpy(dtype=np.float32))
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._generator: torch.Generator | None = None
+        self._generator_seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _volume(self, row: dict[str, Any]) -> torch.Tensor:
+        name = row["VolumeName"]
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        volume = load_ct_volume(CTRATEPaths(self.root, parse_volume_name(name)[0]).volume(name), row)
+        self._cache[name] = volume
+        if len(self._cache) > self.volume_cache_size:
+            self._cache.popitem(last=False)
+        return volume
+
+    def _rng(self) -> torch.Generator:
+        info = get_worker_info()
+        seed = info.seed if info is not None else self.seed
+        if self._generator is None or seed != self._generator_seed:
+            self._generator = torch.Generator().manual_seed(seed)
+            self._generator_seed = seed
+        return self._generator
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index].to_dict()
+        volume = self._volume(row)
+        positions = slice_positions(volume.shape[-1], self.slices_per_volume, self._rng() if self.jitter else None)
+        return {
+            "image": self.renderer(volume, positions),
+            "target": self.targets[index],
+            "volume_name": row["VolumeName"],
+        }
+
+
+class CTSliceDataModule(L.LightningDataModule):
+    """CT-RATE volumes as slice bags with their 18 labels: train/val from CT-RATE train (split by patient),
+    test = CT-RATE valid.
+
+    Args:
+        data_dir: CT-RATE root (the folder holding ``dataset/``), real or synthetic.
+        synthetic: if set and ``data_dir`` is missing, a synthetic CT-RATE (and its VQA files) is generated there.
+        windows: CT windows (lung, mediastinal, bone); one → one grey channel, three → three channels.
+        image_size: side of the square slice image (longest side resized to it, the rest zero-padded).
+        slices_per_volume: slices per bag (S), spread over the volume.
+        batch_size: volumes per training batch (a batch holds batch_size × S slices).
+        eval_batch_size: volumes per validation/test batch.
+        val_fraction: share of CT-RATE-train patients held out for validation.
+        seed: the patient split, the shuffle and the slice jitter.
+        volume_cache_size: decoded volumes kept in memory per dataset (and per worker).
+        max_volumes: cap per split, for quick runs (all when null).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/synthetic-ctrate",
+        synthetic: SyntheticData | None = None,
+        windows: list[str] | None = None,
+        image_size: int = 64,
+        slices_per_volume: int = 8,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        val_fraction: float = 0.15,
+        num_workers: int = 0,
+        seed: int = 0,
+        volume_cache_size: int = 32,
+        max_volumes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(synthetic, dict):  # LightningCLI may hand nested dataclasses over as plain dicts
+            synthetic = SyntheticData(**synthetic)
+        windows = windows or ["lung"]
+        self.save_hyperparameters()
+        self.hparams.synthetic, self.hparams.windows = synthetic, windows
+        self.datasets: dict[str, CTSliceDataset] = {}
+
+    @property
+    def root(self) -> Path:
+        return Path(self.hparams.data_dir)
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic data set if asked for and missing (rank 0 only, by Lightning)."""
+        if (self.root / "dataset").is_dir() or self.hparams.synthetic is None:
+            return
+        from datamodules.synthetic_ctrate import generate
+        from datamodules.vqa_builder import build_vqa
+
+        log.info("generating synthetic CT-RATE at %s", self.root)
+        generate(self.root, n=self.hparams.synthetic.n, seed=self.hparams.synthetic.seed)
+        build_vqa(self.root, seed=self.hparams.synthetic.seed)  # same folder as CTVQADataModule would build
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        train = read_split(self.root, "train")
+        patients = train["VolumeName"].map(patient_id)
+        val_patients = _split_patients(list(patients), self.hparams.val_fraction, self.hparams.seed)
+        splits = {
+            "train": train[~patients.isin(val_patients)],
+            "val": train[patients.isin(val_patients)],
+            "test": read_split(self.root, "valid"),
+        }
+        renderer = SliceRenderer(self.hparams.windows, self.hparams.image_size)
+        for name, rows in splits.items():
+            if self.hparams.max_volumes:
+                rows = rows.iloc[: self.hparams.max_volumes]
+            self.datasets[name] = CTSliceDataset(
+                rows,
+                self.root,
+                renderer,
+                self.hparams.slices_per_volume,
+                jitter=name == "train",
+                seed=self.hparams.seed,
+                volume_cache_size=self.hparams.volume_cache_size,
+            )
+        log.info("CT slice bags (volumes): %s", {k: len(v) for k, v in self.datasets.items()})
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.hparams.eval_batch_size)

@@ -1,0 +1,328 @@
+"""Where to zoom: ROI proposal sources shared by the VQA builder and the datamodule (``roi_source:`` in YAML).
+
+A source proposes, for one volume and one abnormality, an axial slice and the box(es) to zoom into:
+
+- ``MaskROI``: masks the user already has. The finding's lesion mask (ReXGroundingCT) when there is one, else
+  organ/region segmentations (TotalSegmentator's per-structure files by default) of the place the report names.
+- ``AnatomyROI``: lung fields, heart and mediastinum found from HU alone; the report's location words pick the part.
+- ``CAMROI``: class activation maps of the weakly supervised slice classifier (lightning_modules/roi_classifier.py).
+
+Boxes are ``[x0, y0, x1, y1]`` display pixels of ``axial_slice(volume, slice_index)``, exclusive ends. Every
+proposal goes through ``check_proposal`` (slice in the volume, boxes inside the slice, never empty), and records
+say which source made their box (``roi_source``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, label_components, load_lesion_mask
+
+LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
+REGIONS = (*LOBES, "right lung", "left lung", "lungs", "heart", "aorta", "mediastinum")
+# Findings whose place is an organ, whatever the sentence says; the rest are placed in the lungs by side and lobe.
+_ORGAN_OF = {
+    "Cardiomegaly": "heart",
+    "Pericardial effusion": "heart",
+    "Coronary artery wall calcification": "heart",
+    "Arterial wall calcification": "aorta",
+    "Lymphadenopathy": "mediastinum",
+    "Hiatal hernia": "mediastinum",
+}
+_LOBE_WORD = re.compile(r"\b(upper|middle|lower) lobes?\b")
+# TotalSegmentator (task "total") structure files per region; RadGenome-ChestCT or other region masks map here too.
+TOTALSEGMENTATOR_STRUCTURES: dict[str, list[str]] = {
+    "right upper lobe": ["lung_upper_lobe_right"],
+    "right middle lobe": ["lung_middle_lobe_right"],
+    "right lower lobe": ["lung_lower_lobe_right"],
+    "left upper lobe": ["lung_upper_lobe_left"],
+    "left lower lobe": ["lung_lower_lobe_left"],
+    "right lung": ["lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"],
+    "left lung": ["lung_upper_lobe_left", "lung_lower_lobe_left"],
+    "lungs": [
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+        "lung_upper_lobe_left",
+        "lung_lower_lobe_left",
+    ],
+    "heart": ["heart"],
+    "aorta": ["aorta"],
+    "mediastinum": ["heart", "aorta", "esophagus", "trachea"],
+}
+
+
+def region_of(label: str, text: str = "") -> str:
+    """The region a finding of ``label`` lies in, from the report's words about it (one of ``REGIONS``)."""
+    if label in _ORGAN_OF:
+        return _ORGAN_OF[label]
+    low = text.lower()
+    sides = {s for s in ("right", "left") if re.search(rf"\b{s}\b", low)}
+    if re.search(r"\b(both|bilateral)\b", low):
+        sides = {"right", "left"}
+    if len(sides) != 1:
+        return "lungs"
+    side = sides.pop()
+    lobes = set(_LOBE_WORD.findall(low))
+    if len(lobes) == 1 and f"{side} {next(iter(lobes))} lobe" in LOBES:
+        return f"{side} {next(iter(lobes))} lobe"
+    return f"{side} lung"
+
+
+@dataclass(frozen=True)
+class ROIProposal:
+    """Slice and boxes to zoom into, the source that made them and the region they show."""
+
+    slice_index: int
+    boxes: list[list[int]]
+    source: str
+    region: str
+
+
+@dataclass
+class ROIQuery:
+    """What a source may look at: the volume (1, X, Y, Z) HU in LPS, its CT-RATE row, the abnormality asked about,
+    the region the report names for it, and the finding's lesion mask (X, Y, Z) when the builder has one."""
+
+    volume: torch.Tensor
+    volume_name: str
+    row: Mapping[str, Any]
+    root: Path
+    label: str
+    region: str = "lungs"
+    lesion: np.ndarray | None = None
+
+
+def check_proposal(p: ROIProposal, volume: torch.Tensor, where: str) -> ROIProposal:
+    """The proposal itself, if its slice is in the volume and every box is non-empty and inside the slice."""
+    width, height, depth = (int(v) for v in volume.shape[-3:])
+    if not 0 <= p.slice_index < depth:
+        raise BadSampleError(f"{where}: {p.source} ROI slice {p.slice_index} is outside 0..{depth - 1}")
+    if not p.boxes:
+        raise BadSampleError(f"{where}: {p.source} ROI has no box")
+    for box in p.boxes:
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise BadSampleError(f"{where}: {p.source} ROI box {box} is empty or outside the {height}×{width} slice")
+    return p
+
+
+def main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
+    """(best slice, largest 2D component there in display orientation) of a lesion mask (X, Y, Z)."""
+    k = int(np.argmax(mask3d.sum(axis=(0, 1))))
+    lab, _ = label_components(mask3d[:, :, k].T)
+    return k, lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def region_proposal(mask3d: np.ndarray, source: str, region: str) -> ROIProposal | None:
+    """A region mask (X, Y, Z) → its fullest axial slice and the box of the region there; None if empty."""
+    areas = mask3d.sum(axis=(0, 1))
+    if not areas.any():
+        return None
+    k = int(np.argmax(areas))
+    return ROIProposal(k, [bbox_of(mask3d[:, :, k].T)], source, region)
+
+
+class ROISource:
+    """Proposes the slice and box to zoom into for one abnormality of one volume (None: nothing to propose, the
+    caller falls back). ``uses_lesion_masks``: the builder hands it lesion masks and adds look-alike decoy boxes
+    to negatives, so a tight box does not give the answer away."""
+
+    name = "roi"
+    uses_lesion_masks = False
+
+    def propose(self, query: ROIQuery) -> ROIProposal | None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Class and settings, recorded beside the VQA files built with this source."""
+        settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {"class_path": f"{type(self).__module__}.{type(self).__name__}", "init_args": settings}
+
+
+class MaskROI(ROISource):
+    """Masks the user has: the lesion mask when the volume has one, else the region segmentation the report names.
+
+    Args:
+        regions_dir: folder of organ/region masks, ``<regions_dir>/<volume stem>/<structure>.nii.gz`` in the CT's
+            voxel grid (TotalSegmentator's default output), relative to the data root unless absolute; null:
+            lesion masks only.
+        structures: region → structure files whose union is that region (default: TotalSegmentator's names).
+        lesions: use lesion masks where there are some; false boxes every volume by its region masks (to measure
+            how well region masks alone find lesions, as on the synthetic data where every lesion has a mask).
+    """
+
+    name = "mask"
+
+    def __init__(
+        self,
+        regions_dir: str | None = None,
+        structures: dict[str, list[str]] | None = None,
+        lesions: bool = True,
+    ) -> None:
+        self.regions_dir = regions_dir
+        self.structures = structures or TOTALSEGMENTATOR_STRUCTURES
+        self.lesions = lesions
+        self._cache: tuple[str, dict[str, np.ndarray | None]] = ("", {})
+
+    def _structure(self, query: ROIQuery, name: str) -> np.ndarray | None:
+        volume_key, masks = self._cache
+        if volume_key != query.volume_name:
+            masks = {}
+            self._cache = (query.volume_name, masks)
+        if name not in masks:
+            path = CTRATEPaths(query.root).region_mask(query.volume_name, name, str(self.regions_dir))
+            masks[name] = load_lesion_mask(path, query.row)[0] if path.is_file() else None
+            grid = tuple(query.volume.shape[-3:])
+            if masks[name] is not None and masks[name].shape != grid:
+                raise BadSampleError(f"{path}: mask grid {masks[name].shape} differs from the CT {grid}")
+        return masks[name]
+
+    @property
+    def uses_lesion_masks(self) -> bool:  # type: ignore[override]
+        return self.lesions
+
+    def propose(self, query: ROIQuery) -> ROIProposal | None:
+        if self.lesions and query.lesion is not None and query.lesion.any():
+            k, comp = main_lesion(query.lesion)
+            return ROIProposal(k, [bbox_of(comp)], self.name, "lesion")
+        if self.regions_dir is None:
+            return None
+        found = [m for s in self.structures.get(query.region, []) if (m := self._structure(query, s)) is not None]
+        if not found:
+            return None
+        return region_proposal(np.any(found, axis=0), "region_mask", query.region)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def anatomy_masks(hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)):
+    """Regions of a chest CT (X, Y, Z) in LPS from HU alone → {region: bool mask} for every name in ``REGIONS``.
+
+    Lungs: air below ``lung_hu`` in components that do not touch the in-plane border (outside air does), the big
+    ones only. Sides: by component when the two lungs are separate, else by the midline (LPS: small x = patient's
+    right). Lobes, by position (no fissures at this resolution): right upper = top 40% of that lung's height,
+    middle = the next 35% in front of its centre, lower = the rest; left upper = top half. Mediastinum: soft
+    tissue between the lungs' centres; heart = its anterior part in the lower half of the lungs, aorta the rest.
+    """
+    air = hu < lung_hu
+    lab, n = ndimage.label(air)
+    border = np.unique(np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()]))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[border] = 0
+    sizes[0] = 0
+    big = [c for c in np.argsort(sizes)[::-1][:2] if sizes[c] > 0.1 * sizes.max() and sizes[c] > 0]
+    lungs = np.isin(lab, big) if big else np.zeros_like(air)
+    out = {name: np.zeros(hu.shape, bool) for name in REGIONS}
+    if not lungs.any():
+        return out
+    xs = np.arange(hu.shape[0])[:, None, None]
+    cx = [float(np.argwhere(lab == c)[:, 0].mean()) for c in big]
+    if len(big) == 2 and (cx[0] < hu.shape[0] / 2) != (cx[1] < hu.shape[0] / 2):
+        right, left = (lab == big[int(np.argmin(cx))]), (lab == big[int(np.argmax(cx))])
+    else:
+        mid = float(np.argwhere(lungs)[:, 0].mean())
+        right, left = lungs & (xs < mid), lungs & (xs >= mid)
+    zs = np.arange(hu.shape[2])[None, None, :]
+    ys = np.arange(hu.shape[1])[None, :, None]
+    for side, mask in (("right", right), ("left", left)):
+        out[f"{side} lung"] = mask
+        if not mask.any():
+            continue
+        pts = np.argwhere(mask)
+        z0, z1, cy = pts[:, 2].min(), pts[:, 2].max() + 1, pts[:, 1].mean()
+        height = z1 - z0
+        if side == "right":
+            upper = zs >= z0 + 0.6 * height
+            middle = (zs >= z0 + 0.25 * height) & ~upper & (ys < cy)
+            out["right upper lobe"], out["right middle lobe"] = mask & upper, mask & middle
+            out["right lower lobe"] = mask & ~upper & ~middle
+        else:
+            upper = zs >= z0 + 0.5 * height
+            out["left upper lobe"], out["left lower lobe"] = mask & upper, mask & ~upper
+    out["lungs"] = right | left
+    if not (right.any() and left.any()):
+        return out
+    x_r, x_l = (float(np.argwhere(m)[:, 0].mean()) for m in (right, left))
+    pts = np.argwhere(lungs)
+    y0, y1 = pts[:, 1].min(), pts[:, 1].max() + 1
+    z0, z1 = pts[:, 2].min(), pts[:, 2].max() + 1
+    cy = pts[:, 1].mean()
+    soft = (hu > soft_tissue[0]) & (hu < soft_tissue[1])
+    between = (xs > x_r) & (xs < x_l) & (ys >= y0) & (ys < y1) & (zs >= z0) & (zs < z1)
+    mediastinum = _largest(soft & between & ~lungs)
+    out["mediastinum"] = mediastinum
+    out["heart"] = _largest(mediastinum & (ys < cy) & (zs < z0 + 0.5 * (z1 - z0)))
+    out["aorta"] = mediastinum & (ys >= cy)
+    return out
+
+
+class AnatomyROI(ROISource):
+    """Regions found from HU alone (``anatomy_masks``); the report's location words pick the region.
+
+    Args:
+        lung_hu: HU below which voxels count as aerated lung.
+        soft_tissue: HU range of mediastinal soft tissue (heart, vessels).
+    """
+
+    name = "anatomy"
+
+    def __init__(self, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)) -> None:
+        self.lung_hu = lung_hu
+        self.soft_tissue = tuple(soft_tissue)
+        self._cache: tuple[str, dict[str, np.ndarray]] = ("", {})
+
+    def regions(self, query: ROIQuery) -> dict[str, np.ndarray]:
+        """All regions of the query's volume (kept for the next query on the same volume)."""
+        if self._cache[0] != query.volume_name:
+            hu = query.volume.detach().cpu().numpy()[0]
+            self._cache = (query.volume_name, anatomy_masks(hu, self.lung_hu, self.soft_tissue))
+        return self._cache[1]
+
+    def propose(self, query: ROIQuery) -> ROIProposal | None:
+        regions = self.regions(query)
+        return region_proposal(regions[query.region], self.name, query.region) or region_proposal(
+            regions["lungs"], self.name, "lungs"
+        )
+
+
+class CAMROI(ROISource):
+    """Class activation maps of a trained ROI classifier (``python cli.py fit --config configs/roi_classifier.yaml``):
+    the slice it scores highest for the abnormality and the box around that map's peak. Needs no report words.
+
+    Args:
+        checkpoint: the classifier's Lightning checkpoint.
+        threshold: share of the map's peak that bounds the box.
+        device: where the classifier runs.
+    """
+
+    name = "cam"
+
+    def __init__(self, checkpoint: str, threshold: float = 0.5, device: str = "cpu") -> None:
+        self.checkpoint = checkpoint
+        self.threshold = threshold
+        self.device = device
+        self._module: Any = None
+
+    def propose(self, query: ROIQuery) -> ROIProposal | None:
+        if self._module is None:
+            from lightning_modules.roi_classifier import ROIClassifierModule
+
+            if not Path(self.checkpoint).is_file():
+                raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
+            self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self.device).eval()
+        k, box = self._module.propose(query.volume.to(self.device), query.label, self.threshold)
+        return ROIProposal(int(k), [list(box)], self.name, "cam")
