@@ -1,0 +1,168 @@
+"""ROI proposal sources (datamodules/roi_sources.py), the builder and datamodule using them, and their scoring."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, load_ct_volume, read_split
+from datamodules.roi_sources import (
+    AnatomyROI,
+    MaskROI,
+    ROIProposal,
+    ROIQuery,
+    anatomy_masks,
+    check_proposal,
+    main_lesion,
+    region_of,
+)
+from datamodules.synthetic_ctrate import SHAPE, _volume_names, generate, make_phantom
+from datamodules.vqa_builder import BUILD_INFO, build_vqa
+from datamodules.vqa_builder import main as builder_main
+from evaluation.roi_proposals import evaluate_sources, render
+
+REGION_SOURCE = {"class_path": "datamodules.roi_sources.MaskROI", "init_args": {"regions_dir": "totalsegmentator"}}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roi")
+    generate(root, n=10, seed=0)
+    return root
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _query(root, name: str, label: str, region: str, lesion=None) -> ROIQuery:
+    split = name.split("_")[0]
+    row = read_split(root, split).set_index("VolumeName").loc[name].to_dict() | {"VolumeName": name}
+    volume = load_ct_volume(CTRATEPaths(root, split).volume(name), row)
+    return ROIQuery(volume, name, row, root, label, region, lesion)
+
+
+@pytest.mark.parametrize(
+    ("label", "text", "region"),
+    [
+        ("Lung nodule", "A 5 mm nodule in the lower lobe of the right lung.", "right lower lobe"),
+        ("Lung nodule", "Nodule in the right middle lobe.", "right middle lobe"),
+        ("Consolidation", "Consolidation in the middle lobe of the left lung.", "left lung"),  # no left middle lobe
+        ("Pleural effusion", "Left pleural effusion layering in the dependent posterior pleural space.", "left lung"),
+        ("Emphysema", "Centrilobular emphysema in the upper lobes of both lungs.", "lungs"),
+        ("Lung opacity", "", "lungs"),
+        ("Cardiomegaly", "the right heart is enlarged", "heart"),
+        ("Arterial wall calcification", "plaques in the descending aorta", "aorta"),
+    ],
+)
+def test_region_of_reads_the_reports_location_words(label, text, region):
+    assert region_of(label, text) == region
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_anatomy_finds_the_lungs(seed):
+    ph = make_phantom(np.random.default_rng([7, seed]), findings=False)
+    masks = anatomy_masks(ph.hu)
+    assert _dice(masks["lungs"], ph.lungs) > 0.9
+    for ours, theirs in [("right lung", "lung_lower_lobe_right"), ("left lung", "lung_upper_lobe_left")]:
+        assert (masks[ours] & ph.regions[theirs]).sum() / ph.regions[theirs].sum() > 0.95  # sides not swapped
+    for lobe in ("right upper lobe", "right lower lobe", "left upper lobe", "left lower lobe"):
+        side, part, _ = lobe.split()
+        assert _dice(masks[lobe], ph.regions[f"lung_{part}_lobe_{side}"]) > 0.85
+    assert _dice(masks["heart"], ph.regions["heart"]) > 0.6
+
+
+def test_anatomy_of_air_only_is_empty():
+    masks = anatomy_masks(np.full((32, 32, 8), -1000.0, np.float32))
+    assert not any(m.any() for m in masks.values())
+
+
+def test_mask_roi_lesion_box_is_exact(root):
+    name = _volume_names(10, 0)[0]
+    lesion = np.zeros(SHAPE, bool)
+    lesion[40:45, 50:53, 9:11] = True
+    lesion[80:81, 60:61, 9] = True  # smaller second component on the fullest slice: not the main lesion
+    p = MaskROI().propose(_query(root, name, "Lung nodule", "lungs", lesion))
+    assert p == ROIProposal(9, [[40, 50, 45, 53]], "mask", "lesion")
+    assert main_lesion(lesion)[0] == 9
+
+
+@pytest.mark.parametrize("region", ["right lower lobe", "left upper lobe", "heart", "lungs"])
+def test_region_masks_give_the_exact_box_of_the_named_region(root, region):
+    names = _volume_names(10, 0)
+    idx = 3
+    phantom = make_phantom(np.random.default_rng([0, idx]))  # the generator's phantom of volume idx
+    source = MaskROI(regions_dir="totalsegmentator", lesions=False)
+    p = source.propose(_query(root, names[idx], "Lung nodule", region))
+    expected = np.any([phantom.regions[s] for s in source.structures[region]], axis=0)
+    k = int(np.argmax(expected.sum(axis=(0, 1))))
+    assert p is not None and p.source == "region_mask" and p.region == region
+    assert (p.slice_index, p.boxes) == (k, [bbox_of(expected[:, :, k].T)])
+
+
+def test_region_masks_missing_means_no_proposal(root):
+    name = _volume_names(10, 0)[0]
+    assert MaskROI(regions_dir="no-such-dir", lesions=False).propose(_query(root, name, "Lung nodule", "lungs")) is None
+    assert MaskROI().propose(_query(root, name, "Lung nodule", "lungs")) is None  # no regions_dir, no lesion
+
+
+def test_check_proposal_refuses_boxes_outside_or_empty(root):
+    volume = _query(root, _volume_names(10, 0)[0], "Lung nodule", "lungs").volume
+    ok = ROIProposal(3, [[0, 0, SHAPE[0], SHAPE[1]]], "anatomy", "lungs")
+    assert check_proposal(ok, volume, "v") is ok
+    for bad in (
+        ROIProposal(3, [[0, 0, SHAPE[0] + 1, 4]], "cam", "cam"),
+        ROIProposal(3, [[5, 5, 5, 9]], "cam", "cam"),
+        ROIProposal(SHAPE[2], [[0, 0, 4, 4]], "cam", "cam"),
+        ROIProposal(3, [], "cam", "cam"),
+    ):
+        with pytest.raises(BadSampleError, match="v: cam ROI"):
+            check_proposal(bad, volume, "v")
+
+
+def test_builder_with_anatomy_source_boxes_presence_and_abnormality_by_anatomy(root, tmp_path):
+    paths = build_vqa(root, tmp_path / "vqa-anatomy", seed=0, roi_source=AnatomyROI())
+    recs = [json.loads(line) for p in paths.values() for line in p.read_text().splitlines()]
+    kinds = Counter((r["question_type"], r["roi_source"]) for r in recs)
+    assert kinds[("presence", "anatomy")] > 0 and kinds[("abnormality", "anatomy")] > 0
+    assert not {qt for qt, src in kinds if src != "anatomy"} - {"location", "size", "count"}
+    presence = Counter(r["answer"] for r in recs if r["question_type"] == "presence")
+    assert presence["yes"] == presence["no"] > 0
+    for r in recs:
+        for x0, y0, x1, y1 in r["roi"]:
+            assert 0 <= x0 < x1 <= SHAPE[0] and 0 <= y0 < y1 <= SHAPE[1]
+    info = json.loads((tmp_path / "vqa-anatomy" / BUILD_INFO).read_text())
+    assert info["roi_source"]["class_path"] == "datamodules.roi_sources.AnatomyROI"
+
+
+def test_builder_command_line_takes_a_roi_source(root, tmp_path, capsys):
+    builder_main(["--root", str(root), "--out", str(tmp_path / "v"), "--roi_source", json.dumps(REGION_SOURCE)])
+    assert "presence" in capsys.readouterr().out
+    info = json.loads((tmp_path / "v" / BUILD_INFO).read_text())
+    assert info["roi_source"]["init_args"]["regions_dir"] == "totalsegmentator"
+
+
+def test_datamodule_builds_vqa_with_its_source_and_refuses_another(root, tmp_path, tiny_model_dir):
+    from datamodules.ct_vqa import CTVQADataModule
+
+    vqa_dir = tmp_path / "vqa-regions"
+    common = dict(data_dir=str(root), vqa_dir=str(vqa_dir), processor_path=str(tiny_model_dir), max_samples=4)
+    dm = CTVQADataModule(**common, roi_source=MaskROI(regions_dir="totalsegmentator", lesions=False))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (vqa_dir / "train.jsonl").is_file() and len(dm.datasets["train"]) == 4
+    assert "roi_source" not in dm.hparams  # an object with caches: not for checkpoints
+    with pytest.raises(BadSampleError, match="built with roi_source datamodules.roi_sources.MaskROI"):
+        CTVQADataModule(**common, roi_source=AnatomyROI()).prepare_data()
+
+
+def test_scores_of_sources_against_true_lesions(root, tmp_path):
+    sources = {"mask": MaskROI(), "regions": MaskROI(regions_dir="totalsegmentator", lesions=False)}
+    results = evaluate_sources(root, "train", sources)
+    assert results["mask"]["n"] == results["regions"]["n"] > 0
+    assert results["mask"]["all"] == {"iou>0.3": 1.0, "centre_hit": 1.0, "slice_hit": 1.0, "mean_iou": 1.0}
+    assert 0.0 <= results["regions"]["all"]["iou>0.3"] < 1.0
+    if "Cardiomegaly" in results["regions"]["per_label"]:  # the heart mask is the lesion: exact there
+        assert results["regions"]["per_label"]["Cardiomegaly"]["iou>0.3"] == 1.0
+    assert "| regions |" in render(results)
