@@ -47,6 +47,7 @@ class Trainer(L.Trainer):
         slice_index: int | None = None,
         ckpt_path: str | None = None,
         out_dir: str = "runs/ask",
+        abnormality: str | None = None,
     ) -> dict:
         """Answer ``question`` about your own CT (NIfTI file or DICOM folder); prints the reasoning and the answer
         and saves the zoom-embedded image the model saw (``out_dir/image.png``) with ``answer.json``.
@@ -61,6 +62,8 @@ class Trainer(L.Trainer):
             slice_index: axial slice to show (default: the mask's fullest slice, else the middle one).
             ckpt_path: a Lightning checkpoint to load into the model (default: the model directory's weights).
             out_dir: where image.png and answer.json go.
+            abnormality: the CT-RATE label the question is about; with no roi, roi_mask or slice_index, the
+                datamodule's ``roi_source`` (e.g. the ROI classifier's CAM) proposes where to zoom.
         """
         from lightning_modules.export import load_checkpoint_file
         from lightning_modules.inference import ask
@@ -69,7 +72,7 @@ class Trainer(L.Trainer):
         if ckpt_path is not None:
             model.load_state_dict(load_checkpoint_file(ckpt_path)["state_dict"])
         model.to(self.strategy.root_device).eval()
-        return ask(model, datamodule, volume, question, options, roi, roi_mask, slice_index, out_dir)
+        return ask(model, datamodule, volume, question, options, roi, roi_mask, slice_index, out_dir, abnormality)
 
 
 def _best(dirpath: str) -> str:

@@ -180,7 +180,8 @@ class MaskROI(ROISource):
             self._cache = (query.volume_name, masks)
         if name not in masks:
             path = CTRATEPaths(query.root).region_mask(query.volume_name, name, str(self.regions_dir))
-            masks[name] = load_lesion_mask(path, query.row)[0] if path.is_file() else None
+            # No CT-RATE row (a user's own volume): the mask file's own header orients it.
+            masks[name] = load_lesion_mask(path, query.row or None)[0] if path.is_file() else None
             grid = tuple(query.volume.shape[-3:])
             if masks[name] is not None and masks[name].shape != grid:
                 raise BadSampleError(f"{path}: mask grid {masks[name].shape} differs from the CT {grid}")

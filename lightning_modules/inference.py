@@ -16,7 +16,8 @@ from rich.panel import Panel
 
 from datamodules.collate import VQACollator
 from datamodules.ct_vqa import CTVQADataModule
-from datamodules.ctrate import axial_slice
+from datamodules.ctrate import CTRATE_LABELS, BadSampleError, axial_slice
+from datamodules.roi_sources import ROIQuery, check_proposal, region_of
 from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
 from evaluation.report import atomic_write_bytes, atomic_write_text
@@ -36,15 +37,30 @@ def ask(
     roi_mask: str | None = None,
     slice_index: int | None = None,
     out_dir: str | Path = "runs/ask",
+    abnormality: str | None = None,
 ) -> dict[str, Any]:
     """Answer ``question`` about ``volume`` (NIfTI file or DICOM folder); returns and saves the answer record.
 
     The view is the ROI mask's fullest slice, or ``slice_index`` (default: the middle slice) with the ``roi``
-    box, or the lung fields when no ROI is given (``datamodules.user_volume.choose_view``).
+    box. With neither, and an ``abnormality`` named, the datamodule's ``roi_source`` proposes the slice and box
+    (the question's location words pick the region for anatomy sources); otherwise the lung fields are shown
+    (``datamodules.user_volume.choose_view``).
     """
     ct = load_user_volume(volume)
     mask = load_user_mask(roi_mask, like=ct) if roi_mask else None
-    k, boxes = choose_view(ct, roi=roi, mask=mask, slice_index=slice_index)
+    roi_source = "user" if roi is not None or mask is not None else "lungs"
+    proposal = None
+    if abnormality is not None and abnormality not in CTRATE_LABELS:
+        raise BadSampleError(f"abnormality {abnormality!r} is not a CT-RATE label: {', '.join(CTRATE_LABELS)}")
+    source = getattr(datamodule, "roi_source", None)
+    if roi_source == "lungs" and slice_index is None and abnormality is not None and source is not None:
+        query = ROIQuery(ct, Path(volume).name, {}, Path(volume).parent, abnormality, region_of(abnormality, question))
+        proposal = source.propose(query)
+    if proposal is not None:
+        proposal = check_proposal(proposal, ct, str(volume))
+        k, boxes, roi_source = proposal.slice_index, proposal.boxes, proposal.source
+    else:
+        k, boxes = choose_view(ct, roi=roi, mask=mask, slice_index=slice_index)
     dataset = datamodule.dataset_for([])
     image = dataset.render(axial_slice(ct, k), boxes)
     record = {
@@ -67,6 +83,7 @@ def ask(
         "options": record["options"],
         "slice_index": k,
         "roi": boxes,
+        "roi_source": roi_source,
         "completion": completion,
         "answer": (match_option(raw, record["options"]) or raw) if record["options"] else raw,
         "image": "image.png",

@@ -78,3 +78,29 @@ def test_ask_answers_and_saves_the_image(tmp_path, synthetic_root, tiny_model_di
     )
     answer = json.loads((out / "answer.json").read_text())
     assert answer["slice_index"] == 5 and answer["roi"] == [[40, 50, 70, 80]] and answer["options"] == []
+
+
+def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, tiny_model_dir):
+    from datamodules.roi_sources import anatomy_masks, region_proposal
+
+    volume = tmp_path / "my_ct.nii.gz"
+    hu = write_ct(volume)
+    overlay = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 4}},
+        "data": {
+            "data_dir": str(synthetic_root),
+            "synthetic": None,
+            "image_size": 56,
+            "roi_source": {"class_path": "datamodules.roi_sources.AnatomyROI"},
+        },
+    }
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    out = tmp_path / "ask"
+    question = "Is there a lung nodule in the right lower lobe?"
+    args = ["ask", "--config", EVAL, "--config", str(tmp_path / "o.yaml"), "--volume", str(volume)]
+    main([*args, "--question", question, "--abnormality", "Lung nodule", "--out_dir", str(out)])
+    answer = json.loads((out / "answer.json").read_text())
+    expected = region_proposal(anatomy_masks(hu)["right lower lobe"], "anatomy", "right lower lobe")
+    assert answer["roi_source"] == "anatomy"
+    assert (answer["slice_index"], answer["roi"]) == (expected.slice_index, expected.boxes)
+    assert answer["roi"][0][2] <= 64  # patient's right = image left
