@@ -2,11 +2,12 @@
 #   make demo   install, synthetic CT-RATE, SFT, GRPO, exports and test-split reports on the embedded default
 #   make test   install, then the test suite
 #   make replicate  the paper's ablation at small scale (not part of demo)
+#   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate lint clean
+.PHONY: install demo test replicate roi-sources lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -32,6 +33,14 @@ test: install
 # The paper's ablation at small scale (README, "Replication"): about 45 min on 2 CPU cores.
 replicate: install
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml
+
+# Zoom boxes without manual masks (README, "ROI proposal"): the ROI classifier, how often each source's box
+# finds the true lesion, and SFT accuracy with each source's boxes.
+roi-sources: install
+	test -f $(RUN)/roi_classifier/checkpoints/last.ckpt || $(PY) cli.py fit --config configs/roi_classifier.yaml
+	$(PY) -m evaluation.roi_proposals --config configs/experiments/roi_proposals.yaml
+	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
+		--config configs/experiments/roi_sources.yaml
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

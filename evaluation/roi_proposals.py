@@ -111,16 +111,22 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parser():
+    """Command-line / YAML arguments (``--config configs/experiments/roi_proposals.yaml``)."""
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="config")
-    parser.add_argument("--root", type=Path, default=Path("data/synthetic-ctrate"))
-    parser.add_argument("--split", type=str, default="valid", help="CT-RATE split (valid = the test questions)")
-    parser.add_argument("--sources", type=dict[str, ROISource], required=True, help="name → ROI source")
-    parser.add_argument("--out", type=Path, default=Path("runs/roi_proposals"))
-    args = parser.instantiate(parser.parse_args(argv))
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="config")
+    p.add_argument("--root", type=Path, default=Path("data/synthetic-ctrate"))
+    p.add_argument("--split", type=str, default="valid", help="CT-RATE split (valid = the test questions)")
+    p.add_argument("--sources", type=dict[str, ROISource], required=True, help="name → ROI source")
+    p.add_argument("--out", type=Path, default=Path("runs/roi_proposals"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = parser()
+    args = p.instantiate(p.parse_args(argv))
     results = evaluate_sources(args.root, args.split, args.sources)
     report = render(results)
     atomic_write_text(args.out / "roi_proposals.json", json.dumps(json_safe(results), indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from datamodules.vqa_builder import BUILD_INFO, build_vqa
 from datamodules.vqa_builder import main as builder_main
 from evaluation.roi_proposals import evaluate_sources, render
 
+ROOT = Path(__file__).resolve().parents[1]
 REGION_SOURCE = {"class_path": "datamodules.roi_sources.MaskROI", "init_args": {"regions_dir": "totalsegmentator"}}
 
 
@@ -166,3 +168,18 @@ def test_scores_of_sources_against_true_lesions(root, tmp_path):
     if "Cardiomegaly" in results["regions"]["per_label"]:  # the heart mask is the lesion: exact there
         assert results["regions"]["per_label"]["Cardiomegaly"]["iou>0.3"] == 1.0
     assert "| regions |" in render(results)
+
+
+def test_experiment_configs_name_every_source():
+    from datamodules.roi_sources import CAMROI
+    from evaluation.roi_proposals import parser
+    from experiments.replicate import load_experiment
+
+    configs = ROOT / "configs" / "experiments"
+    p = parser()
+    args = p.instantiate(p.parse_args(["--config", str(configs / "roi_proposals.yaml")]))
+    assert [type(s) for s in args.sources.values()] == [MaskROI, MaskROI, AnatomyROI, CAMROI]
+    exp = load_experiment([str(configs / "replication.yaml"), str(configs / "roi_sources.yaml")], smoke=False)
+    vqa_dirs = [arm.data.get("vqa_dir") for arm in exp.arms]
+    assert len(exp.arms) == 4 and len(set(vqa_dirs)) == 4  # one VQA folder per source
+    assert all(exp.arm_data(arm)["image_size"] == 56 for arm in exp.arms)  # the replication's settings
