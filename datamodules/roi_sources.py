@@ -317,6 +317,7 @@ class CAMROI(ROISource):
         self.threshold = threshold
         self.device = device
         self._module: Any = None
+        self._maps: tuple[str, Any] = ("", None)  # one volume's slice logits and maps, for its other labels
 
     def propose(self, query: ROIQuery) -> ROIProposal | None:
         if self._module is None:
@@ -325,5 +326,8 @@ class CAMROI(ROISource):
             if not Path(self.checkpoint).is_file():
                 raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
             self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self.device).eval()
-        k, box = self._module.propose(query.volume.to(self.device), query.label, self.threshold)
+        volume = query.volume.to(self.device)
+        if self._maps[0] != query.volume_name:
+            self._maps = (query.volume_name, self._module.volume_maps(volume))
+        k, box = self._module.propose(volume, query.label, self.threshold, maps=self._maps[1])
         return ROIProposal(int(k), [list(box)], self.name, "cam")

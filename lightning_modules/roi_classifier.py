@@ -40,7 +40,11 @@ def class_activation_maps(model: torch.nn.Module, images: torch.Tensor) -> torch
     No assumption about the head beyond "pooling then layers": each position is fed as a 1×1 feature map.
     For a global-average-pool + linear head the map's mean is exactly the image logit (CAM, Zhou et al. 2016).
     """
-    features = model.forward_features(images)
+    return maps_from_features(model, model.forward_features(images))
+
+
+def maps_from_features(model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) backbone features → (B, L, h, w) activation maps (see ``class_activation_maps``)."""
     if features.ndim != 4:
         raise ValueError(
             f"class activation maps need a CNN backbone with (B, C, h, w) features, got shape {tuple(features.shape)}"
@@ -169,31 +173,44 @@ class ROIClassifierModule(L.LightningModule):
         return class_activation_maps(self.model, images)
 
     @torch.no_grad()
-    def propose(self, volume: torch.Tensor, label: str, threshold: float = 0.5) -> tuple[int, list[int]]:
+    def volume_maps(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every axial slice's label logits (Z, 18) and activation maps (Z, 18, h, w) of a (1, X, Y, Z) HU volume,
+        in one pass (one backbone forward per slice): what ``propose`` needs for any label."""
+        was_training = self.training
+        self.eval()
+        try:
+            depth, step = volume.shape[-1], self.hparams.slice_batch_size
+            logits, maps = [], []
+            for start in range(0, depth, step):
+                images = self.renderer(volume, range(start, min(start + step, depth))).to(self.device)
+                features = self.model.forward_features(images)
+                logits.append(self.model.forward_head(features))
+                maps.append(maps_from_features(self.model, features))
+        finally:
+            self.train(was_training)
+        return torch.cat(logits), torch.cat(maps)
+
+    @torch.no_grad()
+    def propose(
+        self,
+        volume: torch.Tensor,
+        label: str,
+        threshold: float = 0.5,
+        maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[int, list[int]]:
         """The axial slice and the box to zoom into for ``label`` in a (1, X, Y, Z) HU volume (LPS, as
         ``load_ct_volume`` returns): ``(k, [x0, y0, x1, y1])`` in ``axial_slice(volume, k)`` pixels, exclusive ends.
 
         The slice with the highest logit for the label; the box bounds the region of its CAM, upsampled to the
-        slice, around the CAM's maximum that reaches ``threshold`` × the (min-subtracted) maximum.
+        slice, around the CAM's maximum that reaches ``threshold`` × the (min-subtracted) maximum. ``maps``:
+        the volume's ``volume_maps``, when the caller keeps them for several labels.
         """
         if label not in self.labels:
             raise ValueError(f"unknown label {label!r}; valid labels: {list(self.labels)}")
         j = self.labels.index(label)
-        was_training = self.training
-        self.eval()
-        try:
-            depth = volume.shape[-1]
-            step = self.hparams.slice_batch_size
-            scores = torch.cat(
-                [
-                    self.model(self.renderer(volume, range(start, min(start + step, depth))).to(self.device))[:, j]
-                    for start in range(0, depth, step)
-                ]
-            )
-            k = int(scores.argmax())
-            cam = self.class_activation_maps(self.renderer(volume, [k]).to(self.device))[:, j : j + 1]
-        finally:
-            self.train(was_training)
+        logits, cams = maps if maps is not None else self.volume_maps(volume)
+        k = int(logits[:, j].argmax())
+        cam = cams[k : k + 1, j : j + 1]
         height, width = volume.shape[2], volume.shape[1]  # axial_slice's display orientation: rows Y, cols X
         # The rendered square is the slice scaled to longest side = image_size, padded at the bottom/right:
         # back in slice pixels it is a max(H, W) square with the slice in its top-left corner.
