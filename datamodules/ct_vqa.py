@@ -306,7 +306,7 @@ class CTVQADataModule(L.LightningDataModule):
         if (vqa_dir / "train.jsonl").is_file():
             info = vqa_dir / BUILD_INFO
             built = json.loads(info.read_text(encoding="utf-8"))["roi_source"] if info.is_file() else None
-            if self.roi_source is not None and built is not None and built != wanted:
+            if built is not None and built != wanted:
                 raise BadSampleError(
                     f"{info}: these VQA files were built with roi_source {built['class_path']} "
                     f"{built['init_args']}, the config asks for {wanted['class_path']} {wanted['init_args']}; "

@@ -157,9 +157,6 @@ def _best_slice(mask3d: np.ndarray) -> int:
     return int(np.argmax(mask3d.sum(axis=(0, 1))))
 
 
-_main_lesion = main_lesion  # the lesion a question is about: best slice, largest 2D component there
-
-
 def _heart_box(lungs: np.ndarray) -> list[int] | None:
     """Heart region of a slice: between the lung centroids, from the lungs' anterior edge to their centroid row."""
     lab, n = label_components(lungs)
@@ -288,7 +285,7 @@ class _PositiveStats:
             self.masked[label] += 1
             views = []
             for _, m in by_label[label]:
-                k, comp = _main_lesion(m)
+                k, comp = main_lesion(m)
                 x0, y0, x1, y1 = bbox_of(comp)
                 views.append((x1 - x0, y1 - y0, k / max(m.shape[-1] - 1, 1)))
             self.boxes.setdefault(label, []).append(views)
@@ -375,13 +372,10 @@ class _VolumeQuestions:
         """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked and the source
         uses lesion masks, else the source's proposal for the region the report names, else anatomy."""
         seen = _SEEN.get(label, "an abnormal density")
+        lesion = None
         if self.source.uses_lesion_masks and label in self.by_label:
-            finding, m = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
-            k, comp = _main_lesion(m)
-            side = _side(comp, _midline(axial_slice(self.vol, k)))
-            where = _where(label, side, k, self.depth)
-            return k, [bbox_of(comp)], "mask", f"Global: {where}. Zoom: {seen}."
-        p = self.propose(label, report_region(label, self.row))
+            _, lesion = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
+        p = self.propose(label, report_region(label, self.row), lesion)
         if p is not None:
             return p.slice_index, p.boxes, p.source, f"Global: {self._where_box(label, p)}. Zoom: {seen}."
         k, boxes, region = anatomy_roi(self.vol, label, self.rng)
