@@ -37,7 +37,7 @@ replicate: install
 # Zoom boxes without manual masks (README, "ROI proposal"): the ROI classifier, how often each source's box
 # finds the true lesion, and SFT accuracy with each source's boxes.
 roi-sources: install
-	test -f $(RUN)/roi_classifier/checkpoints/last.ckpt || $(PY) cli.py fit --config configs/roi_classifier.yaml
+	test -f runs/roi_classifier/checkpoints/last.ckpt || $(PY) cli.py fit --config configs/roi_classifier.yaml
 	$(PY) -m evaluation.roi_proposals --config configs/experiments/roi_proposals.yaml
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
 		--config configs/experiments/roi_sources.yaml

@@ -78,8 +78,9 @@ class CTSliceDataset(Dataset):
     """One volume (a row of ``read_split``) → {"image": (S, C, H, W), "target": (18,), "volume_name": str}.
 
     Training bags jitter their slice positions. The generator is seeded with ``seed`` in the main process and
-    with the worker's seed in a DataLoader worker (PyTorch derives it from the loader's seeded generator, anew
-    each epoch), so the jitter is reproducible and still differs between epochs.
+    with the worker's seed in a DataLoader worker (PyTorch derives it from the loader's seeded generator; the
+    workers persist, so their generators run on across epochs), so the jitter is reproducible and still differs
+    between epochs.
     """
 
     def __init__(
@@ -143,15 +144,17 @@ class CTSliceDataModule(L.LightningDataModule):
 
     Args:
         data_dir: CT-RATE root (the folder holding ``dataset/``), real or synthetic.
-        synthetic: if set and ``data_dir`` is missing, a synthetic CT-RATE (and its VQA files) is generated there.
+        synthetic: if set and ``data_dir`` is missing, a synthetic CT-RATE is generated there.
         windows: CT windows (lung, mediastinal, bone); one → one grey channel, three → three channels.
         image_size: side of the square slice image (longest side resized to it, the rest zero-padded).
         slices_per_volume: slices per bag (S), spread over the volume.
         batch_size: volumes per training batch (a batch holds batch_size × S slices).
         eval_batch_size: volumes per validation/test batch.
         val_fraction: share of CT-RATE-train patients held out for validation.
+        num_workers: DataLoader worker processes (volumes are decoded there).
         seed: the patient split, the shuffle and the slice jitter.
-        volume_cache_size: decoded volumes kept in memory per dataset (and per worker).
+        volume_cache_size: decoded volumes kept in memory per dataset (and per worker); a real CT-RATE volume is
+            ~0.5 GB and a training epoch visits each once, so keep it small.
         max_volumes: cap per split, for quick runs (all when null).
     """
 
@@ -167,7 +170,7 @@ class CTSliceDataModule(L.LightningDataModule):
         val_fraction: float = 0.15,
         num_workers: int = 0,
         seed: int = 0,
-        volume_cache_size: int = 32,
+        volume_cache_size: int = 2,
         max_volumes: int | None = None,
     ) -> None:
         super().__init__()
@@ -187,11 +190,10 @@ class CTSliceDataModule(L.LightningDataModule):
         if (self.root / "dataset").is_dir() or self.hparams.synthetic is None:
             return
         from datamodules.synthetic_ctrate import generate
-        from datamodules.vqa_builder import build_vqa
 
+        # Volumes and labels only: the VQA files are the VLM datamodule's to build, with its ROI source.
         log.info("generating synthetic CT-RATE at %s", self.root)
         generate(self.root, n=self.hparams.synthetic.n, seed=self.hparams.synthetic.seed)
-        build_vqa(self.root, seed=self.hparams.synthetic.seed)  # same folder as CTVQADataModule would build
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

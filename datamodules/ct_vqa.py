@@ -288,9 +288,9 @@ class CTVQADataModule(L.LightningDataModule):
         return Path(self.hparams.data_dir)
 
     def prepare_data(self) -> None:
-        """Generate the synthetic data set if asked for and missing, and build the VQA files with ``roi_source``
-        if they are missing (rank 0 only, by Lightning)."""
-        from datamodules.vqa_builder import BUILD_INFO, build_info, build_vqa
+        """Generate the synthetic data set and its VQA files (with ``roi_source``) where missing, and check that
+        existing VQA files were built with ``roi_source`` (rank 0 only, by Lightning)."""
+        from datamodules.vqa_builder import build_vqa, vqa_state
 
         synthetic = self.hparams.synthetic
         if not (self.root / "dataset").is_dir():
@@ -300,23 +300,23 @@ class CTVQADataModule(L.LightningDataModule):
 
             log.info("generating synthetic CT-RATE at %s", self.root)
             generate(self.root, n=synthetic.n, seed=synthetic.seed)
-        seed = synthetic.seed if synthetic is not None else self.hparams.seed
         vqa_dir = self._vqa_dir()
-        wanted = build_info(seed, self.roi_source)["roi_source"]
-        if (vqa_dir / "train.jsonl").is_file():
-            info = vqa_dir / BUILD_INFO
-            built = json.loads(info.read_text(encoding="utf-8"))["roi_source"] if info.is_file() else None
-            if built is not None and built != wanted:
-                raise BadSampleError(
-                    f"{info}: these VQA files were built with roi_source {built['class_path']} "
-                    f"{built['init_args']}, the config asks for {wanted['class_path']} {wanted['init_args']}; "
-                    "set data.vqa_dir to a folder of its own for this source"
-                )
+        if vqa_state(vqa_dir, self.roi_source) == "built":
             return
-        if synthetic is None and self.roi_source is None:
-            return  # real data without a source to build with: setup() names the missing files
-        log.info("building CT-RATE-VQA at %s with %s", vqa_dir, wanted["class_path"])
-        build_vqa(self.root, out_dir=vqa_dir, seed=seed, roi_source=self.roi_source)
+        if synthetic is None:
+            # Real CT-RATE: hours of work, not for rank 0 of a training job while the other ranks wait.
+            spec = {
+                k: v
+                for k, v in (self.roi_source.describe() if self.roi_source else {}).items()
+                if k != "checkpoint_sha256"
+            }
+            source = f" --roi_source '{json.dumps(spec)}'" if spec else ""
+            raise BadSampleError(
+                f"{vqa_dir}: no finished CT-RATE-VQA build; build it first:\n"
+                f"  python -m datamodules.vqa_builder --root {self.root} --out {vqa_dir}{source}"
+            )
+        log.info("building CT-RATE-VQA at %s", vqa_dir)
+        build_vqa(self.root, out_dir=vqa_dir, seed=synthetic.seed, roi_source=self.roi_source)
 
     def _vqa_dir(self) -> Path:
         return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"

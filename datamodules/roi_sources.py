@@ -14,6 +14,7 @@ say which source made their box (``roi_source``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,7 +144,8 @@ class ROISource:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """Class and settings, recorded beside the VQA files built with this source."""
+        """Class and settings that decide the boxes, recorded beside the VQA files built with this source (and
+        valid as ``--roi_source`` again)."""
         settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return {"class_path": f"{type(self).__module__}.{type(self).__name__}", "init_args": settings}
 
@@ -210,11 +212,14 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
 
 
-def anatomy_masks(hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)):
+def anatomy_masks(
+    hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)
+) -> dict[str, np.ndarray]:
     """Regions of a chest CT (X, Y, Z) in LPS from HU alone → {region: bool mask} for every name in ``REGIONS``.
 
-    Lungs: air below ``lung_hu`` in components that do not touch the in-plane border (outside air does), the big
-    ones only. Sides: by component when the two lungs are separate, else by the midline (LPS: small x = patient's
+    Lungs: air below ``lung_hu`` in components that do not touch the in-plane border (outside air does): the
+    largest, and the second when it is a lung too (at least 30% of the largest's size and half its height; bowel
+    gas is neither). Sides: by component when the two lungs are separate, else by the midline (LPS: small x = patient's
     right). Lobes, by position (no fissures at this resolution): right upper = top 40% of that lung's height,
     middle = the next 35% in front of its centre, lower = the rest; left upper = top half. Mediastinum: soft
     tissue between the lungs' centres; heart = its anterior part in the lower half of the lungs, aorta the rest.
@@ -225,7 +230,13 @@ def anatomy_masks(hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[fl
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     sizes[border] = 0
     sizes[0] = 0
-    big = [c for c in np.argsort(sizes)[::-1][:2] if sizes[c] > 0.1 * sizes.max() and sizes[c] > 0]
+    boxes = ndimage.find_objects(lab)
+    order = [int(c) for c in np.argsort(sizes)[::-1][:2] if sizes[c] > 0]
+
+    def height(c: int) -> int:
+        return boxes[c - 1][2].stop - boxes[c - 1][2].start
+
+    big = [c for c in order if sizes[c] >= 0.3 * sizes[order[0]] and height(c) >= 0.5 * height(order[0])]
     lungs = np.isin(lab, big) if big else np.zeros_like(air)
     out = {name: np.zeros(hu.shape, bool) for name in REGIONS}
     if not lungs.any():
@@ -284,20 +295,15 @@ class AnatomyROI(ROISource):
     def __init__(self, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)) -> None:
         self.lung_hu = lung_hu
         self.soft_tissue = tuple(soft_tissue)
-        self._cache: tuple[str, dict[str, np.ndarray]] = ("", {})
-
-    def regions(self, query: ROIQuery) -> dict[str, np.ndarray]:
-        """All regions of the query's volume (kept for the next query on the same volume)."""
-        if self._cache[0] != query.volume_name:
-            hu = query.volume.detach().cpu().numpy()[0]
-            self._cache = (query.volume_name, anatomy_masks(hu, self.lung_hu, self.soft_tissue))
-        return self._cache[1]
+        # One volume's proposal per region (not its masks: a dozen full-size masks of a real CT are ~1 GB).
+        self._cache: tuple[str, dict[str, ROIProposal | None]] = ("", {})
 
     def propose(self, query: ROIQuery) -> ROIProposal | None:
-        regions = self.regions(query)
-        return region_proposal(regions[query.region], self.name, query.region) or region_proposal(
-            regions["lungs"], self.name, "lungs"
-        )
+        if self._cache[0] != query.volume_name:
+            masks = anatomy_masks(query.volume.detach().cpu().numpy()[0], self.lung_hu, self.soft_tissue)
+            self._cache = (query.volume_name, {r: region_proposal(m, self.name, r) for r, m in masks.items()})
+        proposals = self._cache[1]
+        return proposals[query.region] or proposals["lungs"]
 
 
 class CAMROI(ROISource):
@@ -315,7 +321,7 @@ class CAMROI(ROISource):
     def __init__(self, checkpoint: str, threshold: float = 0.5, device: str = "cpu") -> None:
         self.checkpoint = checkpoint
         self.threshold = threshold
-        self.device = device
+        self._device = device  # where it runs does not change the boxes: not part of describe()
         self._module: Any = None
         self._maps: tuple[str, Any] = ("", None)  # one volume's slice logits and maps, for its other labels
 
@@ -325,9 +331,21 @@ class CAMROI(ROISource):
 
             if not Path(self.checkpoint).is_file():
                 raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
-            self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self.device).eval()
-        volume = query.volume.to(self.device)
+            self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self._device).eval()
+        # The volume stays on the CPU: slices are rendered there and only the images go to the device.
         if self._maps[0] != query.volume_name:
-            self._maps = (query.volume_name, self._module.volume_maps(volume))
-        k, box = self._module.propose(volume, query.label, self.threshold, maps=self._maps[1])
+            self._maps = (query.volume_name, self._module.volume_maps(query.volume))
+        k, box = self._module.propose(query.volume, query.label, self.threshold, maps=self._maps[1])
         return ROIProposal(int(k), [list(box)], self.name, "cam")
+
+    def describe(self) -> dict[str, Any]:
+        """Also the checkpoint's SHA-256: a retrained classifier at the same path makes other boxes."""
+        info = super().describe()
+        path = Path(self.checkpoint)
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            info["checkpoint_sha256"] = digest.hexdigest()
+        return info

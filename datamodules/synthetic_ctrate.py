@@ -68,6 +68,9 @@ def _ellipse(i, j, ci, cj, a, b):
     return ((i - ci) / a) ** 2 + ((j - cj) / b) ** 2 <= 1.0
 
 
+LOBES_OF = {"right": ("upper", "middle", "lower"), "left": ("upper", "lower")}
+
+
 def _lobe(side: str, j: float, k: float, lung_cj: float) -> str:
     """Lobe from height and, for the right middle lobe, anterior position (smaller j = anterior)."""
     if side == "left":
@@ -84,19 +87,24 @@ def _disk(d: int) -> np.ndarray:
     return ((o[:, None] - c) ** 2 + (o[None, :] - c) ** 2) <= r2
 
 
-def _regions(side_of, heart, aorta, i, j, k, centres) -> dict[str, np.ndarray]:
-    """Organ/lobe masks as TotalSegmentator names them, with the lobe boundaries ``_lobe`` uses for reports."""
-    right, left = side_of["right"], side_of["left"]
-    middle = right & (k >= 8) & (k < 18) & (j < centres["right"][1])
-    return {
-        "lung_upper_lobe_right": right & (k >= 18),
-        "lung_middle_lobe_right": middle,
-        "lung_lower_lobe_right": right & (k < 18) & ~middle,
-        "lung_upper_lobe_left": left & (k >= 16),
-        "lung_lower_lobe_left": left & (k < 16),
-        "heart": heart.copy(),
-        "aorta": aorta.copy(),
-    }
+def _regions(
+    side_of: dict[str, np.ndarray],
+    heart: np.ndarray,
+    aorta: np.ndarray,
+    j: np.ndarray,
+    k: np.ndarray,
+    centres: dict[str, tuple[float, float]],
+) -> dict[str, np.ndarray]:
+    """Organ/lobe masks as TotalSegmentator names them; lobes by ``_lobe``, the rule the reports are written by."""
+    lobe_of = np.vectorize(_lobe, otypes=[str])
+    out = {"heart": heart.copy(), "aorta": aorta.copy()}
+    for side, mask in side_of.items():
+        lobes = lobe_of(side, j[mask], k[mask], centres[side][1])
+        for lobe in LOBES_OF[side]:
+            region = np.zeros(mask.shape, bool)
+            region[mask] = lobes == lobe
+            out[f"lung_{lobe}_lobe_{side}"] = region
+    return out
 
 
 def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
@@ -127,7 +135,7 @@ def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
     lungs &= ~(heart | aorta | spine)
     for side in side_of:
         side_of[side] &= lungs
-    ph = Phantom(hu=hu, lungs=lungs.copy(), regions=_regions(side_of, heart, aorta, i, j, k, centres))
+    ph = Phantom(hu=hu, lungs=lungs.copy(), regions=_regions(side_of, heart, aorta, j, k, centres))
     if big_heart:
         ph.lesions.append(Lesion("Cardiomegaly", "Cardiomegaly: the cardiac silhouette is enlarged.", heart))
     if not findings:

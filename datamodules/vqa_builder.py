@@ -16,10 +16,13 @@ metadata only, never shown to the model: decoys are recorded as "anatomy". Count
 per nodule on the slice on purpose (the answer is the number of lesions the model must see).
 
 Where a question's box comes from is pluggable (``--roi_source``, datamodules/roi_sources.py). The default,
-``MaskROI``, is the above. A source that ignores lesion masks (``AnatomyROI``, ``CAMROI``) boxes presence and
-abnormality questions of every volume, positives and negatives alike; a negative asks the source about a region
-drawn from where the split's reports place that label, so the region does not give the answer away either.
-Location, size and count questions keep their lesion boxes: their answers come from those masks.
+``MaskROI``, is the above. A source that ignores lesion masks (``AnatomyROI``, ``CAMROI``, ``MaskROI`` with
+``lesions: false``) boxes presence and abnormality questions of every volume, positives and negatives alike, and
+presence is balanced per label within that source; a negative asks the source about a region drawn from where the
+split's reports place that label, so the region named does not give the answer away. The box such a source draws
+may still differ between yes and no (an enlarged heart has a larger heart box): it is made from the image alone,
+so it is evidence the deployed pipeline has too, not the label leaking. Location, size and count questions keep
+their lesion boxes: their answers come from those masks.
 
     python -m datamodules.vqa_builder --root data/synthetic-ctrate --seed 0
     python -m datamodules.vqa_builder --root data/synthetic-ctrate --out data/synthetic-ctrate/vqa-anatomy \
@@ -31,10 +34,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -305,11 +309,24 @@ class _PositiveStats:
         return w, h, float(rng.uniform(f0, f1))
 
 
+_NEGATION = re.compile(r"\b(no|not|without|absence of|free of|negative for)\b")
+
+
+def _affirms(sentence: str, label: str) -> bool:
+    """Whether ``sentence`` reports ``label`` as present ("No effusion on the left." does not)."""
+    if label_of(sentence) != label:
+        return False
+    low = sentence.lower()
+    found = re.search(dict(_KEYWORDS)[label], low)
+    negation = _NEGATION.search(low)
+    return found is not None and (negation is None or negation.start() > found.start())
+
+
 def report_region(label: str, row: Mapping[str, Any]) -> str:
     """The region the report's sentences about ``label`` name (the whole lungs / its organ when they name none)."""
     text = row.get("Findings_EN")
     sentences = re.split(r"(?<=\.)\s+", text) if isinstance(text, str) else []
-    return region_of(label, " ".join(s for s in sentences if label_of(s) == label))
+    return region_of(label, " ".join(s for s in sentences if _affirms(s, label)))
 
 
 class _VolumeQuestions:
@@ -583,10 +600,46 @@ def _balance_presence(
 BUILD_INFO = "build.json"
 
 
-def build_info(seed: int, roi_source: ROISource | None) -> dict[str, Any]:
+def build_info(seed: int, roi_source: ROISource | None, complete: bool = True) -> dict[str, Any]:
     """What a VQA folder was built with (``build.json`` beside its JSONL files)."""
     source = (roi_source if roi_source is not None else MaskROI()).describe()
-    return json.loads(json.dumps({"seed": seed, "roi_source": source}))  # tuples → lists, as read back
+    info = {"seed": seed, "roi_source": source, "complete": complete}
+    return json.loads(json.dumps(info))  # tuples → lists, as read back
+
+
+def _replace_atomically(path: Path, lines: Iterable[str]) -> None:
+    # A unique temporary name: two processes building the same folder (several nodes) never share one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def vqa_state(vqa_dir: Path, roi_source: ROISource | None) -> Literal["built", "missing"]:
+    """ "built" when ``vqa_dir`` holds a finished build made with ``roi_source``; "missing" when it holds none or
+    an interrupted one. A folder built with another source raises: its boxes are not what the config says."""
+    info_path = Path(vqa_dir) / BUILD_INFO
+    wanted = build_info(0, roi_source)["roi_source"]
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if not info.get("complete", False):
+            return "missing"
+        built = info["roi_source"]
+    elif (Path(vqa_dir) / "train.jsonl").is_file():
+        built = build_info(0, None)["roi_source"]  # built before build.json existed: always the default source
+    else:
+        return "missing"
+    if built != wanted:
+        raise BadSampleError(
+            f"{info_path}: these VQA files were built with roi_source {built['class_path']} {built['init_args']}, "
+            f"the config asks for {wanted['class_path']} {wanted['init_args']}; set data.vqa_dir to a folder of its "
+            "own for this source"
+        )
+    return "built"
 
 
 def build_vqa(
@@ -594,30 +647,27 @@ def build_vqa(
 ) -> dict[str, Path]:
     """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``) and ``build.json``; returns {split: path}.
 
-    Each file is written to a temporary name and renamed, so an interrupted build never leaves a half file.
+    Every file is written to a temporary name and renamed, and ``build.json`` says ``complete: false`` until the
+    last one is in place, so an interrupted build is recognised (``vqa_state``) and never half-used.
     """
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "vqa"
     out_dir.mkdir(parents=True, exist_ok=True)
+    info_path = out_dir / BUILD_INFO
+    _replace_atomically(info_path, [json.dumps(build_info(seed, roi_source, complete=False), indent=1) + "\n"])
     written: dict[str, Path] = {}
     for split in SPLITS:
         if not CTRATEPaths(root, split).labels_csv.is_file():
             continue
         records = build_split(root, split, seed, roi_source)
         path = out_dir / f"{split}.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        _replace_atomically(path, (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         written[split] = path
     if not written:
         raise BadSampleError(
             f"{display_path(root)}: no labels CSV for any split under dataset/multi_abnormality_labels"
         )
-    tmp = out_dir / (BUILD_INFO + ".tmp")
-    tmp.write_text(json.dumps(build_info(seed, roi_source), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / BUILD_INFO)
+    _replace_atomically(info_path, [json.dumps(build_info(seed, roi_source), indent=1) + "\n"])
     return written
 
 

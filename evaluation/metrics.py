@@ -160,7 +160,7 @@ class AbnormalityDetection(Metric):
                 "recall": _rate(tp[i], tp[i] + fn[i]),
                 "f1": f1,
                 "support": int(tp[i] + fn[i]),
-                "auroc": _auroc(probs[mine], target[mine]),
+                "auroc": auroc_or_nan(probs[mine], target[mine]),
                 "auprc": _auprc(probs[mine], target[mine]),
             }
         return {
@@ -168,7 +168,7 @@ class AbnormalityDetection(Metric):
             **{f"f1/{label}": stats["f1"] for label, stats in per_label.items()},
             "macro_f1": sum(f1s) / len(f1s) if f1s else float("nan"),
             "micro_f1": _rate(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
-            "auroc": _auroc(probs, target),
+            "auroc": auroc_or_nan(probs, target),
             "auprc": _auprc(probs, target),
             "ece": float(binary_calibration_error(probs, target, n_bins=CALIBRATION_BINS)) if len(probs) else math.nan,
             "per_abnormality": per_label,
@@ -187,7 +187,7 @@ def _both_classes(target: torch.Tensor) -> bool:
     return bool(len(target)) and 0 < int(target.sum()) < len(target)
 
 
-def _auroc(probs: torch.Tensor, target: torch.Tensor) -> float:
+def auroc_or_nan(probs: torch.Tensor, target: torch.Tensor) -> float:
     """AUROC, or NaN when one class is absent (torchmetrics would warn and return 0)."""
     return float(binary_auroc(probs, target)) if _both_classes(target) else float("nan")
 

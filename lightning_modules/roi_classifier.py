@@ -16,7 +16,7 @@ from torchmetrics import CatMetric
 
 from datamodules.ct_slices import SliceRenderer
 from datamodules.ctrate import CTRATE_LABELS, bbox_of, label_components
-from evaluation.metrics import _auroc
+from evaluation.metrics import auroc_or_nan
 
 Pooling = Literal["lse", "max", "mean"]
 
@@ -148,7 +148,7 @@ class ROIClassifierModule(L.LightningModule):
         self.val_targets.reset()
         if scores.ndim != 2:  # no validation batch ran (CatMetric's empty state)
             return
-        per_label = torch.tensor([_auroc(scores[:, j], targets[:, j].long()) for j in range(scores.shape[1])])
+        per_label = torch.tensor([auroc_or_nan(scores[:, j], targets[:, j].long()) for j in range(scores.shape[1])])
         present = ~per_label.isnan()
         if present.any():
             self.log("val/auroc", per_label[present].mean())

@@ -132,7 +132,13 @@ def test_fit_checkpoint_propose(tmp_path, synthetic_root):
     from datamodules.roi_sources import CAMROI, ROIQuery
     from datamodules.vqa_builder import build_vqa
 
+    cropped = volume[:, :, :96]  # non-square slices: 96 rows (Y) × 128 columns (X)
+    k2, (x0b, y0b, x1b, y1b) = module.propose(cropped, "Cardiomegaly")
+    assert 0 <= x0b < x1b <= 128 and 0 <= y0b < y1b <= 96
+
     source = CAMROI(str(run / "ckpt" / "last.ckpt"))
+    description = source.describe()
+    assert len(description["checkpoint_sha256"]) == 64 and "device" not in description["init_args"]
     p = source.propose(ROIQuery(volume, row["VolumeName"], row, synthetic_root, "Lung nodule"))
     assert (p.slice_index, p.boxes, p.source) == (k, [[x0, y0, x1, y1]], "cam")
     paths = build_vqa(synthetic_root, tmp_path / "vqa-cam", seed=0, roi_source=source)
