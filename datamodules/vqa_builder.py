@@ -626,7 +626,7 @@ def vqa_state(vqa_dir: Path, roi_source: ROISource | None) -> Literal["built", "
     wanted = build_info(0, roi_source)["roi_source"]
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if not info.get("complete", False):
+        if not info.get("complete", True):  # written last before the flag existed
             return "missing"
         built = info["roi_source"]
     elif (Path(vqa_dir) / "train.jsonl").is_file():
