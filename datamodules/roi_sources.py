@@ -274,7 +274,12 @@ def anatomy_masks(
     z0, z1 = pts[:, 2].min(), pts[:, 2].max() + 1
     cy = pts[:, 1].mean()
     soft = (hu > soft_tissue[0]) & (hu < soft_tissue[1])
-    between = (xs > x_r) & (xs < x_l) & (ys >= y0) & (ys < y1) & (zs >= z0) & (zs < z1)
+    slab = (xs > x_r) & (xs < x_l) & (zs >= z0) & (zs < z1)
+    # Posterior bound: the front of the vertebral bodies (bone behind the lungs' centre; the sternum is in front),
+    # so paraspinal muscle and the spinal canal stay out of the mediastinum.
+    spine = np.argwhere((hu > 300) & slab & (ys >= cy))
+    y1 = min(y1, int(spine[:, 1].min())) if len(spine) else y1
+    between = slab & (ys >= y0) & (ys < y1)
     mediastinum = _largest(soft & between & ~lungs)
     out["mediastinum"] = mediastinum
     out["heart"] = _largest(mediastinum & (ys < cy) & (zs < z0 + 0.5 * (z1 - z0)))
