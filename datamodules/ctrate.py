@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import Orientation
+from scipy import ndimage
 
 CTRATE_LABELS: tuple[str, ...] = (
     "Medical material",
@@ -333,38 +334,17 @@ def load_lesion_mask(path: str | Path, meta: Mapping[str, Any] | None = None) ->
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Face-connected components of a 2D/3D bool mask -> (labels 1..n, n). Pure numpy (no scipy here).
+    """Face-connected components of a 2D/3D bool mask -> (labels 1..n in raster order of first pixel, n)."""
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool))
+    return labels, int(n)
 
-    Min-label propagation with pointer jumping: each pass spreads the smallest pixel index among
-    neighbours, then every label jumps to its own label's label, so it converges in few passes.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    idx = np.arange(1, mask.size + 1, dtype=np.int64).reshape(mask.shape)
-    lab = np.where(mask, idx, 0)
-    big = np.int64(mask.size + 1)
-    while True:
-        prev = lab
-        base = np.where(mask, lab, big)
-        cur = base
-        for ax in range(mask.ndim):
-            for shift in (1, -1):
-                nb = np.roll(base, shift, axis=ax)
-                edge = [slice(None)] * mask.ndim
-                edge[ax] = 0 if shift == 1 else -1
-                nb[tuple(edge)] = big  # no wrap-around
-                cur = np.minimum(cur, nb)
-        cur = np.where(mask, cur, 0)
-        flat = np.concatenate([[0], cur.ravel()])
-        for _ in range(4):
-            cur = flat[cur]
-            flat = np.concatenate([[0], cur.ravel()])
-        lab = cur
-        if np.array_equal(lab, prev):
-            break
-    uniq, inv = np.unique(lab, return_inverse=True)
-    inv = inv.reshape(lab.shape)
-    n = len(uniq) - 1 if uniq[0] == 0 else len(uniq)
-    return (inv if uniq[0] == 0 else inv + 1), n
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a bool mask (the first of equal ones; empty in, empty out)."""
+    labels, n = label_components(mask)
+    if n == 0:
+        return np.asarray(mask, dtype=bool)
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
 def lung_mask_from_hu(slice_hu: np.ndarray, threshold: float = -400.0, keep: int = 2) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, label_components, load_lesion_mask
+from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, largest_component, load_lesion_mask
 
 LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
 REGIONS = (*LOBES, "right lung", "left lung", "lungs", "heart", "aorta", "mediastinum")
@@ -119,8 +119,7 @@ def check_proposal(p: ROIProposal, volume: torch.Tensor, where: str) -> ROIPropo
 def main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
     """(best slice, largest 2D component there in display orientation) of a lesion mask (X, Y, Z)."""
     k = int(np.argmax(mask3d.sum(axis=(0, 1))))
-    lab, _ = label_components(mask3d[:, :, k].T)
-    return k, lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return k, largest_component(mask3d[:, :, k].T)
 
 
 def region_proposal(mask3d: np.ndarray, source: str, region: str) -> ROIProposal | None:
@@ -205,13 +204,6 @@ class MaskROI(ROISource):
         return region_proposal(np.any(found, axis=0), "region_mask", query.region)
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-
-
 def anatomy_masks(
     hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)
 ) -> dict[str, np.ndarray]:
@@ -280,9 +272,9 @@ def anatomy_masks(
     spine = np.argwhere((hu > 300) & slab & (ys >= cy))
     y1 = min(y1, int(spine[:, 1].min())) if len(spine) else y1
     between = slab & (ys >= y0) & (ys < y1)
-    mediastinum = _largest(soft & between & ~lungs)
+    mediastinum = largest_component(soft & between & ~lungs)
     out["mediastinum"] = mediastinum
-    out["heart"] = _largest(mediastinum & (ys < cy) & (zs < z0 + 0.5 * (z1 - z0)))
+    out["heart"] = largest_component(mediastinum & (ys < cy) & (zs < z0 + 0.5 * (z1 - z0)))
     out["aorta"] = mediastinum & (ys >= cy)
     return out
 

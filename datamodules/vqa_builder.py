@@ -52,6 +52,7 @@ from datamodules.ctrate import (
     bbox_of,
     display_path,
     label_components,
+    largest_component,
     load_ct_volume,
     load_grounding,
     load_lesion_mask,
@@ -474,8 +475,7 @@ class _VolumeQuestions:
                         self.add("location", q, answer, LOBES[side], k, boxes, "mask", label, why)
         nodules = self.by_label.get("Lung nodule", [])
         for _, m in nodules:
-            lab, _ = label_components(m)
-            largest = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+            largest = largest_component(m)
             k = _best_slice(largest)
             x0, y0, x1, y1 = bbox_of(largest[:, :, k].T)
             mm = max((x1 - x0) * spacing[0], (y1 - y0) * spacing[1])
