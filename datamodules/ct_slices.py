@@ -7,7 +7,6 @@ spread over the volume and the model pools its slice scores (lightning_modules/r
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,11 @@ from monai.transforms import Compose, Resized, SpatialPadd
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from datamodules.ct_vqa import SyntheticData, _split_patients
+from datamodules.ct_vqa import SyntheticData, _split_patients, generate_if_missing
 from datamodules.ctrate import (
     CTRATE_LABELS,
-    CTRATEPaths,
+    VolumeCache,
     axial_slice,
-    load_ct_volume,
-    parse_volume_name,
     patient_id,
     read_split,
 )
@@ -94,30 +91,17 @@ class CTSliceDataset(Dataset):
         volume_cache_size: int,
     ) -> None:
         self.rows = rows.reset_index(drop=True)
-        self.root = root
         self.renderer = renderer
         self.slices_per_volume = slices_per_volume
         self.jitter = jitter
         self.seed = seed
-        self.volume_cache_size = volume_cache_size
+        self.volumes = VolumeCache(root, volume_cache_size)
         self.targets = torch.tensor(self.rows[list(CTRATE_LABELS)].to_numpy(dtype=np.float32))
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._generator: torch.Generator | None = None
         self._generator_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def _volume(self, row: dict[str, Any]) -> torch.Tensor:
-        name = row["VolumeName"]
-        if name in self._cache:
-            self._cache.move_to_end(name)
-            return self._cache[name]
-        volume = load_ct_volume(CTRATEPaths(self.root, parse_volume_name(name)[0]).volume(name), row)
-        self._cache[name] = volume
-        if len(self._cache) > self.volume_cache_size:
-            self._cache.popitem(last=False)
-        return volume
 
     def _rng(self) -> torch.Generator:
         info = get_worker_info()
@@ -129,7 +113,7 @@ class CTSliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index].to_dict()
-        volume = self._volume(row)
+        volume = self.volumes.get(row["VolumeName"], row)
         positions = slice_positions(volume.shape[-1], self.slices_per_volume, self._rng() if self.jitter else None)
         return {
             "image": self.renderer(volume, positions),
@@ -187,13 +171,8 @@ class CTSliceDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic data set if asked for and missing (rank 0 only, by Lightning)."""
-        if (self.root / "dataset").is_dir() or self.hparams.synthetic is None:
-            return
-        from datamodules.synthetic_ctrate import generate
-
         # Volumes and labels only: the VQA files are the VLM datamodule's to build, with its ROI source.
-        log.info("generating synthetic CT-RATE at %s", self.root)
-        generate(self.root, n=self.hparams.synthetic.n, seed=self.hparams.synthetic.seed)
+        generate_if_missing(self.root, self.hparams.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

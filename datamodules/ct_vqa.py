@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from datamodules.collate import VQACollator
 from datamodules.ctrate import (
     GEOMETRY_COLUMNS,
-    SPLITS,
     BadSampleError,
     CTRATEPaths,
+    VolumeCache,
     axial_slice,
-    load_ct_volume,
-    parse_volume_name,
     read_csv_checked,
 )
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
@@ -55,6 +52,16 @@ class ZoomSpec:
     inset_fraction: float = 0.5
 
 
+def generate_if_missing(root: Path, synthetic: SyntheticData | None) -> None:
+    """Write a synthetic CT-RATE at ``root`` when ``synthetic`` is set and ``root`` holds no ``dataset/`` yet."""
+    if (root / "dataset").is_dir() or synthetic is None:
+        return
+    from datamodules.synthetic_ctrate import generate
+
+    log.info("generating synthetic CT-RATE at %s", root)
+    generate(root, n=synthetic.n, seed=synthetic.seed)
+
+
 # Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
 torch.serialization.add_safe_globals([SyntheticData, ZoomSpec])
 
@@ -81,15 +88,13 @@ class CTVQADataset(Dataset):
         volume_cache_size: int,
     ) -> None:
         self.records = records
-        self.paths = {split: CTRATEPaths(root, split) for split in SPLITS}
         self.processor = processor
         self.metadata = metadata
         self.prompt_format = prompt_format
         self.system_prompt = system_prompt or system_prompt_for(prompt_format, zoom.layout if zoom else "none")
         self.max_length = max_length
         self.skip_bad_samples = skip_bad_samples
-        self.volume_cache_size = volume_cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.volumes = VolumeCache(root, volume_cache_size)
         self.skipped: dict[str, str] = {}  # record id -> problem; a dict so later epochs don't recount
         steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
         if zoom is not None:
@@ -109,22 +114,9 @@ class CTVQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _volume(self, volume_name: str) -> torch.Tensor:
-        if volume_name in self._cache:
-            self._cache.move_to_end(volume_name)
-            return self._cache[volume_name]
-        paths = self.paths[parse_volume_name(volume_name)[0]]
-        if volume_name not in self.metadata:
-            raise BadSampleError(f"{paths.metadata_csv}: no row for VolumeName {volume_name!r}")
-        volume = load_ct_volume(paths.volume(volume_name), self.metadata[volume_name])
-        self._cache[volume_name] = volume
-        if len(self._cache) > self.volume_cache_size:
-            self._cache.popitem(last=False)
-        return volume
-
     def image(self, record: dict[str, Any]) -> torch.Tensor:
         """The (3, H, W) image in [0, 1] the model sees for this record (also used to save what it saw)."""
-        volume = self._volume(record["volume_name"])
+        volume = self.volumes.get(record["volume_name"], self.metadata.get(record["volume_name"]))
         depth = volume.shape[-1]
         if not 0 <= record["slice_index"] < depth:
             raise BadSampleError(
@@ -293,13 +285,9 @@ class CTVQADataModule(L.LightningDataModule):
         from datamodules.vqa_builder import build_vqa, vqa_state
 
         synthetic = self.hparams.synthetic
+        generate_if_missing(self.root, synthetic)
         if not (self.root / "dataset").is_dir():
-            if synthetic is None:
-                return  # setup() names the missing files
-            from datamodules.synthetic_ctrate import generate
-
-            log.info("generating synthetic CT-RATE at %s", self.root)
-            generate(self.root, n=synthetic.n, seed=synthetic.seed)
+            return  # setup() names the missing files
         vqa_dir = self._vqa_dir()
         if vqa_state(vqa_dir, self.roi_source) == "built":
             return

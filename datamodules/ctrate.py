@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,30 @@ def load_ct_volume(path: str | Path, meta: Mapping[str, Any]) -> MetaTensor:
         hu = hu * slope + intercept
     vol = MetaTensor(torch.from_numpy(hu[None]), affine=torch.as_tensor(affine_from_metadata(meta)))
     return Orientation(axcodes=AXCODES, labels=(("L", "R"), ("P", "A"), ("I", "S")))(vol).float()
+
+
+class VolumeCache:
+    """Decoded CT volumes by VolumeName, the least recently used dropped first: several questions (or epochs)
+    share one volume, and decoding a real CT-RATE volume takes seconds."""
+
+    def __init__(self, root: str | Path, size: int) -> None:
+        self.paths = {split: CTRATEPaths(Path(root), split) for split in SPLITS}
+        self.size = size
+        self._volumes: OrderedDict[str, MetaTensor] = OrderedDict()
+
+    def get(self, volume_name: str, meta: Mapping[str, Any] | None) -> MetaTensor:
+        """The volume as ``load_ct_volume`` returns it; ``meta`` is its metadata row (None: the row is missing)."""
+        if volume_name in self._volumes:
+            self._volumes.move_to_end(volume_name)
+            return self._volumes[volume_name]
+        paths = self.paths[parse_volume_name(volume_name)[0]]
+        if meta is None:
+            raise BadSampleError(f"{paths.metadata_csv}: no row for VolumeName {volume_name!r}")
+        volume = load_ct_volume(paths.volume(volume_name), meta)
+        self._volumes[volume_name] = volume
+        if len(self._volumes) > self.size:
+            self._volumes.popitem(last=False)
+        return volume
 
 
 def axial_slice(vol: torch.Tensor | np.ndarray, k: int) -> np.ndarray:

@@ -32,11 +32,9 @@ their lesion boxes: their answers come from those masks.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +59,7 @@ from datamodules.ctrate import (
     read_split,
 )
 from datamodules.roi_sources import MaskROI, ROIProposal, ROIQuery, ROISource, check_proposal, main_lesion, region_of
+from evaluation.report import atomic_write_text
 
 VQA_KEYS = (
     "id",
@@ -381,10 +380,11 @@ class _VolumeQuestions:
         return None if p is None else check_proposal(p, self.vol, f"{self.split} {self.name} {label}")
 
     def _where_box(self, label: str, p: ROIProposal) -> str:
-        spot = np.zeros(axial_slice(self.vol, p.slice_index).shape, bool)
+        slice_hu = axial_slice(self.vol, p.slice_index)
+        spot = np.zeros(slice_hu.shape, bool)
         for x0, y0, x1, y1 in p.boxes:
             spot[y0:y1, x0:x1] = True
-        return _where(label, _side(spot, _midline(axial_slice(self.vol, p.slice_index))), p.slice_index, self.depth)
+        return _where(label, _side(spot, _midline(slice_hu)), p.slice_index, self.depth)
 
     def positive_view(self, label: str) -> tuple[int, list[list[int]], str, str]:
         """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked and the source
@@ -607,18 +607,6 @@ def build_info(seed: int, roi_source: ROISource | None, complete: bool = True) -
     return json.loads(json.dumps(info))  # tuples → lists, as read back
 
 
-def _replace_atomically(path: Path, lines: Iterable[str]) -> None:
-    # A unique temporary name: two processes building the same folder (several nodes) never share one.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def vqa_state(vqa_dir: Path, roi_source: ROISource | None) -> Literal["built", "missing"]:
     """ "built" when ``vqa_dir`` holds a finished build made with ``roi_source``; "missing" when it holds none or
     an interrupted one. A folder built with another source raises: its boxes are not what the config says."""
@@ -647,27 +635,28 @@ def build_vqa(
 ) -> dict[str, Path]:
     """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``) and ``build.json``; returns {split: path}.
 
-    Every file is written to a temporary name and renamed, and ``build.json`` says ``complete: false`` until the
-    last one is in place, so an interrupted build is recognised (``vqa_state``) and never half-used.
+    Every file is written atomically (a unique temporary name, then a rename: concurrent builders never clash),
+    and ``build.json`` says ``complete: false`` until the last one is in place, so an interrupted build is
+    recognised (``vqa_state``) and never half-used.
     """
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "vqa"
     out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / BUILD_INFO
-    _replace_atomically(info_path, [json.dumps(build_info(seed, roi_source, complete=False), indent=1) + "\n"])
+    atomic_write_text(info_path, json.dumps(build_info(seed, roi_source, complete=False), indent=1) + "\n")
     written: dict[str, Path] = {}
     for split in SPLITS:
         if not CTRATEPaths(root, split).labels_csv.is_file():
             continue
         records = build_split(root, split, seed, roi_source)
         path = out_dir / f"{split}.jsonl"
-        _replace_atomically(path, (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+        atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         written[split] = path
     if not written:
         raise BadSampleError(
             f"{display_path(root)}: no labels CSV for any split under dataset/multi_abnormality_labels"
         )
-    _replace_atomically(info_path, [json.dumps(build_info(seed, roi_source), indent=1) + "\n"])
+    atomic_write_text(info_path, json.dumps(build_info(seed, roi_source), indent=1) + "\n")
     return written
 
 
