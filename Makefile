@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11):
 #   make demo   install, synthetic CT-RATE, SFT, GRPO, exports and test-split reports on the embedded default
+#               (fits resume from their last checkpoint: an interrupted demo picks up where it stopped)
 #   make test   install, then the test suite
 #   make replicate  the paper's ablation at small scale (not part of demo)
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
@@ -18,11 +19,11 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) cli.py fit --config configs/sft.yaml
+	$(PY) cli.py fit --config configs/sft.yaml --ckpt_path last
 	$(PY) cli.py export --config configs/sft.yaml --ckpt_path best --out_dir artifacts/sft-model
 	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/sft-model
 	$(PY) cli.py validate --config configs/grpo.yaml
-	$(PY) cli.py fit --config configs/grpo.yaml
+	$(PY) cli.py fit --config configs/grpo.yaml --ckpt_path last
 	$(PY) cli.py export --config configs/grpo.yaml --ckpt_path best --out_dir artifacts/grpo-model
 	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/grpo-model
 	$(PY) -m evaluation.compare runs/eval/sft-model runs/eval/grpo-model --out runs/eval/comparison

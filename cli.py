@@ -76,13 +76,15 @@ class Trainer(L.Trainer):
 
 
 def _best(dirpath: str) -> str:
-    """The best checkpoint recorded by ModelCheckpoint in ``last.ckpt`` (its callback state)."""
+    """The best checkpoint recorded by the checkpoint callbacks in ``last.ckpt`` (their state), looked up in
+    ``dirpath`` itself: the recorded path is absolute and stale once the run folder has moved."""
     import torch
 
     last = torch.load(Path(dirpath) / "last.ckpt", map_location="cpu", weights_only=False)
-    for key, state in last.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
-            return state["best_model_path"]
+    for state in last.get("callbacks", {}).values():
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if best:
+            return best if Path(best).is_file() else str(Path(dirpath) / Path(best).name)
     return str(Path(dirpath) / "last.ckpt")
 
 

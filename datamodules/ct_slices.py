@@ -27,6 +27,8 @@ from datamodules.ctrate import (
     patient_id,
     read_split,
 )
+from datamodules.samplers import ResumableSampler, resume_skip
+from datamodules.seeding import resolve_seed
 from datamodules.transforms import HUWindowd
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ class CTSliceDataModule(L.LightningDataModule):
         eval_batch_size: int = 8,
         val_fraction: float = 0.15,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         volume_cache_size: int = 2,
         max_volumes: int | None = None,
     ) -> None:
@@ -179,7 +181,7 @@ class CTSliceDataModule(L.LightningDataModule):
             return
         train = read_split(self.root, "train")
         patients = train["VolumeName"].map(patient_id)
-        val_patients = _split_patients(list(patients), self.hparams.val_fraction, self.hparams.seed)
+        val_patients = _split_patients(list(patients), self.hparams.val_fraction, resolve_seed(self.hparams.seed))
         splits = {
             "train": train[~patients.isin(val_patients)],
             "val": train[patients.isin(val_patients)],
@@ -195,19 +197,23 @@ class CTSliceDataModule(L.LightningDataModule):
                 renderer,
                 self.hparams.slices_per_volume,
                 jitter=name == "train",
-                seed=self.hparams.seed,
+                seed=resolve_seed(self.hparams.seed),
                 volume_cache_size=self.hparams.volume_cache_size,
             )
         log.info("CT slice bags (volumes): %s", {k: len(v) for k, v in self.datasets.items()})
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        sampler = None
+        if shuffle:  # the training order: from (seed, epoch) only, resumable mid-epoch (see CTVQADataModule)
+            sampler = ResumableSampler(self.datasets[split], shuffle=True, seed=resolve_seed(self.hparams.seed))
+            sampler.skip = resume_skip(self.trainer, sampler, batch_size)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.hparams.seed),
+            generator=torch.Generator().manual_seed(resolve_seed(self.hparams.seed)),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from monai.transforms import Compose, Resized
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import VQACollator
 from datamodules.ctrate import (
@@ -27,6 +27,8 @@ from datamodules.ctrate import (
 )
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.roi_sources import ROISource
+from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip, world
+from datamodules.seeding import resolve_seed
 from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
 from datamodules.vqa_records import read_vqa_jsonl
 
@@ -40,7 +42,7 @@ class SyntheticData:
     """Generate a synthetic CT-RATE (and its VQA files) at `data_dir` when the directory is missing."""
 
     n: int = 240
-    seed: int = 0
+    seed: int | None = None  # None: the run's seed_everything
 
 
 @dataclass
@@ -59,7 +61,7 @@ def generate_if_missing(root: Path, synthetic: SyntheticData | None) -> None:
     from datamodules.synthetic_ctrate import generate
 
     log.info("generating synthetic CT-RATE at %s", root)
-    generate(root, n=synthetic.n, seed=synthetic.seed)
+    generate(root, n=synthetic.n, seed=resolve_seed(synthetic.seed))
 
 
 # Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
@@ -185,26 +187,6 @@ class CTVQADataset(Dataset):
         }
 
 
-def _world_size() -> int:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return torch.distributed.get_world_size() if distributed else 1
-
-
-class EvenEvalSampler(DistributedSampler):
-    """DistributedSampler for evaluation that pads with indices past the end instead of repeating indices.
-
-    The dataset maps index ``len + i`` to sample ``i`` flagged ``padding``, so ranks get equal batch counts and
-    metrics skip the repeats. Lightning keeps a DistributedSampler it is given instead of replacing it.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        super().__init__(dataset, shuffle=False, drop_last=False)
-
-    def __iter__(self):
-        indices = list(range(self.total_size))  # indices >= len(dataset) are the padding
-        return iter(indices[self.rank : self.total_size : self.num_replicas])
-
-
 def _split_patients(patients: Sequence[str], val_fraction: float, seed: int) -> set[str]:
     """Patients for validation: a seeded shuffle of the sorted ids, so the split is stable across runs."""
     ordered = sorted(set(patients))
@@ -228,8 +210,11 @@ class CTVQADataModule(L.LightningDataModule):
         question_types: keep only these question types (all when null).
         val_fraction: share of CT-RATE-train patients held out for validation.
         max_samples: cap per split, for quick runs (all when null).
-        shuffle: shuffle the training set each epoch (seeded).
+        shuffle: shuffle the training set each epoch; the order depends only on (seed, epoch), so a resumed fit
+            continues exactly where its checkpoint left off.
         skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
+        seed: seed of the validation split and the training order; null follows the run's ``seed_everything``
+            (as does ``synthetic.seed``), so one seed in the config fixes data, sampling and dropout.
         predict_split: the split ``cli.py predict`` answers (``test`` is CT-RATE's valid split).
         roi_source: where the VQA files' boxes come from (datamodules/roi_sources.py; default lesion masks with
             anatomy for the rest). The VQA files are built with it when ``vqa_dir`` holds none yet; files built
@@ -257,7 +242,7 @@ class CTVQADataModule(L.LightningDataModule):
         num_workers: int = 0,
         skip_bad_samples: bool = False,
         volume_cache_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
         predict_split: Stage = "test",
         roi_source: ROISource | None = None,
     ) -> None:
@@ -278,6 +263,11 @@ class CTVQADataModule(L.LightningDataModule):
     @property
     def root(self) -> Path:
         return Path(self.hparams.data_dir)
+
+    @property
+    def seed(self) -> int:
+        """Seed of the validation split and the training order: ``seed``, else the run's seed_everything."""
+        return resolve_seed(self.hparams.seed)
 
     def prepare_data(self) -> None:
         """Generate the synthetic data set and its VQA files (with ``roi_source``) where missing, and check that
@@ -304,7 +294,7 @@ class CTVQADataModule(L.LightningDataModule):
                 f"  python -m datamodules.vqa_builder --root {self.root} --out {vqa_dir}{source}"
             )
         log.info("building CT-RATE-VQA at %s", vqa_dir)
-        build_vqa(self.root, out_dir=vqa_dir, seed=synthetic.seed, roi_source=self.roi_source)
+        build_vqa(self.root, out_dir=vqa_dir, seed=resolve_seed(synthetic.seed), roi_source=self.roi_source)
 
     def _vqa_dir(self) -> Path:
         return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"
@@ -326,9 +316,7 @@ class CTVQADataModule(L.LightningDataModule):
         if self.datasets:
             return
         train_records = self._records("train")
-        val_patients = _split_patients(
-            [r["patient_id"] for r in train_records], self.hparams.val_fraction, self.hparams.seed
-        )
+        val_patients = _split_patients([r["patient_id"] for r in train_records], self.hparams.val_fraction, self.seed)
         splits = {
             "train": [r for r in train_records if r["patient_id"] not in val_patients],
             "val": [r for r in train_records if r["patient_id"] in val_patients],
@@ -368,18 +356,24 @@ class CTVQADataModule(L.LightningDataModule):
     def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:
         pad_id = self.processor.tokenizer.pad_token_id
         dataset = self.datasets[split]
-        # Evaluation under several processes: every rank needs the same number of batches (sharded forwards
-        # run in lockstep), but repeated samples must not count twice in the metrics.
-        sampler = EvenEvalSampler(dataset) if not shuffle and _world_size() > 1 else None
+        if split == "train":
+            # Order from (seed, epoch) only, and a resumed fit skips what its checkpoint had trained on.
+            sampler = ResumableSampler(dataset, shuffle=shuffle, seed=self.seed)
+            sampler.skip = resume_skip(self.trainer, sampler, batch_size)
+        else:
+            # Evaluation under several processes: every rank needs the same number of batches (sharded forwards
+            # run in lockstep), but repeated samples must not count twice in the metrics.
+            sampler = EvenEvalSampler(dataset) if world()[0] > 1 else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle if sampler is None else None,
             sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=VQACollator(pad_token_id=pad_id),
             persistent_workers=self.hparams.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            # Worker seeds come from this generator, not the global RNG: creating a loader (a resumed fit makes
+            # its loaders at another moment) then never shifts the RNG that dropout draws from.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

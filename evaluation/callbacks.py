@@ -47,18 +47,27 @@ def run_info(trainer: L.Trainer, module: L.LightningModule, name: str, split: st
     }
 
 
+# What makes two evaluations the same one (run.json keys): the same model and weights on the same questions.
+IDENTITY = ("model", "model_path", "ckpt_path", "split", "vqa_file_sha256")
+
+
 class EvaluationReport(L.Callback):
     """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report, plots, provenance).
+
+    A folder that already holds the results of another evaluation (another model, checkpoint, split or VQA
+    file) is never replaced silently: the test refuses to start. Re-running the same evaluation replaces it.
 
     Args:
         out_dir: parent folder of evaluation runs.
         name: run name (rows of a comparison group by it); default: ``<run>-<checkpoint>`` (``sft-last`` for
             runs/sft/checkpoints/last.ckpt) or the model folder's name.
+        overwrite: replace the folder even when it holds another evaluation's results.
     """
 
-    def __init__(self, out_dir: str = "runs/eval", name: str | None = None) -> None:
+    def __init__(self, out_dir: str = "runs/eval", name: str | None = None, overwrite: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.name = name
+        self.overwrite = overwrite
         self.config_yaml: str | None = None  # set by cli.py from the parsed config
         self.report_path: Path | None = None
 
@@ -71,6 +80,21 @@ class EvaluationReport(L.Callback):
             run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
             return f"{run.name}-{ckpt.stem}" if run.name else ckpt.stem
         return Path(str(module.hparams.get("model_path", "model"))).name
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse, before any work, to replace another evaluation's run folder."""
+        run_dir = self.out_dir / self._name(trainer, pl_module)
+        if self.overwrite or not (run_dir / "run.json").is_file():
+            return
+        before = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        now = run_info(trainer, pl_module, run_dir.name, split="test")
+        differs = [key for key in IDENTITY if before.get(key) != now.get(key)]
+        if differs:
+            raise FileExistsError(
+                f"{run_dir} holds the results of another evaluation ({', '.join(differs)} differ: "
+                f"{', '.join(f'{k}={before.get(k)!r}' for k in differs)}). Give this one another name "
+                "(EvaluationReport's name), or set its overwrite: true to replace them."
+            )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = getattr(pl_module, "test_results", None)

@@ -28,6 +28,7 @@ from evaluation.report import atomic_write_text
 
 log = logging.getLogger("experiments.replicate")
 DONE = "done.json"
+CHECKPOINT = "lightning_modules.checkpointing.ResumableCheckpoint"
 
 
 def deep_merge(base: dict[str, Any], *overlays: dict[str, Any] | None) -> dict[str, Any]:
@@ -128,15 +129,23 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
             },
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": CHECKPOINT,
                     "init_args": {
                         "dirpath": str(arm_dir / "checkpoints"),
                         "filename": "best-{step}",
                         "monitor": "val/accuracy",
                         "mode": "max",
+                    },
+                },
+                {  # the resume point of an interrupted arm
+                    "class_path": CHECKPOINT,
+                    "init_args": {
+                        "dirpath": str(arm_dir / "checkpoints"),
+                        "every_n_train_steps": 10,
+                        "save_top_k": 0,
                         "save_last": True,
                     },
-                }
+                },
             ],
         },
     }
@@ -177,7 +186,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
     base = exp.stages[arm.stage]["config"]
     fit = _write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
     log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
-    cli(["fit", "--config", base, "--config", fit])
+    cli(["fit", "--config", base, "--config", fit, "--ckpt_path", "last"])  # an interrupted arm resumes
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
     evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir))
     cli(["test", "--config", exp.stages["eval"]["config"], "--config", evaluation])

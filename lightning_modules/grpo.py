@@ -8,18 +8,18 @@ steps on that rollout, each accumulated over micro-batches of ``micro_batch_size
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
 from torchmetrics import MeanMetric
 
+from datamodules.seeding import resolve_seed
+from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
 from lightning_modules.grpo_loss import (
     Advantages,
     Aggregation,
@@ -71,7 +71,9 @@ class GRPOModule(PolicyModule):
             class_path + init_args in YAML. Default: accuracy, format, validity.
         reward_weights: one weight per reward function (default all 1).
         reward_errors: ``raise`` stops on a reward that raises or returns NaN, naming it and the sample;
-            ``none`` turns those values into None (not applicable) and logs how many there were.
+            ``none`` turns those values into None (not applicable) and logs how many there were
+            (``train/rewards/<name>/errors``); a step where a reward failed on every completion, or no completion
+            has any reward, is then skipped as a fault (see ``max_consecutive_faults``).
         scale_rewards: divide centred rewards by the std of the ``group``, the ``batch``, or ``none``.
         multi_objective_aggregation: ``sum_then_normalize`` (weighted sum, then group-normalise) or
             ``normalize_then_sum`` (normalise each reward per group, sum, then normalise over the batch).
@@ -92,6 +94,10 @@ class GRPOModule(PolicyModule):
         sampling_seed: base seed of the rollout sampler; step k on rank r always draws from seed
             (sampling_seed, k, r), so a resumed run samples what the uninterrupted run would have. (Not ``seed``:
             the datamodule's ``seed`` is another setting, and Lightning refuses one name with two values.)
+            Null follows the run's ``seed_everything``.
+        max_consecutive_faults: an optimizer step whose loss or gradient is not finite, or a rollout without usable
+            rewards, is skipped (no update), logged and counted (``train/skipped_steps``); this many in a row stop
+            the run (0: never stop).
     """
 
     def __init__(
@@ -127,10 +133,11 @@ class GRPOModule(PolicyModule):
         num_generations_eval: int = 4,
         log_completions_every_n_steps: int = 20,
         num_completions_to_print: int = 4,
-        sampling_seed: int = 0,
+        sampling_seed: int | None = None,
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
+        max_consecutive_faults: int = 10,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
@@ -158,6 +165,7 @@ class GRPOModule(PolicyModule):
         # Kept in a list so nn.Module does not register it: never in state_dict, checkpoints or the optimizer.
         self._reference_holder: list[torch.nn.Module] = []
         self._generator: torch.Generator | None = None
+        self.faults = FaultCounter(max_consecutive_faults)
 
     # ----------------------------------------------------------------------------------------------- set-up
     @property
@@ -246,7 +254,9 @@ class GRPOModule(PolicyModule):
 
     def _rollout_seed(self, step: int, stream: int = 0) -> int:
         """Seed of rollout ``step`` on this rank: from (sampling_seed, stream, step, rank), not carried state."""
-        return ((self.hparams.sampling_seed * 1_000_003 + stream) * 1_000_033 + step) * 1_009 + self.global_rank
+        return (
+            (resolve_seed(self.hparams.sampling_seed) * 1_000_003 + stream) * 1_000_033 + step
+        ) * 1_009 + self.global_rank
 
     def reward_fields(self, batch: dict[str, Any], rollout: Rollout) -> dict[str, list]:
         """The dataset columns of each completion's prompt, plus its token count and budget."""
@@ -279,6 +289,20 @@ class GRPOModule(PolicyModule):
             self.hparams.multi_objective_aggregation,
         )
         return stats, stats.advantages[mine], stats.group_without_spread[mine]
+
+    def _reward_fault(self, stats: Advantages, errors: dict[str, int], n: int) -> str | None:
+        """Why this rollout's rewards cannot drive an update (None when they can), decided on all ranks alike:
+        a reward function failed on every completion (the weighted sum would silently lose a term), or no
+        completion has any reward at all."""
+        failed = torch.tensor([float(errors.get(name, 0) >= n) for name in self.reward_names], device=self.device)
+        if self.trainer.world_size > 1:
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        broken = [name for name, f in zip(self.reward_names, failed.tolist(), strict=True) if f]
+        if broken:
+            return f"reward {', '.join(broken)} raised or returned NaN on every completion"
+        if bool(torch.isnan(stats.rewards).all()):
+            return "no completion has a usable reward"
+        return None
 
     # ------------------------------------------------------------------------------------------------ loss
     def _logps(
@@ -336,16 +360,17 @@ class GRPOModule(PolicyModule):
 
         prompts = repeat_prompts(batch, hp.num_generations)
         chunks, padding = self._chunks(rollout.completion_ids.size(0))
+        reward_fault = self._reward_fault(stats, errors, len(completions))
         old_logps = None
-        if hp.num_iterations > 1:
+        if hp.num_iterations > 1 and reward_fault is None:
             old_logps = self._fixed_logps(self.model, prompts, rollout, chunks, padding)
         ref_logps = None
-        if hp.beta != 0.0:
+        if hp.beta != 0.0 and reward_fault is None:
             with self.reference_model() as reference:
                 ref_logps = self._fixed_logps(reference, prompts, rollout, chunks, padding)
 
         metrics = self._update(
-            prompts, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding
+            prompts, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding, reward_fault
         )
         self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
         every = hp.log_completions_every_n_steps
@@ -363,14 +388,27 @@ class GRPOModule(PolicyModule):
         ref_logps: torch.Tensor | None,
         chunks: list[slice],
         padding: int,
+        reward_fault: str | None = None,
     ) -> dict[str, list[torch.Tensor]]:
-        """μ optimizer steps on one rollout, each accumulated over the micro-batches; returns their metrics."""
+        """μ optimizer steps on one rollout, each accumulated over the micro-batches; returns their metrics.
+
+        A step with a non-finite loss or gradient, and every step of a rollout with ``reward_fault``, is skipped:
+        the optimizer steps without gradients (no update, but the step and the schedule advance as in a good
+        run, so the data, the rollout seeds and ``max_steps`` keep their meaning).
+        """
         hp = self.hparams
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         passes = [(rows, 1) for rows in chunks] + [(slice(0, 1), 0)] * padding
         metrics: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "kl", "low", "high", "entropy")}
         for _ in range(hp.num_iterations):
             step_loss = torch.zeros((), device=self.device)
+            if reward_fault is not None:
+                self.faults.record(reward_fault, self.global_step)
+                metrics["loss"].append(step_loss)
+                optimizer.zero_grad(set_to_none=True)
+                optimizer.step()
+                scheduler.step()
+                continue
             for rows, weight in passes:
                 logps, entropy = self._logps(self.model, prompts, rollout, rows, with_entropy=True)
                 mask = loss_mask[rows] * weight
@@ -400,6 +438,13 @@ class GRPOModule(PolicyModule):
                 if terms.per_token_kl is not None:
                     metrics["kl"].append(masked_mean(terms.per_token_kl, mask))
             metrics["loss"].append(step_loss)
+            fault = None
+            if not all_finite([step_loss], self.device):
+                fault = f"a non-finite loss ({step_loss.item()})"
+            elif not gradients_finite(self.model, self.device):
+                fault = "a non-finite gradient"
+            if self.faults.record(fault, self.global_step):
+                optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
             if hp.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -441,6 +486,7 @@ class GRPOModule(PolicyModule):
             "completions/max_length": lengths.max(),
             "completions/clipped_ratio": rollout.is_truncated.float().mean(),
             "lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+            "skipped_steps": torch.tensor(float(self.faults.total)),
         }
         if metrics["kl"]:
             values["kl"] = _mean(metrics["kl"])
@@ -484,28 +530,6 @@ class GRPOModule(PolicyModule):
         console = Console()
         console.width = max(console.width, 160)  # logs to files/pipes default to 80 columns
         console.print(table)
-
-    # --------------------------------------------------------------------------------------------- resume
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the global RNG states (dropout, data order) as plain types that load under ``weights_only``."""
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "python": random.getstate(),
-            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states")
-        if not states:
-            return
-        torch.set_rng_state(states["torch"])
-        name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        random.setstate(states["python"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _unique(names: list[str]) -> list[str]:

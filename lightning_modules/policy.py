@@ -150,6 +150,15 @@ class PolicyModule(L.LightningModule):
             return []
         return [r for r in self.answer_batch(batch, with_p_yes=True) if not r["padding"]]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the count of skipped (faulty) steps across a resume: a run of faults spans the restart."""
+        if getattr(self, "faults", None) is not None:
+            checkpoint["faults"] = self.faults.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "faults", None) is not None and "faults" in checkpoint:
+            self.faults.load_state_dict(checkpoint["faults"])
+
     def optimizer_steps(self) -> int:
         """Optimizer steps of the whole run (the horizon of the learning-rate schedule)."""
         return self.trainer.estimated_stepping_batches

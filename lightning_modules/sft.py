@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 
 from datamodules.collate import IGNORE_INDEX
+from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
 from lightning_modules.model_loading import LoRASpec
 from lightning_modules.policy import PolicyModule
 
@@ -24,6 +25,8 @@ class SFTModule(PolicyModule):
         gradient_checkpointing: recompute activations in backward (real models on GPU).
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
+        max_consecutive_faults: a step whose loss or gradient is not finite is skipped (no update), logged and
+            counted (``train/skipped_steps``); this many in a row stop the run (0: never stop).
     """
 
     def __init__(
@@ -40,12 +43,15 @@ class SFTModule(PolicyModule):
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
+        max_consecutive_faults: int = 10,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
             lora = LoRASpec(**lora)
         self.save_hyperparameters()
         self.hparams.lora = lora
+        self.faults = FaultCounter(max_consecutive_faults)
+        self._loss_fault: str | None = None  # set by training_step, settled with the gradients' check
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits of prompt + target (the SFT view of the batch)."""
@@ -72,11 +78,23 @@ class SFTModule(PolicyModule):
         if not batch:  # every sample of the batch was a skipped bad sample
             return None
         loss, token_accuracy = self._loss(batch)
+        if not all_finite([loss], self.device):  # decided on all ranks at once: all of them skip the backward
+            self._loss_fault = f"a non-finite loss ({loss.item()})"
+            return None
         size = len(batch["meta"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/token_accuracy", token_accuracy, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update (drop the gradients) of a step with a non-finite loss or gradient; count it."""
+        fault, self._loss_fault = self._loss_fault, None
+        if fault is None and not gradients_finite(self.model, self.device):
+            fault = "a non-finite gradient"
+        if self.faults.record(fault, self.global_step):
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
+        self.log("train/skipped_steps", float(self.faults.total), batch_size=1)
 
     def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         loss, _ = self._loss(batch)

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_modules.checkpointing import ResumableCheckpoint as ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from cli import main
@@ -233,7 +233,7 @@ def test_resume_restores_policy_optimizer_scheduler_and_rng(tmp_path, synthetic_
     assert probe.adam_steps == {2} and probe.scheduler_epoch == 2
     for key, value in saved["state_dict"].items():
         assert torch.equal(probe.weights[key.removeprefix("model.")], value), key
-    assert torch.equal(probe.rng, saved["rng_states"]["torch"])
+    assert torch.equal(probe.rng, saved["rng_states"]["torch"])  # restored by ResumableCheckpoint
 
 
 def test_a_failing_reward_names_itself_and_the_sample(tmp_path, synthetic_root, tiny_model_dir):

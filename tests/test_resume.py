@@ -1,0 +1,130 @@
+"""Crash and resume for real: a fit is SIGKILLed mid-run, resumed with ``--ckpt_path last``, and must log the
+same per-step losses (and, for GRPO, rewards) as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def overlay(tmp_path: Path, name: str, synthetic_root: Path, tiny_model_dir: Path, stage: str) -> Path:
+    """A run of ``stage`` on the test data with its own folder, logging and checkpointing every step or two."""
+    run = tmp_path / name
+    config = {
+        "seed_everything": 3,
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 28},
+        "trainer": {
+            "default_root_dir": str(run),
+            "enable_progress_bar": False,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run), "name": "logs", "flush_logs_every_n_steps": 1},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run / "ckpt"),
+                        "every_n_train_steps": 2,
+                        "save_top_k": 0,
+                        "save_last": True,
+                    },
+                }
+            ],
+        },
+    }
+    if stage == "sft":
+        config["data"]["batch_size"] = 4  # 7 batches an epoch: checkpoints mid-epoch, and into a reshuffled epoch
+        config["trainer"].update(max_steps=10, max_epochs=None)
+    else:
+        config["model"]["init_args"].update(
+            num_generations=4, max_new_tokens=8, micro_batch_size=None, num_generations_eval=0, learning_rate=1e-3
+        )
+        config["data"]["batch_size"] = 2
+        config["trainer"].update(max_steps=8, val_check_interval=None)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(stage: str, config: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "cli.py", "fit", "--config", f"configs/{stage}.yaml", "--config", str(config), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def logged(run: Path, key: str) -> dict[int, float]:
+    """{step: value} of ``key`` over every logger version of a run (a resumed run logs into a new version)."""
+    values: dict[int, float] = {}
+    for path in sorted((run / "logs").glob("version_*/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    values[int(row["step"])] = float(row[key])
+    return values
+
+
+def finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("stage", "keys", "kill_after"), [("sft", ["train/loss"], 4), ("grpo", ["train/reward", "train/policy_loss"], 4)]
+)
+def test_sigkill_then_resume_logs_the_uninterrupted_run(
+    tmp_path, synthetic_root, tiny_model_dir, stage, keys, kill_after
+):
+    reference = launch(stage, overlay(tmp_path, "reference", synthetic_root, tiny_model_dir, stage))
+    config = overlay(tmp_path, "crashed", synthetic_root, tiny_model_dir, stage)
+    run = tmp_path / "crashed"
+    victim = launch(stage, config)
+    deadline = time.monotonic() + 600
+    while max(logged(run, keys[0]), default=-1) < kill_after:  # it has logged a few steps: kill it, mid-run
+        assert victim.poll() is None, victim.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+
+    # What the crash left: a complete last.ckpt from before it, nothing half-written under a real name.
+    checkpoint = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < checkpoint["global_step"] <= kill_after + 1
+    assert "rng_states" in checkpoint
+
+    finish(launch(stage, config, "--ckpt_path", "last"))
+    finish(reference)
+    assert not list((run / "ckpt").glob(".*.partial"))
+    for key in keys:
+        expected = logged(tmp_path / "reference", key)
+        assert len(expected) >= 8
+        assert logged(run, key) == expected, key  # exactly, step by step, including the steps after the resume
+
+
+def test_a_new_fit_refuses_another_runs_checkpoints(tmp_path, synthetic_root, tiny_model_dir):
+    from cli import main
+
+    config = overlay(tmp_path, "run", synthetic_root, tiny_model_dir, "sft")
+    ckpt = tmp_path / "run" / "ckpt"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.ckpt").write_bytes(b"another run's checkpoint")
+    with pytest.raises(
+        FileExistsError, match=r"ckpt already holds checkpoints of another run \(last.ckpt\).*--ckpt_path last"
+    ):
+        main(["fit", "--config", str(ROOT / "configs/sft.yaml"), "--config", str(config)])
+    assert (ckpt / "last.ckpt").read_bytes() == b"another run's checkpoint"
