@@ -1,0 +1,468 @@
+"""Check a CT-RATE(-VQA) directory before training and report every problem, each with its file, line and field.
+
+    python -m datamodules.check_data --data_dir data/synthetic-ctrate [--vqa_dir DIR] [--splits train valid]
+        [--max_volumes N]
+
+Everything is read by the readers training uses (``ctrate.py``, ``vqa_records.py``), and nothing stops at the
+first problem: an unreadable file is one problem, and the checks go on. The checks:
+
+- ``csv``: each split's metadata and labels CSV (and reports CSV, when present) exist, have the columns
+  ``read_split`` requires, and every row has a VolumeName and parseable geometry / 0-1 labels;
+- ``volumes``: every volume in the metadata is on disk, ``load_ct_volume`` reads it, and its HU range is plausible
+  (``AIR_HU``, ``MIN_HU``, ``MAX_HU``);
+- ``vqa``: ``<vqa_dir>/<split>.jsonl`` lines are well-formed, name a volume of that split's metadata and its patient;
+- ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``);
+- ``patients``: no patient in two splits, neither in CT-RATE's metadata nor in the VQA files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import random
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import pandas as pd
+import torch
+
+from datamodules.ctrate import (
+    AXCODES,
+    CTRATE_LABELS,
+    GEOMETRY_COLUMNS,
+    REPORT_COLUMNS,
+    SPLITS,
+    BadSampleError,
+    CTRATEPaths,
+    _list_field,
+    affine_from_metadata,
+    display_path,
+    load_ct_volume,
+    parse_volume_name,
+    patient_id,
+    read_csv_checked,
+)
+from datamodules.vqa_records import read_vqa_jsonl
+
+CHECKS = ("csv", "volumes", "vqa", "roi", "patients")
+# HU plausibility of a volume as load_ct_volume returns it (after its raw-or-HU detection and rescale).
+# A chest CT always holds air (around the body, in the lungs): no voxel under AIR_HU means the values are not HU,
+# typically raw stored values whose RescaleSlope/RescaleIntercept are wrong or missing.
+AIR_HU = -500.0
+# Scanners pad outside the field of view with -3024 HU (-1024 - 2000) at the lowest; lower means mis-scaled.
+MIN_HU = -3100.0
+# Dense bone is ~2000 HU and the standard 12-bit scale ends at 3071; higher means a wrong slope (extended-scale
+# metal reconstructions can exceed it: look at such a volume before dropping it).
+MAX_HU = 5000.0
+_MAX_VOLUMES_SEED = 0  # the --max_volumes sample is the same on every run
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found: which check, where (file, 1-based line when there is one, field) and what."""
+
+    check: str
+    path: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        what = self.message if self.field is None else f"field '{self.field}': {self.message}"
+        return f"{where}: {what}"
+
+
+@dataclass
+class _SplitMeta:
+    """A split's metadata as far as it could be read: rows by VolumeName and their CSV lines."""
+
+    readable: bool = False
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+    bad_geometry: set[str] = field(default_factory=set)  # already reported; the loader cannot place these
+
+
+def default_vqa_dir(data_dir: str | Path, vqa_dir: str | Path | None) -> Path | None:
+    """``vqa_dir`` if given, else ``data_dir/vqa`` when that folder exists (None: no VQA files to check)."""
+    if vqa_dir is not None:
+        return Path(vqa_dir)
+    default = Path(data_dir) / "vqa"
+    return default if default.is_dir() else None
+
+
+def _record_lines(path: Path) -> list[int]:
+    """The line each CSV record starts on (header first); quoted fields may span lines, so not simply i + 2."""
+    starts: list[int] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        before = 0
+        for record in reader:
+            if record:  # pandas skips blank lines too
+                starts.append(before + 1)
+            before = reader.line_num
+    return starts
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (pandas reads an empty cell as NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _geometry_problems(row: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    """(field, message) for each geometry field of a metadata row that ``load_ct_volume`` could not use."""
+    slope, intercept, z = (_number(row.get(k)) for k in ("RescaleSlope", "RescaleIntercept", "ZSpacing"))
+    if slope is None or slope == 0:
+        yield "RescaleSlope", f"{row.get('RescaleSlope')!r} is not a non-zero number"
+    if intercept is None:
+        yield "RescaleIntercept", f"{row.get('RescaleIntercept')!r} is not a number"
+    if z is None or z <= 0:
+        yield "ZSpacing", f"{row.get('ZSpacing')!r} is not a positive number"
+    for name, n in (("XYSpacing", 2), ("ImagePositionPatient", 3), ("ImageOrientationPatient", 6)):
+        try:
+            values = _list_field(row, name, n)
+        except BadSampleError:
+            yield name, f"{row.get(name)!r} is not a list of {n} numbers"
+            continue
+        if name == "XYSpacing" and min(values) <= 0:
+            yield name, f"{row.get(name)!r} has a non-positive spacing"
+
+
+def lps_shape(path: str | Path, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(X, Y, Z) of a volume as ``load_ct_volume`` returns it, from the NIfTI header alone (no voxel data read).
+
+    The loader reorients with the metadata affine, so the header's shape is permuted the same way.
+    """
+    header_shape = nib.load(str(path)).shape  # nibabel reads voxel data lazily: only the header is decoded
+    if len(header_shape) != 3:
+        raise BadSampleError(f"expected a 3D volume, got shape {tuple(header_shape)}")
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine_from_metadata(meta)), nib.orientations.axcodes2ornt(tuple(AXCODES))
+    )
+    shape = [0, 0, 0]
+    for axis, size in zip(ornt[:, 0].astype(int), header_shape, strict=True):
+        shape[axis] = int(size)
+    return shape[0], shape[1], shape[2]
+
+
+def hu_problems(volume: torch.Tensor) -> list[str]:
+    """Why a loaded volume's values do not look like CT in HU (empty when they do)."""
+    if not torch.isfinite(volume).all():
+        return ["holds NaN or infinite values"]
+    low, high = float(volume.min()), float(volume.max())
+    out = []
+    if low > AIR_HU:
+        out.append(f"no voxel below {AIR_HU:g} HU (min {low:g}): no air, so not HU (raw values never rescaled?)")
+    if low < MIN_HU:
+        out.append(f"min {low:g} HU is below {MIN_HU:g}: not CT in HU")
+    if high > MAX_HU:
+        out.append(f"max {high:g} HU is above {MAX_HU:g}: not CT in HU")
+    return out
+
+
+def _vqa_problem(text: str) -> Problem:
+    """A ``read_vqa_jsonl`` problem ("<path> line <n>: [missing ]field '<f>' ...") as a Problem."""
+    m = re.match(r"(?P<path>.*) line (?P<line>\d+): (?P<message>.*)", text, re.DOTALL)
+    if m is None:
+        return Problem("vqa", "?", None, None, text)
+    message = m["message"]
+    name = re.search(r"field '([^']+)'", message)
+    if name is not None:
+        message = message.removeprefix(f"field '{name[1]}' ")
+        message = "missing" if message == f"missing field '{name[1]}'" else message
+    return Problem("vqa", m["path"], int(m["line"]), name[1] if name else None, message)
+
+
+def _where(record: dict[str, Any]) -> tuple[str, int]:
+    """(path, line) of a record from the ``_where`` tag ``read_vqa_jsonl`` gives it."""
+    path, line = record["_where"].rsplit(" line ", 1)
+    return path, int(line)
+
+
+class _Checker:
+    """Runs the checks in order, collecting problems; later checks skip what an earlier one already reported."""
+
+    def __init__(self, data_dir: Path, progress: bool) -> None:
+        self.data_dir = data_dir
+        self.progress = progress
+        self.problems: list[Problem] = []
+        self.shapes: dict[str, tuple[int, int, int] | None] = {}  # VolumeName -> LPS (X, Y, Z); None: unreadable
+        self.bad_volumes: set[str] = set()  # volumes with a problem reported already
+
+    def add(self, check: str, path: str | Path, message: str, line: int | None = None, name: str | None = None) -> None:
+        self.problems.append(Problem(check, str(path), line, name, message))
+
+    def read_csv(
+        self, path: Path, required: Sequence[str], check_row: Callable[[dict[str, Any], int], object]
+    ) -> pd.DataFrame | None:
+        """Read one CSV with ``read_csv_checked``, report its missing columns and call ``check_row(row, line)``."""
+        try:
+            df = read_csv_checked(path, ())
+            starts = _record_lines(path)
+        except (BadSampleError, OSError, UnicodeDecodeError, csv.Error) as e:
+            self.add("csv", path, str(e).removeprefix(f"{display_path(path)}: "))
+            return None
+        missing = [col for col in required if col not in df.columns]
+        for col in missing:
+            self.add("csv", path, "required column is missing", name=col)
+        if len(starts) != len(df) + 1:  # the two parsers disagree (unusual quoting): count lines as pandas would
+            starts = list(range(1, len(df) + 2))
+        for i, row in enumerate(df.to_dict(orient="records")):
+            check_row(row, starts[i + 1])
+        return df
+
+    def volume_name(self, path: Path, row: dict[str, Any], line: int) -> str | None:
+        """The row's VolumeName when it names a CT-RATE volume of a known split, else None (reported)."""
+        name = row.get("VolumeName")
+        if not isinstance(name, str):
+            self.add("csv", path, "missing", line, "VolumeName")
+            return None
+        try:
+            split = parse_volume_name(name)[0]
+        except BadSampleError as e:
+            self.add("csv", path, str(e).removeprefix(f"VolumeName {name!r} "), line, "VolumeName")
+            return None
+        if split not in SPLITS:
+            self.add("csv", path, f"{name!r}: split {split!r} is not one of {SPLITS}", line, "VolumeName")
+            return None
+        return name
+
+    def csvs(self, split: str) -> _SplitMeta:
+        """Metadata, labels and reports CSVs of a split; returns what the metadata holds for the later checks."""
+        paths = CTRATEPaths(self.data_dir, split)
+        meta = _SplitMeta()
+
+        def metadata_row(row: dict[str, Any], line: int) -> None:
+            name = self.volume_name(paths.metadata_csv, row, line)
+            if name is None:
+                return
+            if name in meta.rows:
+                first = meta.lines[name]
+                self.add(
+                    "csv", paths.metadata_csv, f"{name!r} is listed again (first on line {first})", line, "VolumeName"
+                )
+                return
+            meta.rows[name], meta.lines[name] = row, line
+            for col, message in _geometry_problems(row):
+                if col in row:  # a missing column is reported once, not per row
+                    self.add("csv", paths.metadata_csv, message, line, col)
+                meta.bad_geometry.add(name)
+
+        meta.readable = self.read_csv(paths.metadata_csv, GEOMETRY_COLUMNS, metadata_row) is not None
+
+        def labels_row(row: dict[str, Any], line: int) -> None:
+            name = self.volume_name(paths.labels_csv, row, line)
+            if name is not None and meta.readable and name not in meta.rows:
+                where = display_path(paths.metadata_csv)
+                self.add("csv", paths.labels_csv, f"{name!r} has no row in {where}", line, "VolumeName")
+            for col in CTRATE_LABELS:
+                # read_split's rule is isin([0, 1]); one bad cell makes pandas read its column's good cells as
+                # strings, so a cell is judged by its number, and only the cells to fix are reported.
+                if col in row and _number(row[col]) not in (0, 1):
+                    self.add("csv", paths.labels_csv, f"must be 0 or 1, got {row[col]!r}", line, col)
+
+        self.read_csv(paths.labels_csv, ("VolumeName", *CTRATE_LABELS), labels_row)
+        if paths.reports_csv.is_file():  # optional, as for read_split
+            self.read_csv(
+                paths.reports_csv, REPORT_COLUMNS, lambda row, line: self.volume_name(paths.reports_csv, row, line)
+            )
+        return meta
+
+    def volumes(self, metas: dict[str, _SplitMeta], max_volumes: int | None) -> None:
+        """Load the volumes (all, or ``max_volumes`` per split) with the training loader and check their HU."""
+        todo: list[tuple[str, str]] = []
+        for split, meta in metas.items():
+            names = sorted(meta.rows)
+            if max_volumes is not None and len(names) > max_volumes:
+                names = sorted(random.Random(_MAX_VOLUMES_SEED).sample(names, max_volumes))
+            todo += [(split, name) for name in names]
+        from rich.console import Console
+        from rich.progress import Progress
+
+        # On stderr, so the report on stdout stays plain text.
+        with Progress(console=Console(stderr=True), transient=True, disable=not self.progress) as bar:
+            task = bar.add_task("volumes", total=len(todo))
+            for split, name in todo:
+                self.volume(split, name, metas[split])
+                bar.advance(task)
+
+    def volume(self, split: str, name: str, meta: _SplitMeta) -> None:
+        paths = CTRATEPaths(self.data_dir, split)
+        path = paths.volume(name)
+        where = f"{display_path(paths.metadata_csv)} line {meta.lines[name]}"
+        if not path.is_file():
+            self.add("volumes", path, f"file not found (listed in {where})")
+            self.bad_volumes.add(name)
+            return
+        if name in meta.bad_geometry:
+            return  # its metadata row is reported; the loader cannot place it
+        try:
+            volume = load_ct_volume(path, meta.rows[name])
+        except Exception as e:  # corrupt files raise many types; each is one problem, and the checks go on
+            message = str(e).removeprefix(f"{display_path(path)}: ")
+            self.add("volumes", path, message if isinstance(e, BadSampleError) else f"{type(e).__name__}: {e}")
+            self.bad_volumes.add(name)
+            return
+        self.shapes[name] = (int(volume.shape[1]), int(volume.shape[2]), int(volume.shape[3]))
+        row = meta.rows[name]
+        rescale = f"RescaleSlope {row['RescaleSlope']}, RescaleIntercept {row['RescaleIntercept']}"
+        for message in hu_problems(volume):
+            self.add("volumes", path, f"{message}; check the file's scaling and {where}: {rescale}")
+            self.bad_volumes.add(name)
+
+    def shape(self, split: str, name: str, meta: _SplitMeta) -> tuple[int, int, int] | None:
+        """A volume's LPS shape: from its loaded volume, else from its NIfTI header (cheap: --max_volumes)."""
+        if name not in self.shapes:
+            self.shapes[name] = None
+            path = CTRATEPaths(self.data_dir, split).volume(name)
+            if name in meta.bad_geometry:
+                return None
+            try:
+                self.shapes[name] = lps_shape(path, meta.rows[name])
+            except Exception as e:  # as in volume(): any failure to read is one problem
+                if name not in self.bad_volumes:
+                    self.add("volumes", path, f"cannot read the NIfTI header ({type(e).__name__}: {e})")
+                    self.bad_volumes.add(name)
+        return self.shapes[name]
+
+    def vqa(self, split: str, path: Path, meta: _SplitMeta) -> list[dict[str, Any]]:
+        """Lines of one VQA file, then each good record's volume, patient and ROI against that split's data."""
+        try:
+            records, problems = read_vqa_jsonl(path, skip_bad=True)
+        except Exception as e:  # a missing file, bytes that are not UTF-8, ...: the file is one problem
+            message = str(e).removeprefix(f"{path}: ") if isinstance(e, BadSampleError) else f"{type(e).__name__}: {e}"
+            self.add("vqa", path, message)
+            return []
+        self.problems += [_vqa_problem(p) for p in problems]
+        for record in records:
+            where, line = _where(record)
+            name = record["volume_name"]
+            if not meta.readable:
+                continue  # the metadata CSV is reported; every record would repeat it
+            if name not in meta.rows:
+                message = f"{name!r} is not in {display_path(CTRATEPaths(self.data_dir, split).metadata_csv)}"
+                self.add("vqa", where, message, line, "volume_name")
+                continue
+            if record["patient_id"] != patient_id(name):
+                message = f"{record['patient_id']!r} differs from the patient of {name!r}, {patient_id(name)!r}"
+                self.add("vqa", where, message, line, "patient_id")
+            self.roi(record, self.shape(split, name, meta))
+        return records
+
+    def roi(self, record: dict[str, Any], shape: tuple[int, int, int] | None) -> None:
+        """The checks ``CTVQADataset.image`` makes: slice within the depth, boxes inside the axial slice."""
+        if shape is None:
+            return
+        where, line = _where(record)
+        width, height, depth = shape  # axial_slice(vol, k) is vol[0, :, :, k].T: rows = Y, columns = X
+        name = record["volume_name"]
+        if not 0 <= record["slice_index"] < depth:
+            message = f"{record['slice_index']} is outside the volume's {depth} slices ({name})"
+            self.add("roi", where, message, line, "slice_index")
+        for box in record["roi"]:
+            if box[2] > width or box[3] > height:
+                self.add("roi", where, f"{box} is outside the {width}×{height} slice of {name}", line, "roi")
+
+    def patients(self, metas: dict[str, _SplitMeta], vqa: dict[str, tuple[Path, list[dict[str, Any]]]]) -> None:
+        """No patient in two splits: CT-RATE's metadata (patient from VolumeName) and the VQA files' patient_id."""
+        splits = list(metas)
+        for i, first in enumerate(splits):
+            for second in splits[i + 1 :]:
+                in_csv = {s: [(patient_id(n), line) for n, line in metas[s].lines.items()] for s in (first, second)}
+                csvs = {s: CTRATEPaths(self.data_dir, s).metadata_csv for s in (first, second)}
+                self.overlap(csvs[first], in_csv[first], csvs[second], in_csv[second], "VolumeName")
+                if first in vqa and second in vqa:
+                    in_vqa = {s: [(r["patient_id"], _where(r)[1]) for r in vqa[s][1]] for s in (first, second)}
+                    self.overlap(vqa[first][0], in_vqa[first], vqa[second][0], in_vqa[second], "patient_id")
+
+    def overlap(
+        self,
+        first: Path,
+        first_patients: list[tuple[str, int]],
+        second: Path,
+        second_patients: list[tuple[str, int]],
+        name: str,
+    ) -> None:
+        """Each patient of ``second`` also in ``first`` ((patient, line) pairs), once, at its first line there."""
+        seen: dict[str, int] = {}
+        for pid, line in first_patients:
+            seen.setdefault(pid, line)
+        shared: dict[str, list[int]] = {}
+        for pid, line in second_patients:
+            if pid in seen:
+                shared.setdefault(pid, []).append(line)
+        for pid, lines in shared.items():
+            message = f"patient {pid!r} is also in {display_path(first)} (line {seen[pid]}); {len(lines)} line(s) here"
+            self.add("patients", second, message, lines[0], name)
+
+
+def check_data(
+    data_dir: str | Path,
+    vqa_dir: str | Path | None = None,
+    splits: Sequence[str] = SPLITS,
+    max_volumes: int | None = None,
+    progress: bool = False,
+) -> list[Problem]:
+    """Every problem found in a CT-RATE directory (and its VQA files), in check order; empty when the data are clean.
+
+    Args:
+        data_dir: the folder holding ``dataset/`` (real or synthetic CT-RATE).
+        vqa_dir: folder with ``<split>.jsonl``; default ``data_dir/vqa`` when it exists (else VQA checks are skipped).
+        splits: CT-RATE splits to check.
+        max_volumes: load at most this many volumes per split (a fixed random sample); ROIs of the others are
+            checked against their NIfTI headers.
+        progress: show a progress bar over volumes (on stderr).
+    """
+    checker = _Checker(Path(data_dir), progress)
+    metas = {split: checker.csvs(split) for split in splits}
+    checker.volumes(metas, max_volumes)
+    vqa_root = default_vqa_dir(data_dir, vqa_dir)
+    vqa: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
+    if vqa_root is not None:
+        for split in splits:
+            path = vqa_root / f"{split}.jsonl"
+            vqa[split] = (path, checker.vqa(split, path, metas[split]))
+    checker.patients(metas, vqa)
+    return sorted(checker.problems, key=lambda p: CHECKS.index(p.check))  # stable: file order within a check
+
+
+def format_report(problems: Sequence[Problem]) -> str:
+    """Problems grouped by check, one per line, then a count per check."""
+    lines: list[str] = []
+    for check in CHECKS:
+        found = [p for p in problems if p.check == check]
+        lines.append(f"== {check}: {len(found) or 'ok'}")
+        lines += [f"  {p}" for p in found]
+    counts = ", ".join(f"{check} {sum(p.check == check for p in problems)}" for check in CHECKS)
+    verdict = f"{len(problems)} problem(s)" if problems else "no problems"
+    lines.append(f"summary: {counts}; {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the report; the exit code is 0 when the data are clean, 1 otherwise."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", type=Path, default=Path("data/synthetic-ctrate"), help="folder holding dataset/")
+    parser.add_argument("--vqa_dir", type=Path, default=None, help="VQA JSONL folder (default DATA_DIR/vqa if present)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    parser.add_argument("--max_volumes", type=int, default=None, help="load at most N volumes per split (sampled)")
+    args = parser.parse_args(argv)
+    vqa_root = default_vqa_dir(args.data_dir, args.vqa_dir)
+    print(f"checking {args.data_dir} (splits {', '.join(args.splits)}); VQA: {vqa_root or 'none found, skipped'}")
+    problems = check_data(args.data_dir, args.vqa_dir, args.splits, args.max_volumes, progress=True)
+    print(format_report(problems))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
