@@ -165,3 +165,20 @@ def test_two_process_evaluation_counts_every_question_once(tmp_path, synthetic_r
     assert sum(v for k, v in metrics.items() if k.startswith("n/")) == 7
     assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 7)
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
+
+
+def test_an_evaluation_never_replaces_another_ones_results(tmp_path, synthetic_root, tiny_model_dir):
+    """The run folder of another evaluation (another model here) is refused before any work; overwrite allows it."""
+    cfg = overlay(tmp_path, synthetic_root, tiny_model_dir)
+    run = tmp_path / "eval" / "tiny"
+    run.mkdir(parents=True)
+    other = '{"model": "lightning_modules.evaluator.VQAEvaluator", "model_path": "artifacts/other-model"}'
+    (run / "run.json").write_text(other)
+    with pytest.raises(FileExistsError, match=r"eval/tiny holds the results of another evaluation \(model_path"):
+        main(["test", "--config", EVAL, "--config", cfg])
+    assert (run / "run.json").read_text() == other
+    config = yaml.safe_load(Path(cfg).read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["overwrite"] = True
+    Path(cfg).write_text(yaml.safe_dump(config))
+    main(["test", "--config", EVAL, "--config", cfg])
+    assert json.loads((run / "run.json").read_text())["model_path"] == str(tiny_model_dir)

@@ -8,11 +8,11 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from lightning_modules.checkpointing import ResumableCheckpoint as ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from cli import main
 from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.checkpointing import ResumableCheckpoint as ModelCheckpoint
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.model_loading import LoRASpec, load_model
 from lightning_modules.rollout import completion_logits, repeat_prompts

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +129,82 @@ def test_a_new_fit_refuses_another_runs_checkpoints(tmp_path, synthetic_root, ti
     ):
         main(["fit", "--config", str(ROOT / "configs/sft.yaml"), "--config", str(config)])
     assert (ckpt / "last.ckpt").read_bytes() == b"another run's checkpoint"
+
+
+KILL_MID_WRITE = """
+import os, signal, sys
+import lightning as L, torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_modules.checkpointing import ResumableCheckpoint
+
+class KillMidWrite(TorchCheckpointIO):
+    '''Dies by SIGKILL halfway through writing the third checkpoint.'''
+    saves = 0
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        KillMidWrite.saves += 1
+        if sys.argv[2] == "kill" and KillMidWrite.saves == 3:
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+                f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+class Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).pow(2).mean()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.randn(16, 2), batch_size=2)
+
+checkpoints = ResumableCheckpoint(dirpath=sys.argv[1], every_n_train_steps=1, save_top_k=0, save_last=True)
+trainer = L.Trainer(max_steps=5, plugins=[KillMidWrite()], callbacks=[checkpoints], logger=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(Tiny(), ckpt_path="last" if sys.argv[2] == "resume" else None)
+print("finished at step", trainer.global_step)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
+    script, ckpt = tmp_path / "kill_mid_write.py", tmp_path / "ckpt"
+    script.write_text(KILL_MID_WRITE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, str(script), str(ckpt), "kill"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (ckpt / ".last.ckpt.partial").read_bytes() == b"half a checkpoint"  # the write it died in
+    assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(ckpt), "resume"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "finished at step 5" in resumed.stdout
+    assert not (ckpt / ".last.ckpt.partial").exists()
+    assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5
+
+
+def test_one_seed_fixes_the_loss_curve_and_reaches_data_order_and_sampling(tmp_path, synthetic_root, tiny_model_dir):
+    from cli import main
+    from lightning_modules.grpo import GRPOModule
+
+    def losses(name: str, seed: int) -> dict[int, float]:
+        config = overlay(tmp_path, name, synthetic_root, tiny_model_dir, "sft")
+        cli = main(
+            ["fit", "--config", str(ROOT / "configs/sft.yaml"), "--config", str(config), "--trainer.max_steps", "3"]
+            + ["--seed_everything", str(seed)]
+        )
+        assert cli.datamodule.seed == seed  # data.seed is null: it follows seed_everything
+        return logged(tmp_path / name, "train/loss")
+
+    first = losses("a", 3)
+    assert len(first) == 3 and losses("b", 3) == first
+    assert losses("c", 4) != first  # another seed, another data order
+
+    seed_everything(5)
+    five = GRPOModule(sampling_seed=None)._rollout_seed(0)
+    seed_everything(6)
+    assert GRPOModule(sampling_seed=None)._rollout_seed(0) != five
+    assert GRPOModule(sampling_seed=5)._rollout_seed(0) == five

@@ -91,3 +91,34 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, synthetic_root):
     module = SFTModule(model_path=str(tmp_path / "nowhere"), build_embedded_if_missing=False)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         module.prepare_data()
+
+
+def test_saved_configs_hold_no_absolute_paths(tmp_path, synthetic_root, tiny_model_dir, monkeypatch):
+    """A run folder moves to another machine intact: its config.yaml and hparams.yaml name paths as given."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(synthetic_root)
+    (tmp_path / "model").symlink_to(tiny_model_dir)
+    config = {
+        "model": {"init_args": {"model_path": "model", "build_embedded_if_missing": False}},
+        "data": {"data_dir": "data", "synthetic": None, "num_workers": 0, "max_samples": 8},
+        "trainer": {
+            "max_steps": 2,
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "default_root_dir": "runs/sft",
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/sft"}},
+            "callbacks": [
+                {
+                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "init_args": {"dirpath": "runs/sft/ckpt", "save_top_k": 0, "save_last": True},
+                }
+            ],
+        },
+    }
+    Path("overlay.yaml").write_text(yaml.safe_dump(config))
+    fit("--config", "overlay.yaml")
+    saved = [p for p in Path("runs").rglob("*") if p.suffix in (".yaml", ".json")]
+    assert {p.name for p in saved} >= {"config.yaml", "hparams.yaml"}
+    for path in saved:
+        text = path.read_text()
+        assert str(tmp_path) not in text and str(Path(CONFIG).parents[1]) not in text, path
