@@ -90,8 +90,9 @@ class ResumableCheckpoint(ModelCheckpoint):
                 log.warning("removing the unfinished checkpoint %s", stale)
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Refuse to mix a new run's checkpoints with another run's (``ckpt_path`` is known from here on)."""
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse to mix a new run's checkpoints with another run's: the first moment ``ckpt_path`` is known under
+        every strategy (FSDP2 restores after setup), and still before any checkpoint is written."""
         folder = Path(self.dirpath) if self.dirpath is not None else None
         existing = sorted(p.name for p in folder.glob(f"*{self.FILE_EXTENSION}")) if folder and folder.is_dir() else []
         if existing and trainer.ckpt_path is None:

@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fit(
-    tmp_path: Path, name: str, synthetic_root: Path, tiny_model_dir: Path, batch_size: int, **trainer
+    tmp_path: Path,
+    name: str,
+    synthetic_root: Path,
+    tiny_model_dir: Path,
+    batch_size: int,
+    *args: str,
+    **trainer,
 ) -> list[float]:
     run = tmp_path / name
     config = {
@@ -41,11 +47,11 @@ def _fit(
     }
     overlay = tmp_path / f"{name}.yaml"
     overlay.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "cli.py", "fit", "--config", "configs/sft.yaml", "--config", str(overlay)]
+    cmd = [sys.executable, "cli.py", "fit", "--config", "configs/sft.yaml", "--config", str(overlay), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    (metrics,) = run.rglob("metrics.csv")
+    metrics = sorted(run.rglob("metrics.csv"))[-1]  # the latest run's
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
     return [float(r["train/loss"]) for r in rows]
 
@@ -69,6 +75,32 @@ def test_two_process_fsdp2_matches_single_process(tmp_path, synthetic_root, tiny
     # differently from one 8-sample mean, hence a small tolerance rather than exact equality.
     assert sharded == pytest.approx(single, rel=1e-2)
     assert sharded[-1] < sharded[0]  # and it learns
+
+
+def test_two_process_fsdp2_sharded_checkpoint_is_written_atomically_and_resumes(
+    tmp_path, synthetic_root, tiny_model_dir
+):
+    """Under FSDP2 a checkpoint is a folder of shards: it too is written under a partial name and renamed."""
+    ckpt = tmp_path / "ckpt"
+    sharded = dict(
+        devices=2,
+        strategy={
+            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+            "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+        },
+        enable_checkpointing=True,
+        callbacks=[
+            {
+                "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                "init_args": {"dirpath": str(ckpt), "every_n_train_steps": 1, "save_top_k": 0, "save_last": True},
+            }
+        ],
+    )
+    _fit(tmp_path, "fsdp", synthetic_root, tiny_model_dir, 4, max_steps=2, **sharded)
+    assert (ckpt / "last.ckpt").is_dir() and any((ckpt / "last.ckpt").iterdir())
+    assert [p.name for p in ckpt.iterdir()] == ["last.ckpt"]  # no partial or old folder left behind
+    resumed = _fit(tmp_path, "fsdp", synthetic_root, tiny_model_dir, 4, "--ckpt_path", "last", max_steps=3, **sharded)
+    assert len(resumed) == 1  # only step 3 was trained again
 
 
 def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_root, tiny_model_dir):
