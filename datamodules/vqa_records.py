@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.ctrate import BadSampleError
+from datamodules.ctrate import SPLITS, VOLUME_NAME_RE, BadSampleError
 
 QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
 
@@ -30,6 +30,15 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 def _check_record(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise BadSampleError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    # Both would crash a later step: the tokenizer and UTF-8 writers reject a lone surrogate (what a "\ud800"
+    # escape decodes to), and writing predictions recurses through every field.
+    for name, value in record.items():
+        try:
+            json.dumps([name, value], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadSampleError(f"{where}: field {name!r} holds a lone surrogate (not valid Unicode)") from e
+        except RecursionError as e:
+            raise BadSampleError(f"{where}: field {name!r} is nested too deeply") from e
     for name, types in _FIELDS.items():
         if name not in record:
             raise BadSampleError(f"{where}: missing field '{name}'")
@@ -44,6 +53,13 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
         raise BadSampleError(f"{where}: field 'options' must be a list of strings, got {record['options']!r}")
     if record["options"] and record["answer"] not in record["options"]:
         raise BadSampleError(f"{where}: field 'answer' {record['answer']!r} is not one of its options")
+    # The split picks the volume's folder and metadata table (VolumeCache), so it must be a CT-RATE one.
+    name = VOLUME_NAME_RE.fullmatch(record["volume_name"])
+    if name is None or name.group(1) not in SPLITS:
+        raise BadSampleError(
+            f"{where}: field 'volume_name' {record['volume_name']!r} is not '<split>_<patient>_<scan>_<recon>.nii.gz' "
+            f"with split one of {', '.join(SPLITS)}"
+        )
     if record["slice_index"] < 0:
         raise BadSampleError(f"{where}: field 'slice_index' {record['slice_index']} is negative")
     boxes = record["roi"]
@@ -69,16 +85,23 @@ def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[
         raise BadSampleError(f"{path}: VQA file not found (build it with `python -m datamodules.vqa_builder`)")
     records: list[dict[str, Any]] = []
     problems: list[str] = []
-    with path.open(encoding="utf-8") as f:
+    # surrogateescape: a non-UTF-8 byte spoils only its own line, which is then reported like any other bad line.
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{path} line {line_no}"
             try:
                 try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise BadSampleError(f"{where}: not valid UTF-8 (at column {e.start + 1})") from e
+                try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BadSampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+                except (ValueError, RecursionError) as e:  # an integer over 4300 digits, arrays nested too deep
+                    raise BadSampleError(f"{where}: not valid JSON ({e})") from e
                 record = _check_record(record, where)
                 record["_where"] = where  # kept so later errors (volume, ROI) can name the line too
                 records.append(record)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.parsing import contains_tag
+from rewards.parsing import contains_tag, count_tags
 
 # Lowercase tags only: SFT teaches lowercase, and "<ANSWER>" is a drift GRPO should not reinforce.
 _LAYOUTS = {
@@ -17,6 +17,10 @@ def _well_formed(completion: str, prompt_format: str) -> bool:
     layout = _LAYOUTS.get(prompt_format)
     if layout is None:
         raise ValueError(f"prompt_format must be one of {sorted(_LAYOUTS)}, not {prompt_format!r}")
+    # A well-formed completion holds exactly its layout's tags, two per block. Counting first also keeps the
+    # fullmatch linear: its lazy blocks would otherwise try every "</think>" × "</answer>" of a runaway completion.
+    if count_tags(completion) != 2 * layout.groups:
+        return False
     match = layout.fullmatch(completion)
     if match is None or any(contains_tag(part) for part in match.groups()):
         return False

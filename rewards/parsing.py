@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
+_CLOSE_RE = re.compile(r"</answer>", re.IGNORECASE)
 _TAG_RE = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
 # Hyphen, non-breaking hyphen, figure dash, en dash, em dash, minus: options are written with "–", models type "-".
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212", "-"))
@@ -19,13 +20,22 @@ def extract_answer(text: str) -> str | None:
     The last one, because a model that revises itself writes the final answer last. Tags match in any case;
     ``rewards.format`` is the place that insists on lowercase.
     """
-    found = _ANSWER_RE.findall(text)
-    return found[-1].strip() if found else None
+    # Tag by tag rather than findall(r"<answer>(.*?)</answer>"): the same pairs, but that regex retries every
+    # opening tag when no closing one follows, quadratic in the length of a runaway completion.
+    found, pos = None, 0
+    while (opening := _OPEN_RE.search(text, pos)) and (closing := _CLOSE_RE.search(text, opening.end())):
+        found, pos = text[opening.end() : closing.start()], closing.end()
+    return found.strip() if found is not None else None
 
 
 def contains_tag(text: str) -> bool:
     """Whether ``text`` holds a think/answer tag (in any case), e.g. the inner tag of a nested answer."""
     return _TAG_RE.search(text) is not None
+
+
+def count_tags(text: str) -> int:
+    """How many think/answer tags (in any case) ``text`` holds."""
+    return len(_TAG_RE.findall(text))
 
 
 def normalize_answer(text: str) -> str:

@@ -44,6 +44,14 @@ def _first_failing(func: RewardFunc, completions: list[str], fields: dict[str, l
     return None
 
 
+def _as_float(v: numbers.Real) -> float:
+    """``float(v)``, with an integer or fraction too large for a float as ±inf rather than OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def _checked(name: str, values: Any, n: int) -> list[float | None]:
     """The outputs as floats (None kept); NaN/inf are passed through for the caller's on_error policy."""
     if hasattr(values, "tolist") and not isinstance(values, list):  # a numpy array or tensor of rewards
@@ -55,7 +63,7 @@ def _checked(name: str, values: Any, n: int) -> list[float | None]:
     for i, v in enumerate(values):
         if v is not None and not isinstance(v, numbers.Real):
             raise RewardError(f"reward {name!r} returned {v!r} at index {i}; need a real number or None")
-    return [None if v is None else float(v) for v in values]
+    return [None if v is None else _as_float(v) for v in values]
 
 
 def score_completions(
