@@ -40,9 +40,9 @@ from datamodules.ctrate import (
     SPLITS,
     BadSampleError,
     CTRATEPaths,
-    _list_field,
     affine_from_metadata,
     display_path,
+    list_field,
     load_ct_volume,
     parse_volume_name,
     patient_id,
@@ -130,7 +130,7 @@ def _geometry_problems(row: dict[str, Any]) -> Iterable[tuple[str, str]]:
         yield "ZSpacing", f"{row.get('ZSpacing')!r} is not a positive number"
     for name, n in (("XYSpacing", 2), ("ImagePositionPatient", 3), ("ImageOrientationPatient", 6)):
         try:
-            values = _list_field(row, name, n)
+            values = list_field(row, name, n)
         except BadSampleError:
             yield name, f"{row.get(name)!r} is not a list of {n} numbers"
             continue

@@ -175,7 +175,7 @@ def read_split(root: str | Path, split: str) -> pd.DataFrame:
     return df.sort_values("VolumeName").reset_index(drop=True)
 
 
-def _list_field(meta: Mapping[str, Any], field: str, n: int) -> list[float]:
+def list_field(meta: Mapping[str, Any], field: str, n: int) -> list[float]:
     value = meta.get(field)
     try:
         items = ast.literal_eval(value) if isinstance(value, str) else list(value)
@@ -196,13 +196,13 @@ def affine_from_metadata(meta: Mapping[str, Any]) -> np.ndarray:
     coordinates. The public "non-standard affine" check of CT-RATE in OMASeg builds the same matrix and
     flips the first two world rows to go from LPS to RAS, which is what nibabel/MONAI expect.
     """
-    sx, sy = _list_field(meta, "XYSpacing", 2)
+    sx, sy = list_field(meta, "XYSpacing", 2)
     try:
         sz = float(meta["ZSpacing"])
     except (KeyError, TypeError, ValueError) as e:
         raise BadSampleError(f"{meta.get('VolumeName', '?')}: field 'ZSpacing' is not a number") from e
-    iop = np.array(_list_field(meta, "ImageOrientationPatient", 6))
-    origin = np.array(_list_field(meta, "ImagePositionPatient", 3))
+    iop = np.array(list_field(meta, "ImageOrientationPatient", 6))
+    origin = np.array(list_field(meta, "ImagePositionPatient", 3))
     row, col = iop[:3], iop[3:]
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * sx, col * sy, np.cross(row, col) * sz
