@@ -9,13 +9,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.checkpointing import ResumableCheckpoint
 from lightning_modules.faults import FaultCounter, TrainingFault
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.sft import SFTModule
+from tests.test_grpo import trainer as grpo_trainer
 
 
 class FaultySFT(SFTModule):
@@ -44,18 +44,9 @@ def data(root: Path, model_dir: Path, **kw) -> CTVQADataModule:
 
 
 def trainer(tmp_path: Path, max_steps: int) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=CSVLogger(tmp_path),
-        callbacks=[ResumableCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=0, save_last=True)],
-        default_root_dir=tmp_path,
-    )
+    """test_grpo's trainer, with a checkpoint every step: the last one must survive the faults."""
+    every_step = ResumableCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=0, save_last=True)
+    return grpo_trainer(tmp_path, max_steps, callbacks=[every_step])
 
 
 def test_counter_resets_on_a_good_step_and_stops_after_n_in_a_row():
