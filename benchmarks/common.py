@@ -1,0 +1,99 @@
+"""What every benchmark shares: the embedded tiny model and synthetic data, isolated measurement processes,
+peak memory, and the printed tables.
+
+Each side of a comparison runs in its own fresh process (``measure``), so its peak resident memory is its own and
+neither side warms caches for the other. Both sides of one comparison run in the same invocation, one after the
+other, on the same machine: the printed ratios are what the benchmark claims, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def prepare(workdir: str | Path = "runs/bench", n_volumes: int = 24) -> tuple[Path, Path]:
+    """The embedded tiny Qwen2.5-VL and a synthetic CT-RATE with its VQA files under ``workdir`` (built once)."""
+    from datamodules.synthetic_ctrate import generate
+    from datamodules.vqa_builder import build_vqa
+    from lightning_modules.embedded_model import build_embedded_model
+
+    workdir = Path(workdir)
+    model_dir, data_dir = workdir / "tiny-qwen2.5-vl", workdir / "synthetic-ctrate"
+    if not (model_dir / "config.json").is_file():
+        build_embedded_model(model_dir)
+    if not (data_dir / "vqa" / "train.jsonl").is_file():
+        generate(data_dir, n=n_volumes, seed=0)
+        build_vqa(data_dir, seed=0)
+    return model_dir, data_dir
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], queue: mp.Queue) -> None:
+    try:
+        result = fn(**kwargs)
+        result["peak_rss_mib"] = peak_rss_mib()
+        queue.put(("ok", result))
+    except BaseException as err:  # report, don't hang the parent
+        import traceback
+
+        queue.put(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+def measure(fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """Run ``fn(**kwargs)`` in a fresh spawned process; its result dict plus that process's ``peak_rss_mib``."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, kwargs, queue))
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its process:\n{payload}")
+    return payload
+
+
+def machine() -> str:
+    """One line naming the machine the numbers come from."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
+    )
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (printed, and pasteable into benchmarks/README.md)."""
+
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save(results: dict[str, Any], path: str | Path) -> None:
+    """Write the raw numbers next to the printed table (JSON), atomically."""
+    from evaluation.report import atomic_write_text, json_safe
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(json_safe(results), indent=2) + "\n")
