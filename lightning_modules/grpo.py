@@ -40,6 +40,7 @@ from lightning_modules.rollout import (
     SamplingConfig,
     completion_logits,
     eval_mode,
+    grouped_completion_logits,
     repeat_prompts,
     sample_completions,
     select_rows,
@@ -60,7 +61,9 @@ class GRPOModule(PolicyModule):
 
     Args:
         model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, gradient_checkpointing,
-            fsdp_param_dtype: the policy, as in the SFT stage.
+            fsdp_param_dtype: the policy, as in the SFT stage. Log-prob forwards run each prompt and image once for
+            its G completions (``rollout.grouped_completion_logits``), except the policy's forward under
+            gradient checkpointing, whose layers keep no KV cache: there every completion's row repeats its prompt.
         learning_rate, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warmup + cosine decay,
             over optimizer steps (μ per rollout).
         max_grad_norm: gradient clipping by global norm; null disables it.
@@ -306,21 +309,31 @@ class GRPOModule(PolicyModule):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _logps(
-        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, rows: slice, with_entropy: bool = False
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        rollout: Rollout,
+        rows: slice,
+        with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = rollout.completion_ids[rows]
-        logits = completion_logits(model, select_rows(prompts, rows), ids, rollout.completion_mask[rows])
-        return token_logps_and_entropy(logits, ids, self.hparams.temperature, with_entropy=with_entropy)
+        ids, mask = rollout.completion_ids, rollout.completion_mask
+        if self.hparams.gradient_checkpointing and torch.is_grad_enabled():
+            # Checkpointed layers keep no KV cache to share: one row per completion, its prompt and image repeated.
+            prompts = select_rows(repeat_prompts(batch, rollout.num_generations), rows)
+            logits = completion_logits(model, prompts, ids[rows], mask[rows])
+        else:
+            logits = grouped_completion_logits(model, batch, ids, mask, rollout.num_generations, rows)
+        return token_logps_and_entropy(logits, ids[rows], self.hparams.temperature, with_entropy=with_entropy)
 
     @torch.no_grad()
     def _fixed_logps(
-        self, model: torch.nn.Module, prompts: dict, rollout: Rollout, chunks: list[slice], padding: int
+        self, model: torch.nn.Module, batch: dict[str, Any], rollout: Rollout, chunks: list[slice], padding: int
     ) -> torch.Tensor:
         """Log-probs that stay fixed over the μ updates (rollout policy, reference), in eval mode."""
         with eval_mode(model):
-            logps = torch.cat([self._logps(model, prompts, rollout, rows)[0] for rows in chunks])
+            logps = torch.cat([self._logps(model, batch, rollout, rows)[0] for rows in chunks])
             for _ in range(padding):  # discarded: only keeps this rank's sharded forwards in step with the others
-                self._logps(model, prompts, rollout, slice(0, 1))
+                self._logps(model, batch, rollout, slice(0, 1))
         return logps
 
     def _chunks(self, n: int) -> tuple[list[slice], int]:
@@ -358,19 +371,18 @@ class GRPOModule(PolicyModule):
         stats, advantages, no_spread = self.advantages(rewards_per_func)
         loss_mask, num_items = self._loss_mask(rollout, no_spread)
 
-        prompts = repeat_prompts(batch, hp.num_generations)
         chunks, padding = self._chunks(rollout.completion_ids.size(0))
         reward_fault = self._reward_fault(stats, errors, len(completions))
         old_logps = None
         if hp.num_iterations > 1 and reward_fault is None:
-            old_logps = self._fixed_logps(self.model, prompts, rollout, chunks, padding)
+            old_logps = self._fixed_logps(self.model, batch, rollout, chunks, padding)
         ref_logps = None
         if hp.beta != 0.0 and reward_fault is None:
             with self.reference_model() as reference:
-                ref_logps = self._fixed_logps(reference, prompts, rollout, chunks, padding)
+                ref_logps = self._fixed_logps(reference, batch, rollout, chunks, padding)
 
         metrics = self._update(
-            prompts, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding, reward_fault
+            batch, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding, reward_fault
         )
         self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
         every = hp.log_completions_every_n_steps
@@ -379,7 +391,7 @@ class GRPOModule(PolicyModule):
 
     def _update(
         self,
-        prompts: dict[str, torch.Tensor],
+        batch: dict[str, Any],
         rollout: Rollout,
         advantages: torch.Tensor,
         loss_mask: torch.Tensor,
@@ -410,7 +422,7 @@ class GRPOModule(PolicyModule):
                 scheduler.step()
                 continue
             for rows, weight in passes:
-                logps, entropy = self._logps(self.model, prompts, rollout, rows, with_entropy=True)
+                logps, entropy = self._logps(self.model, batch, rollout, rows, with_entropy=True)
                 mask = loss_mask[rows] * weight
                 terms = policy_loss(
                     logps,

@@ -1,4 +1,6 @@
-"""Grouped sampling for GRPO: one prefill per prompt and image, then a batched decode of its G completions.
+"""Grouped sampling for GRPO: one prefill per prompt and image, then a batched decode of its G completions; and
+the grouped training forward (``grouped_completion_logits``): the same one-prompt-forward-per-group structure, with
+gradients, for the policy update and the reference log-probs.
 
 The decode loop is ours rather than ``model.generate`` for three reasons: the prompt's KV cache is computed once
 and repeated G times (``generate`` would prefill every copy, image included); ranks of a sharded (FSDP2) model
@@ -15,6 +17,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# What a collated batch holds for its prompts: token ids, masks, and one image per row.
+PROMPT_KEYS = (
+    "prompt_input_ids",
+    "prompt_attention_mask",
+    "prompt_mm_token_type_ids",
+    "pixel_values",
+    "image_grid_thw",
+)
 
 
 @dataclass
@@ -204,11 +215,8 @@ def repeat_prompts(batch: dict[str, Any], num_generations: int) -> dict[str, tor
     per_image = batch["image_grid_thw"].prod(dim=-1).tolist()
     images = torch.split(batch["pixel_values"], per_image)
     return {
-        "prompt_input_ids": batch["prompt_input_ids"].repeat_interleave(g, dim=0),
-        "prompt_attention_mask": batch["prompt_attention_mask"].repeat_interleave(g, dim=0),
-        "prompt_mm_token_type_ids": batch["prompt_mm_token_type_ids"].repeat_interleave(g, dim=0),
+        **{key: batch[key].repeat_interleave(g, dim=0) for key in PROMPT_KEYS if key != "pixel_values"},
         "pixel_values": torch.cat([image for image in images for _ in range(g)]),
-        "image_grid_thw": batch["image_grid_thw"].repeat_interleave(g, dim=0),
     }
 
 
@@ -220,7 +228,8 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits predicting each completion token, (N, L, V), from one forward pass over prompt + completion.
 
-    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row.
+    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row. GRPO uses this only under
+    gradient checkpointing; otherwise ``grouped_completion_logits`` gives the same logits for less.
     """
     positions, next_position = prompt_positions(model, prompts)
     steps = torch.arange(completion_ids.size(1), device=completion_ids.device)
@@ -248,3 +257,53 @@ def select_rows(prompts: dict[str, torch.Tensor], rows: slice) -> dict[str, torc
         **{k: v[rows] for k, v in prompts.items() if k != "pixel_values"},
         "pixel_values": prompts["pixel_values"][offsets[start] : offsets[stop]],
     }
+
+
+def grouped_completion_logits(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    num_generations: int,
+    rows: slice = slice(None),
+) -> torch.Tensor:
+    """Logits predicting each completion token of rollout rows ``rows``, (n, L, V), each prompt run only once.
+
+    The same numbers as ``completion_logits`` on ``repeat_prompts`` rows (to float tolerance), but a prompt and its
+    image go through the vision tower and the decoder once, not once per completion: the prompt's KV cache is
+    indexed out to the rows of its completions, as in sampling, and gradients flow back through that indexing.
+    The prompt is most of each row (image tokens, system prompt, question), so this is most of the training forward.
+    Needs KV caches, which gradient checkpointing drops.
+    """
+    g = num_generations
+    start, stop, _ = rows.indices(completion_ids.size(0))
+    first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
+    prompts = select_rows({key: batch[key] for key in PROMPT_KEYS}, slice(first, last))
+    positions, next_position = prompt_positions(model, prompts)
+    out = model(
+        input_ids=prompts["prompt_input_ids"],
+        attention_mask=prompts["prompt_attention_mask"],
+        position_ids=positions,
+        mm_token_type_ids=prompts["prompt_mm_token_type_ids"],
+        pixel_values=prompts["pixel_values"],
+        image_grid_thw=prompts["image_grid_thw"],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    owner = torch.arange(start, stop, device=completion_ids.device) // g - first  # each row's prompt
+    first_logits = out.logits[owner]  # the prompt's last position predicts the first completion token
+    ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
+    if ids.size(1) == 0:
+        return first_logits
+    cache = out.cache
+    cache.batch_select_indices(owner)
+    steps = torch.arange(ids.size(1), device=ids.device)
+    completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+    logits = model(
+        input_ids=ids,  # the last token predicts nothing that is scored
+        attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
+        position_ids=completion_positions,
+        cache=cache,
+        use_cache=True,
+    ).logits
+    return torch.cat([first_logits, logits], dim=1)

@@ -285,3 +285,21 @@ def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_m
     assert fields["answer"] == [m["answer"] for m in batch["meta"] for _ in range(4)]
     assert fields["completion_length"] == rollout.completion_mask.sum(1).tolist()
     assert "<|image_pad|>" not in "".join(completions)  # special tokens never reach the rewards
+
+
+def test_gradient_checkpointing_gives_the_shared_prompt_update(tmp_path, synthetic_root, tiny_model_dir):
+    """Under gradient checkpointing (no KV caches) each completion's row carries its prompt and image again; the
+    update equals the one whose G completions share one prompt forward."""
+    weights, losses = [], []
+    for checkpointing in (False, True):
+        module = GRPOModule(
+            model_path=str(tiny_model_dir), gradient_checkpointing=checkpointing, max_grad_norm=None, **SMALL
+        )
+        L.seed_everything(0)
+        fit = trainer(tmp_path / str(checkpointing), 1, callbacks=[], enable_checkpointing=False)
+        fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
+        weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+        losses.append(fit.logged_metrics["train/policy_loss"].item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
+    for key in weights[0]:  # as with micro-batches: Adam's first step is ±lr (1e-3) wherever a gradient is
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)

@@ -12,6 +12,8 @@ from lightning_modules.rollout import (
     SamplingConfig,
     completion_logits,
     end_token_ids,
+    eval_mode,
+    grouped_completion_logits,
     repeat_prompts,
     sample_completions,
     select_rows,
@@ -118,3 +120,48 @@ def test_select_rows_takes_exactly_the_rows_images(setup):
     part = select_rows(prompts, slice(3, 5))  # second copy of prompt 1, first copy of prompt 2
     assert torch.equal(part["pixel_values"], torch.cat([images[1], images[2]]))
     assert torch.equal(part["prompt_input_ids"], prompts["prompt_input_ids"][3:5])
+
+
+def _scored(model, batch, rollout, rows, grouped):
+    """Masked log-probs of rollout rows ``rows``, the parameters' gradients of their sum, and the vision patches."""
+    ids, mask, g = rollout.completion_ids, rollout.completion_mask, rollout.num_generations
+    patches = []
+    hook = model.model.visual.register_forward_pre_hook(lambda m, args: patches.append(args[0].shape[0]))
+    model.zero_grad()
+    try:
+        if grouped:
+            logits = grouped_completion_logits(model, batch, ids, mask, g, rows)
+        else:
+            logits = completion_logits(model, select_rows(repeat_prompts(batch, g), rows), ids[rows], mask[rows])
+        logps = token_logps_and_entropy(logits, ids[rows], with_entropy=False)[0] * mask[rows]
+        logps.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        hook.remove()
+        model.zero_grad()
+    return logps.detach(), grads, patches
+
+
+@pytest.mark.parametrize("rows", [slice(None), slice(3, 10), slice(5, 6)], ids=["all", "cuts-groups", "one-row"])
+def test_grouped_logits_and_gradients_equal_one_row_per_completion(setup, rows):
+    """One prompt forward shared by its G completions gives the log-probs and gradients of G full rows, also for
+    micro-batches that cut a group, and runs the vision tower on each prompt's image once."""
+    model, tokenizer, batch, eos = setup
+    g = 4
+    sampling = SamplingConfig(max_new_tokens=10)
+    generator = torch.Generator().manual_seed(0)
+    rollout = sample_completions(model, batch, g, sampling, eos, tokenizer.pad_token_id, generator=generator)
+    rollout.completion_mask[5, 4:] = 0  # an ended completion: nothing attends to its padded tail
+    with eval_mode(model):
+        model.train()  # gradients as in the policy update (the tiny model has no dropout)
+        full, full_grads, full_patches = _scored(model, batch, rollout, rows, grouped=False)
+        grouped, grouped_grads, grouped_patches = _scored(model, batch, rollout, rows, grouped=True)
+    torch.testing.assert_close(grouped, full, atol=1e-5, rtol=1e-5)
+    assert grouped_grads.keys() == full_grads.keys() and any(".visual." in n for n in full_grads)
+    for name, grad in full_grads.items():
+        # Summation order differs (G rows' contributions are added up in backward): float32 noise, ~1e-6 of ~10.
+        torch.testing.assert_close(grouped_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+    start, stop, _ = rows.indices(rollout.completion_ids.size(0))
+    per_image = batch["image_grid_thw"].prod(-1).tolist()
+    assert grouped_patches == [sum(per_image[start // g : (stop - 1) // g + 1])]  # each prompt's image once
+    assert full_patches == [sum(per_image[i // g] for i in range(start, stop))]
