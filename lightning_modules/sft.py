@@ -65,13 +65,16 @@ class SFTModule(PolicyModule):
         ).logits
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch)[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+        logits = self(batch).float()
+        # Position t predicts token t + 1. Shift the labels, not the logits: a slice of the (B, T, V) logits would
+        # be copied for the loss, and its gradient copied back. The padded last column is ignored.
+        labels = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX
         )
         supervised = labels != IGNORE_INDEX
-        token_accuracy = (logits.argmax(-1) == labels)[supervised].float().mean()
+        with torch.no_grad():  # the argmax of the answer tokens only, the positions the accuracy counts
+            token_accuracy = (logits[supervised].argmax(-1) == labels[supervised]).float().mean()
         return loss, token_accuracy
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import yaml
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from cli import main
+from datamodules.collate import IGNORE_INDEX
 from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.faults import all_finite, gradients_finite
 from lightning_modules.sft import SFTModule
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
@@ -122,3 +125,32 @@ def test_saved_configs_hold_no_absolute_paths(tmp_path, synthetic_root, tiny_mod
     for path in saved:
         text = path.read_text()
         assert str(tmp_path) not in text and str(Path(CONFIG).parents[1]) not in text, path
+
+
+@pytest.mark.parametrize(("value", "finite"), [(1.0, True), (3e38, True), (math.inf, False), (math.nan, False)])
+def test_gradient_check_agrees_with_the_element_wise_one(tiny_model_dir, value, finite):
+    """The norm-first check skips exactly the steps an element-wise check skips, including a huge but finite
+    gradient whose squared norm overflows."""
+    module = SFTModule(model_path=str(tiny_model_dir), build_embedded_if_missing=False)
+    module.configure_model()
+    for p in module.model.parameters():
+        p.grad = torch.zeros_like(p)
+    module.model.lm_head.weight.grad[0, 0] = value
+    assert gradients_finite(module.model, module.device) is finite
+    assert all_finite([p.grad for p in module.model.parameters()], module.device) is finite
+
+
+def test_loss_is_the_answer_only_cross_entropy(synthetic_root, tiny_model_dir):
+    """Shifting the labels instead of the logits computes the same loss and token accuracy as the plain slice."""
+    module = SFTModule(model_path=str(tiny_model_dir), build_embedded_if_missing=False)
+    module.configure_model()
+    data = CTVQADataModule(data_dir=str(synthetic_root), processor_path=str(tiny_model_dir), max_samples=4)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        loss, accuracy = module._loss(batch)
+        logits, labels = module(batch)[:, :-1], batch["labels"][:, 1:]
+    supervised = labels != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits[supervised], labels[supervised])
+    torch.testing.assert_close(loss, expected)
+    assert accuracy == (logits.argmax(-1) == labels)[supervised].float().mean()
