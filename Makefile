@@ -4,11 +4,12 @@
 #   make test   install, then the test suite
 #   make replicate  the paper's ablation at small scale (not part of demo)
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
+#   make bench  throughput and memory against TRL and the Hugging Face Trainer, side by side (benchmarks/README.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate roi-sources lint clean
+.PHONY: install demo test replicate roi-sources bench lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -42,6 +43,18 @@ roi-sources: install
 	$(PY) -m evaluation.roi_proposals --config configs/experiments/roi_proposals.yaml
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
 		--config configs/experiments/roi_sources.yaml
+
+# Benchmarks: our GRPO vs TRL's GRPOTrainer, our SFT vs the HF Trainer, the data path, GRPO's scaling with G and
+# completion length. TRL is a benchmark-only dependency (benchmarks/requirements.txt). Numbers: runs/bench/*.json.
+$(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
+	$(VENV)/bin/pip install --quiet -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/grpo_vs_trl.py
+	$(PY) benchmarks/sft_vs_hf.py
+	$(PY) benchmarks/data_path.py
+	$(PY) benchmarks/grpo_scaling.py
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
