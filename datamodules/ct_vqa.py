@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from monai.transforms import Compose, Resized
+from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import VQACollator
@@ -66,6 +68,28 @@ def generate_if_missing(root: Path, synthetic: SyntheticData | None) -> None:
 
 # Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
 torch.serialization.add_safe_globals([SyntheticData, ZoomSpec])
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Torch ops on one thread inside the block, as in a DataLoader worker (which sets this for its whole life).
+
+    Rendering and encoding a sample use it wherever they run (main process with ``num_workers: 0``, ``cli.py ask``):
+    bilinear resizing rounds differently on one thread and on several (by one float ulp, sometimes a grey level
+    after quantisation), so without it an image depended on num_workers and on the machine's cores. It is also
+    faster: a sample's tensors (a 3×112×112 image) are too small to gain from parallel kernels, and every parallel
+    kernel waits for all threads of the pool, which on a busy machine made a sample 10-30× slower
+    (benchmarks/data_path.py). Decoding a volume, large enough to gain, keeps the pool.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class CTVQADataset(Dataset):
@@ -137,8 +161,11 @@ class CTVQADataset(Dataset):
 
     def render(self, slice_hu: np.ndarray, roi: list[list[int]]) -> torch.Tensor:
         """An axial HU slice and its ROI boxes → the windowed, zoom-embedded, resized (3, H, W) image in [0, 1]."""
-        data = self.transform({"image": torch.as_tensor(np.asarray(slice_hu, dtype=np.float32)), "roi": roi})
-        return torch.as_tensor(data["image"]).float().clamp(0, 1)
+        with one_intra_op_thread():
+            data = self.transform({"image": torch.as_tensor(np.asarray(slice_hu, dtype=np.float32)), "roi": roi})
+            # A plain tensor: Resized returns a MetaTensor, whose every later op (here, to_pil) pays for bookkeeping
+            # of metadata that the 2D image does not use (a tenth of a sample's time; same values).
+            return convert_to_tensor(data["image"], track_meta=False).float().clamp(0, 1)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         # Indices past the end are padding from EvenEvalSampler: a repeat, flagged so metrics skip it.
@@ -162,7 +189,8 @@ class CTVQADataset(Dataset):
         """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
         messages = build_messages(record["question"], record["options"], self.system_prompt)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
+        with one_intra_op_thread():
+            enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
         target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
         target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
         prompt_ids = enc["input_ids"][0]

@@ -16,7 +16,7 @@ from datamodules.ctrate import BadSampleError
 
 
 def make(root: Path, model_dir: Path, **kwargs) -> CTVQADataModule:
-    dm = CTVQADataModule(data_dir=str(root), processor_path=str(model_dir), num_workers=0, **kwargs)
+    dm = CTVQADataModule(data_dir=str(root), processor_path=str(model_dir), **{"num_workers": 0, **kwargs})
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -58,6 +58,24 @@ def test_zoom_off_and_side_by_side_change_the_image(synthetic_root, tiny_model_d
     assert images["none"].shape == images["inset"].shape == (3, 112, 112)
     assert images["side"].shape == (3, 56, 112)  # longest side = image_size
     assert not torch.equal(images["none"], images["inset"])
+
+
+def test_samples_do_not_depend_on_num_workers(synthetic_root, tiny_model_dir):
+    """Samples are made on one intra-op thread in the main process too, as in a DataLoader worker: bilinear resizing
+    rounds differently on two threads, so without that a batch depended on num_workers and the machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batches = {}
+        for workers in (0, 1):
+            dm = make(synthetic_root, tiny_model_dir, zoom=ZoomSpec(), max_samples=8, num_workers=workers)
+            batches[workers] = list(dm.test_dataloader())
+        assert torch.get_num_threads() == 2  # the main process gets its pool back after each sample
+    finally:
+        torch.set_num_threads(threads)
+    for ours, theirs in zip(batches[0], batches[1], strict=True):
+        for key, value in ours.items():
+            assert torch.equal(value, theirs[key]) if key != "meta" else value == theirs[key], key
 
 
 def test_patients_never_cross_splits(synthetic_root, tiny_model_dir):
