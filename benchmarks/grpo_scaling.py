@@ -12,26 +12,26 @@ left out. A subclass times ``rollout`` (sampling), ``_fixed_logps`` (the referen
 (policy forward + backward + optimizer step) without changing them; forward hooks on the policy split the rollout
 into its one prefill and its decode steps.
 
-Why the numbers have the shape they have (one run on 2 quiet CPU cores, 4 prompts of 137 tokens, 16 of them the
-image; the printed tables are the evidence):
+Why the numbers have the shape they have (4 prompts of 137 tokens, 16 of them the image; the second printed table
+splits every step, see benchmarks/README.md for a recorded run):
 
 - Rollout = one prefill + one decode forward per new token (+ sampling and text decoding), and it is most of every
   step (45-70 %). The prefill runs once per prompt whatever G (``rollout.py`` computes the prompt's KV cache once
-  and repeats it G times): about 0.02 s in every cell. Each decode step is one forward of all P·G rows at once: a
-  fixed cost of about 3 ms (four layers of small kernels, Python) plus about 0.1 ms per row, i.e. 3-4 ms at 8 rows,
-  6 ms at 32, 8-9 ms at 64. So doubling G adds far less than double. Decode time is linear in the length: one step
-  per token, and the per-step cost hardly grows with the cache, since attention over at most 137 + 128 cached
-  tokens is small next to the fixed cost at this size (on a large model, attention over the cache, and the cache's
-  growth by concatenation, add a term that grows with the length squared).
-- Update: the reference's log-probs (no grad) and the policy's forward + backward + AdamW see every completion with
-  its prompt and its image (``repeat_prompts`` repeats the image per row, so the vision tower runs P·G times, not P).
-  Both are about linear in G (update 0.18, 0.29, 0.46, 0.90 s and reference 0.06, 0.09, 0.15, 0.30 s at length 128
-  for G = 2, 4, 8, 16), and grow faster than the tokens per row (137 + length) with the length (update 0.28, 0.45,
-  0.90 s at G = 16), as the log-softmax, entropy and loss over completion positions and their backward add up.
-- Step time therefore grows sublinearly in G (×3.3 from G = 2 to 16 at length 128) and about linearly in length
-  (×1.8-2 per doubling from 64 tokens on); completions per second rise with G (10 → 24/s at length 128, 26 → 88/s at
-  32) because the fixed cost of each forward is shared by more rows, and fall with length. The untrained model
-  runs to the budget: mean completion length 120-125 of 128 (85-100 % truncated at every length).
+  and repeats it G times): about 0.02-0.03 s in every cell. Each decode step is one forward of all P·G rows at
+  once: a fixed cost of about 3 ms (four layers of small kernels, Python) plus a small cost per row (3-4 ms a step
+  at 8 rows, 9-11 ms at 64). So doubling G adds far less than double. Decode time is linear in the length: one
+  step per token, and the per-step cost hardly grows with the cache, since attention over at most 137 + 128 cached
+  tokens is small next to the fixed cost at this size (on a large model, attention over the cache adds a term that
+  grows with the length squared).
+- Reference log-probs (no grad) and update (policy forward + backward + AdamW) run each prompt and its image once
+  per group (``rollout.grouped_completion_logits``) and then the P·G completions over that prompt's KV cache: a
+  per-prompt cost that does not grow with G, plus a cost linear in the completion tokens P·G·L (the log-softmax,
+  entropy and loss over every completion position and their backward). Both grow sublinearly in G (about ×4-5
+  from G = 2 to 16) and about linearly in the length.
+- Step time therefore grows sublinearly in G (about ×3-3.5 from G = 2 to 16) and about linearly in the length from
+  64 tokens on; completions per second rise with G, because the fixed cost of each forward is shared by more rows,
+  and fall with the length. The untrained model runs to the budget: mean completion length 120-125 of 128 (85-100 %
+  truncated at every length).
 """
 
 from __future__ import annotations
