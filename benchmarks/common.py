@@ -43,6 +43,26 @@ def prepare(workdir: str | Path = "runs/bench", n_volumes: int = 24) -> tuple[Pa
     return model_dir, data_dir
 
 
+def bench_trainer(max_steps: int, callbacks: list[Any], **overrides: Any) -> Any:
+    """A Lightning Trainer that only trains: CPU, fp32, one device, no validation, logs, checkpoints or bars."""
+    import lightning as L
+
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    return L.Trainer(**{**settings, **overrides})
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import machine, measure, prepare, save, table  # noqa: E402
+from benchmarks.common import bench_trainer, machine, measure, prepare, save, table  # noqa: E402
 
 BATCH_SIZE = 8
 BIG_SHAPE = (512, 512, 160)  # a CT-RATE volume is 512×512 in-plane with a few hundred slices
@@ -263,17 +263,7 @@ def fit_wait(
         dm.setup("fit")  # setup() keeps datasets once built: swap in the precomputed samples
         dm.datasets["train"] = _Materialized(dm.datasets["train"])
     clock = BatchClock()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+    trainer = bench_trainer(steps, [clock])
     module = SFTModule(model_path=str(model_dir), build_embedded_if_missing=False, warmup_steps=5)
     fit_start = time.perf_counter()
     trainer.fit(module, dm)

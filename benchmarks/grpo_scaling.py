@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import machine, peak_rss_mib, prepare, save, table  # noqa: E402
+from benchmarks.common import bench_trainer, machine, peak_rss_mib, prepare, save, table  # noqa: E402
 
 # What the subclass times: method of GRPOModule -> part of the step.
 PARTS = {"rollout": "rollout", "_fixed_logps": "reference", "_update": "update"}
@@ -153,17 +153,7 @@ def run_cell(
         sampling_seed=0,
     )
     clock = StepClock()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1 + steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+    trainer = bench_trainer(1 + steps, [clock])
     trainer.fit(module, dm)
     bench, seconds = module.bench, clock.seconds[1:]
     step_s = statistics.mean(seconds)

@@ -205,19 +205,7 @@ def run_ours(
     )
     dm = _datamodule(Path(model_dir), Path(data_dir), prompts_per_step * (warmup + steps), prompts_per_step)
     timer = Timer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=warmup + steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = common.bench_trainer(warmup + steps, [timer])
     trainer.fit(module, datamodule=dm)
     result = _summary(timer.times, timer.lengths, prompts_per_step * generations, warmup)
     result["threads"] = torch.get_num_threads()

@@ -164,20 +164,8 @@ def run_ours(
     )
     timer = Timer()
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision="32-true",
-            max_steps=warmup + steps,
-            gradient_clip_val=MAX_GRAD_NORM,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[timer],
-            default_root_dir=out_dir,
+        trainer = common.bench_trainer(
+            warmup + steps, [timer], gradient_clip_val=MAX_GRAD_NORM, default_root_dir=out_dir
         )
         trainer.fit(module, datamodule=datamodule(model_dir, data_dir, batch_size, num_workers, image_size))
     return result(timer.ends, steps, batch_size, module.model)
