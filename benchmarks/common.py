@@ -43,6 +43,27 @@ def prepare(workdir: str | Path = "runs/bench", n_volumes: int = 24) -> tuple[Pa
     return model_dir, data_dir
 
 
+def bench_datamodule(model_dir: str | Path, data_dir: str | Path, batch_size: int, **overrides: Any) -> Any:
+    """The CT-VQA data module with configs/sft.yaml's image settings (lung window, inset zoom, 112 px, think
+    prompts), seed 0, and no worker processes unless ``overrides`` say otherwise (a worker's memory would not count
+    in the measured process's peak RSS)."""
+    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
+
+    settings = dict(
+        data_dir=str(data_dir),
+        processor_path=str(model_dir),
+        synthetic=None,
+        windows=["lung"],
+        zoom=ZoomSpec(),
+        image_size=112,
+        prompt_format="think",
+        batch_size=batch_size,
+        num_workers=0,
+        seed=0,
+    )
+    return CTVQADataModule(**{**settings, **overrides})
+
+
 def bench_trainer(max_steps: int, callbacks: list[Any], **overrides: Any) -> Any:
     """A Lightning Trainer that only trains: CPU, fp32, one device, no validation, logs, checkpoints or bars."""
     import lightning as L

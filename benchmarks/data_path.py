@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import bench_trainer, machine, measure, prepare, save, table  # noqa: E402
+from benchmarks.common import bench_datamodule, bench_trainer, machine, measure, prepare, save, table  # noqa: E402
 
 BATCH_SIZE = 8
 BIG_SHAPE = (512, 512, 160)  # a CT-RATE volume is 512×512 in-plane with a few hundred slices
@@ -64,19 +64,7 @@ def _ms_per_call(fn: Callable[[Any], Any], items: Sequence[Any], reps: int) -> f
 
 
 def _dataset(data_dir: Path, model_dir: Path, num_workers: int = 0) -> Any:
-    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
-
-    # configs/sft.yaml's data settings.
-    return CTVQADataModule(
-        data_dir=str(data_dir),
-        processor_path=str(model_dir),
-        synthetic=None,
-        zoom=ZoomSpec(),
-        image_size=112,
-        batch_size=BATCH_SIZE,
-        num_workers=num_workers,
-        seed=0,
-    )
+    return bench_datamodule(model_dir, data_dir, BATCH_SIZE, num_workers=num_workers)
 
 
 def big_volume(data_dir: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import bench_trainer, machine, peak_rss_mib, prepare, save, table  # noqa: E402
+from benchmarks.common import bench_datamodule, bench_trainer, machine, peak_rss_mib, prepare, save, table  # noqa: E402
 
 # What the subclass times: method of GRPOModule -> part of the step.
 PARTS = {"rollout": "rollout", "_fixed_logps": "reference", "_update": "update"}
@@ -112,8 +112,6 @@ def run_cell(
     """One GRPO fit of 1 warm-up + ``steps`` steps; per-step means of the measured steps."""
     import lightning as L
 
-    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
-
     class StepClock(L.Callback):
         """Wall time of each training step; resets the module's part timers after the warm-up step."""
 
@@ -129,17 +127,8 @@ def run_cell(
             self.seconds.append(time.perf_counter() - self.start)
 
     L.seed_everything(0, verbose=False)
-    dm = CTVQADataModule(
-        data_dir=str(data_dir),
-        processor_path=str(model_dir),
-        synthetic=None,
-        zoom=ZoomSpec(),
-        image_size=112,
-        batch_size=prompts,
-        shuffle=False,  # every cell sees the same prompts in the same order
-        num_workers=0,
-        seed=0,
-    )
+    # every cell sees the same prompts in the same order
+    dm = bench_datamodule(model_dir, data_dir, prompts, shuffle=False)
     module = timed_module_class()(
         model_path=str(model_dir),
         num_generations=num_generations,

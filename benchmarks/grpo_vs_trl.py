@@ -59,22 +59,8 @@ LORA = dict(r=16, alpha=32, dropout=0.0)
 
 
 def _datamodule(model_dir: Path, data_dir: Path, prompts: int, prompts_per_step: int) -> Any:
-    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
-
     # The first `prompts` training questions in file order (no shuffle): TRL gets exactly these, in this order.
-    return CTVQADataModule(
-        data_dir=str(data_dir),
-        processor_path=str(model_dir),
-        synthetic=None,
-        zoom=ZoomSpec(),
-        image_size=112,
-        prompt_format="think",
-        max_samples=prompts,
-        shuffle=False,
-        batch_size=prompts_per_step,
-        num_workers=0,  # a worker process's memory would not count in this process's peak RSS
-        seed=SEED,
-    )
+    return common.bench_datamodule(model_dir, data_dir, prompts_per_step, max_samples=prompts, shuffle=False, seed=SEED)
 
 
 def render_prompts(model_dir: Path, data_dir: Path, prompts: int) -> list[dict[str, Any]]:

@@ -38,18 +38,13 @@ def datamodule(model_dir: str, data_dir: str, batch_size: int, num_workers: int,
     No shuffling on either side (``shuffle: false`` here, ``train_sampling_strategy="sequential"`` there), so
     both see the same batches; every training record is kept (``val_fraction: 0``) and nothing is validated.
     """
-    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
-
-    return CTVQADataModule(
-        data_dir=data_dir,
-        processor_path=model_dir,
-        windows=["lung"],
-        zoom=ZoomSpec(),
+    return common.bench_datamodule(
+        model_dir,
+        data_dir,
+        batch_size,
         image_size=image_size,
-        prompt_format="think",
         val_fraction=0.0,
         shuffle=False,
-        batch_size=batch_size,
         num_workers=num_workers,
         seed=SEED,
     )
