@@ -5,11 +5,12 @@
 #   make replicate  the paper's ablation at small scale (not part of demo)
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
 #   make bench  throughput and memory against TRL and the Hugging Face Trainer, side by side (benchmarks/README.md)
+#   make bench-gpu  the same on one GPU in bf16
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate roi-sources bench lint clean
+.PHONY: install demo test replicate roi-sources bench bench-gpu lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -55,6 +56,12 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/sft_vs_hf.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/grpo_scaling.py
+
+# The same comparisons on one GPU, bf16 autocast on both sides (record the numbers in benchmarks/README.md).
+bench-gpu: $(VENV)/.bench-installed
+	$(PY) benchmarks/grpo_vs_trl.py --accelerator gpu --precision bf16-mixed
+	$(PY) benchmarks/sft_vs_hf.py --accelerator gpu --precision bf16-mixed
+	$(PY) benchmarks/grpo_scaling.py --accelerator gpu --precision bf16-mixed
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

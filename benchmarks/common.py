@@ -64,14 +64,37 @@ def bench_datamodule(model_dir: str | Path, data_dir: str | Path, batch_size: in
     return CTVQADataModule(**{**settings, **overrides})
 
 
-def bench_trainer(max_steps: int, callbacks: list[Any], **overrides: Any) -> Any:
-    """A Lightning Trainer that only trains: CPU, fp32, one device, no validation, logs, checkpoints or bars."""
+# --accelerator / --precision of the comparisons: Lightning's precision names, and what the Hugging Face side
+# (Trainer, TRL) runs for each. bf16-mixed = fp32 weights under bf16 autocast, as TrainingArguments(bf16=True).
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def add_device_arguments(parser: Any) -> None:
+    """``--accelerator`` and ``--precision``, the same on both sides of a comparison."""
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where both sides run")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32-true",
+        help="both sides: fp32, or bf16 autocast over fp32 weights (HF bf16=True); bf16 wants --accelerator gpu",
+    )
+
+
+def hf_device_arguments(accelerator: str, precision: str) -> dict[str, Any]:
+    """The ``TrainingArguments`` / ``GRPOConfig`` fields equal to our ``accelerator`` and ``precision``."""
+    return {"use_cpu": accelerator == "cpu", "bf16": precision == "bf16-mixed", "fp16": False}
+
+
+def bench_trainer(
+    max_steps: int, callbacks: list[Any], accelerator: str = "cpu", precision: str = "32-true", **overrides: Any
+) -> Any:
+    """A Lightning Trainer that only trains on one device: no validation, logs, checkpoints or bars."""
     import lightning as L
 
     settings = dict(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
-        precision="32-true",
+        precision=precision,
         max_steps=max_steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -89,10 +112,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_mib() -> float:
+    """Peak GPU memory this process's tensors held (PyTorch's allocator), MiB; 0 where no GPU was used."""
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else 0.0
+
+
+def memory_metrics(accelerator: str) -> list[tuple[str, str]]:
+    """(row name, result key) of the peak memories worth printing for a run on ``accelerator``."""
+    rows = [("peak RSS MiB", "peak_rss_mib")]
+    return rows + [("peak GPU MiB", "peak_gpu_mib")] if accelerator == "gpu" else rows
+
+
 def _child(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], queue: mp.Queue) -> None:
     try:
         result = fn(**kwargs)
         result["peak_rss_mib"] = peak_rss_mib()
+        result["peak_gpu_mib"] = peak_gpu_mib()
         queue.put(("ok", result))
     except BaseException as err:  # report, don't hang the parent
         import traceback

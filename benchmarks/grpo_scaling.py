@@ -47,10 +47,27 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import bench_datamodule, bench_trainer, machine, peak_rss_mib, prepare, save, table  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_device_arguments,
+    bench_datamodule,
+    bench_trainer,
+    machine,
+    peak_gpu_mib,
+    peak_rss_mib,
+    prepare,
+    save,
+    table,
+)
 
 # What the subclass times: method of GRPOModule -> part of the step.
 PARTS = {"rollout": "rollout", "_fixed_logps": "reference", "_update": "update"}
+
+
+def now() -> float:
+    """Wall time once the GPU's queued work is done (CUDA kernels run asynchronously to Python)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def timed_module_class() -> type:
@@ -62,13 +79,13 @@ def timed_module_class() -> type:
 
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             hooks = self._decode_hooks() if part == "rollout" else []
-            start = time.perf_counter()
+            start = now()
             try:
                 out = original(self, *args, **kwargs)
             finally:
                 for hook in hooks:
                     hook.remove()
-            self.bench[part] += time.perf_counter() - start
+            self.bench[part] += now() - start
             if part == "rollout":
                 rollout = out[0]
                 self.bench["completion_tokens"] += float(rollout.completion_mask.sum())
@@ -88,11 +105,11 @@ def timed_module_class() -> type:
             clock: list[float] = []
 
             def before(_module: Any, _args: Any, _kwargs: Any) -> None:
-                clock.append(time.perf_counter())
+                clock.append(now())
 
             def after(_module: Any, _args: Any, kwargs: Any, _out: Any) -> None:
                 part = "prefill" if kwargs.get("pixel_values") is not None else "decode"
-                self.bench[part] += time.perf_counter() - clock.pop()
+                self.bench[part] += now() - clock.pop()
                 self.bench[f"{part}_forwards"] += 1
 
             return [
@@ -107,7 +124,14 @@ def timed_module_class() -> type:
 
 
 def run_cell(
-    data_dir: Path, model_dir: Path, num_generations: int, length: int, prompts: int, steps: int
+    data_dir: Path,
+    model_dir: Path,
+    num_generations: int,
+    length: int,
+    prompts: int,
+    steps: int,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
 ) -> dict[str, float]:
     """One GRPO fit of 1 warm-up + ``steps`` steps; per-step means of the measured steps."""
     import lightning as L
@@ -121,10 +145,10 @@ def run_cell(
         def on_train_batch_start(self, trainer: L.Trainer, module: Any, *_: Any) -> None:
             if trainer.global_step == 1:
                 module.bench.clear()
-            self.start = time.perf_counter()
+            self.start = now()
 
         def on_train_batch_end(self, trainer: L.Trainer, module: Any, *_: Any) -> None:
-            self.seconds.append(time.perf_counter() - self.start)
+            self.seconds.append(now() - self.start)
 
     L.seed_everything(0, verbose=False)
     # every cell sees the same prompts in the same order
@@ -142,7 +166,7 @@ def run_cell(
         sampling_seed=0,
     )
     clock = StepClock()
-    trainer = bench_trainer(1 + steps, [clock])
+    trainer = bench_trainer(1 + steps, [clock], accelerator=accelerator, precision=precision)
     trainer.fit(module, dm)
     bench, seconds = module.bench, clock.seconds[1:]
     step_s = statistics.mean(seconds)
@@ -169,6 +193,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per cell, after one warm-up step")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="G 2, 8 × length 32, 64, one measured step")
+    add_device_arguments(parser)
     parser.add_argument("--out", default="runs/bench/grpo_scaling.json")
     args = parser.parse_args()
     if args.quick:
@@ -182,7 +207,9 @@ def main() -> None:
     cells = {}
     for g in args.groups:
         for length in args.lengths:
-            cells[g, length] = run_cell(data_dir, model_dir, g, length, args.prompts, args.steps)
+            cells[g, length] = run_cell(
+                data_dir, model_dir, g, length, args.prompts, args.steps, args.accelerator, args.precision
+            )
             c = cells[g, length]
             print(
                 f"G={g:<3} length={length:<4} {c['step_s']:.2f} s/step  rollout {c['rollout_s']:.2f}  "
@@ -246,6 +273,7 @@ def main() -> None:
             "args": vars(args),
             "elapsed_s": elapsed,
             "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": peak_gpu_mib(),
             "cells": list(cells.values()),
         },
         args.out,

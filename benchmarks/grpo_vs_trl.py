@@ -9,7 +9,8 @@ images in a ``datasets.Dataset`` with a conversational ``prompt`` (the benchmark
 the same prompt token ids as ours). Per optimizer step each side does one rollout of prompts-per-step × G
 completions, scores them with the same rewards (accuracy, format, validity; weights 1, 0.5, 0.5), runs one
 reference forward (beta > 0) and one policy forward/backward over the whole rollout, and takes one AdamW step
-(num_iterations = 1, so neither side recomputes the rollout policy's log-probs). fp32 on CPU, one process each
+(num_iterations = 1, so neither side recomputes the rollout policy's log-probs). fp32 on CPU by default
+(``--accelerator gpu --precision bf16-mixed`` on a GPU: bf16 autocast over fp32 weights on both sides), one process each
 (``common.measure``), timed over ``--steps`` optimizer steps after ``--warmup`` steps, data loading included.
 
 Completions are forced to full length on both sides (the end tokens are suppressed while sampling, next to the
@@ -136,6 +137,8 @@ def run_ours(
     lora: bool,
     gradient_checkpointing: bool,
     threads: int,
+    accelerator: str,
+    precision: str,
     full_length: bool,
 ) -> dict[str, Any]:
     """Our GRPOModule fitted by a Lightning Trainer, as ``cli.py fit`` runs it (no logger, checkpoint or validation)."""
@@ -191,7 +194,7 @@ def run_ours(
     )
     dm = _datamodule(Path(model_dir), Path(data_dir), prompts_per_step * (warmup + steps), prompts_per_step)
     timer = Timer()
-    trainer = common.bench_trainer(warmup + steps, [timer])
+    trainer = common.bench_trainer(warmup + steps, [timer], accelerator=accelerator, precision=precision)
     trainer.fit(module, datamodule=dm)
     result = _summary(timer.times, timer.lengths, prompts_per_step * generations, warmup)
     result["threads"] = torch.get_num_threads()
@@ -222,6 +225,8 @@ def run_trl(
     lora: bool,
     gradient_checkpointing: bool,
     threads: int,
+    accelerator: str,
+    precision: str,
     out_dir: str,
 ) -> dict[str, Any]:
     """TRL's GRPOTrainer on the same model, rows and settings."""
@@ -248,9 +253,7 @@ def run_trl(
     dataset = Dataset.from_list([{k: v for k, v in row.items() if k != "our_prompt_ids"} for row in rows])
     config = GRPOConfig(
         output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
+        **common.hf_device_arguments(accelerator, precision),
         seed=SEED,
         max_steps=warmup + steps,
         # TRL 1.x counts completions per device batch: one step = one generation of P × G completions.
@@ -347,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--natural-length", action="store_true", help="let completions end (default: forced to full length)"
     )
+    common.add_device_arguments(parser)
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--out", default="runs/bench/grpo_vs_trl.json")
     args = parser.parse_args(argv)
@@ -370,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         lora=args.lora,
         gradient_checkpointing=args.gradient_checkpointing,
         threads=args.threads,
+        accelerator=args.accelerator,
+        precision=args.precision,
     )
     # Read when torch is imported in each spawned side, before set_num_threads (also sizes MKL's and OpenMP's pools).
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -386,7 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     g, p, L = args.generations, args.prompts_per_step, args.max_new_tokens
     lora = f"r={LORA['r']}, alpha={LORA['alpha']}, dropout={LORA['dropout']}" if args.lora else "off"
     settings = [
-        ("model", "embedded tiny Qwen2.5-VL, fp32, CPU", "same"),
+        ("model", "embedded tiny Qwen2.5-VL", "same"),
+        (
+            "device / precision",
+            f"accelerator={args.accelerator}, precision={args.precision}",
+            ", ".join(f"{k}={v}" for k, v in common.hf_device_arguments(args.accelerator, args.precision).items()),
+        ),
         ("prompts / step", f"batch_size={p}", f"per_device_train_batch_size={p * g} (completions)"),
         ("G", f"num_generations={g}", f"num_generations={g}"),
         ("completion length", f"max_new_tokens={L}", f"max_completion_length={L}"),
@@ -413,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         ("completion tokens/s", "completion_tokens_per_s"),
         ("mean completion length", "mean_completion_length"),
         ("s / step", "seconds_per_step"),
-        ("peak RSS MiB", "peak_rss_mib"),
+        *common.memory_metrics(args.accelerator),
     ]
     rows_out = [(name, ours[key], trl[key], ours[key] / trl[key]) for name, key in metrics]
     print(common.table("GRPO settings", ["setting", "ours (GRPOModule)", "TRL GRPOTrainer"], settings))

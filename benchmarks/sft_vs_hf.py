@@ -65,13 +65,20 @@ class HFCollator:
         return batch
 
 
-def hf_arguments(out_dir: str, batch_size: int, max_steps: int, num_workers: int) -> Any:
+def hf_arguments(
+    out_dir: str,
+    batch_size: int,
+    max_steps: int,
+    num_workers: int,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+) -> Any:
     """``TrainingArguments`` equal to our SFT settings, with evaluation, saving and logging off."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=out_dir,
-        use_cpu=True,
+        **common.hf_device_arguments(accelerator, precision),
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
         max_steps=max_steps,
@@ -85,7 +92,7 @@ def hf_arguments(out_dir: str, batch_size: int, max_steps: int, num_workers: int
         train_sampling_strategy="sequential",
         dataloader_num_workers=num_workers,
         dataloader_persistent_workers=num_workers > 0,
-        dataloader_pin_memory=False,  # our loader does not pin (and there is no GPU to pin for)
+        dataloader_pin_memory=False,  # our loader does not pin (Lightning moves the batch to the GPU)
         remove_unused_columns=False,
         eval_strategy="no",
         save_strategy="no",
@@ -130,6 +137,8 @@ def run_ours(
     num_workers: int,
     image_size: int,
     threads: int,
+    accelerator: str,
+    precision: str,
 ) -> dict[str, Any]:
     """SFTModule + CTVQADataModule under a real Lightning Trainer; times steps warmup+1 … warmup+steps."""
     import lightning as L
@@ -160,7 +169,12 @@ def run_ours(
     timer = Timer()
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = common.bench_trainer(
-            warmup + steps, [timer], gradient_clip_val=MAX_GRAD_NORM, default_root_dir=out_dir
+            warmup + steps,
+            [timer],
+            accelerator=accelerator,
+            precision=precision,
+            gradient_clip_val=MAX_GRAD_NORM,
+            default_root_dir=out_dir,
         )
         trainer.fit(module, datamodule=datamodule(model_dir, data_dir, batch_size, num_workers, image_size))
     return result(timer.ends, steps, batch_size, module.model)
@@ -175,6 +189,8 @@ def run_hf(
     num_workers: int,
     image_size: int,
     threads: int,
+    accelerator: str,
+    precision: str,
 ) -> dict[str, Any]:
     """``transformers.Trainer`` on the same model, samples and collator; times the same steps."""
     import torch
@@ -197,7 +213,7 @@ def run_hf(
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(
             model=model,
-            args=hf_arguments(out_dir, batch_size, warmup + steps, num_workers),
+            args=hf_arguments(out_dir, batch_size, warmup + steps, num_workers, accelerator, precision),
             train_dataset=data.datasets["train"],
             data_collator=HFCollator(data.processor.tokenizer.pad_token_id),
             callbacks=[timer],
@@ -263,6 +279,7 @@ def main() -> None:
         help="torch threads in each side's process; 1 keeps timings stable on a shared machine, where 2 threads on "
         "2 busy cores stall at every parallel region (steps 5-50x slower, at random)",
     )
+    common.add_device_arguments(parser)
     parser.add_argument("--out", default="runs/bench/sft_vs_hf.json")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -271,7 +288,15 @@ def main() -> None:
     model_dir, data_dir = (str(p) for p in common.prepare())
     shared = dict(model_dir=model_dir, data_dir=data_dir, batch_size=args.batch_size, image_size=args.image_size)
     check = common.measure(check_same_loss, **shared)
-    run = dict(shared, steps=args.steps, warmup=args.warmup, num_workers=args.num_workers, threads=args.threads)
+    run = dict(
+        shared,
+        steps=args.steps,
+        warmup=args.warmup,
+        num_workers=args.num_workers,
+        threads=args.threads,
+        accelerator=args.accelerator,
+        precision=args.precision,
+    )
     ours = common.measure(run_ours, **run)
     hf = common.measure(run_hf, **run)
 
@@ -285,7 +310,12 @@ def main() -> None:
         ("lr schedule", f"warmup_cosine, warmup {LR_WARMUP_STEPS}, min ×{MIN_LR_RATIO}", "cosine_with_min_lr, same"),
         ("grad clipping (norm)", MAX_GRAD_NORM, MAX_GRAD_NORM),
         ("dataloader workers", args.num_workers, args.num_workers),
-        ("precision / device / torch threads", f"32-true, CPU, {args.threads}", f"fp32, use_cpu, {args.threads}"),
+        (
+            "precision / device / torch threads",
+            f"{args.precision}, {args.accelerator}, {args.threads}",
+            ", ".join(f"{k}={v}" for k, v in common.hf_device_arguments(args.accelerator, args.precision).items())
+            + f", {args.threads}",
+        ),
         ("eval / checkpoints / logging", "off / off / logger=False", "no / no / no"),
         ("steps: warm-up + timed", f"{args.warmup} + {args.steps}", f"{args.warmup} + {args.steps}"),
     ]
@@ -295,14 +325,16 @@ def main() -> None:
         f"HF {check['hf_loss']:.6f} (|diff| {check['loss_abs_diff']:.1e}); "
         f"largest gradient difference {check['grad_max_abs_diff']:.1e}\n"
     )
-    keys = ("samples_per_s", "s_per_step", "median_s_per_step", "peak_rss_mib")
+    memory = common.memory_metrics(args.accelerator)
+    speed = ("samples_per_s", "s_per_step", "median_s_per_step")
     rows = [
-        ("ours (Lightning SFTModule)", *(ours[k] for k in keys[:-1]), round(ours["peak_rss_mib"])),
-        ("HF transformers.Trainer", *(hf[k] for k in keys[:-1]), round(hf["peak_rss_mib"])),
-        ("ours / HF", *(ours[k] / hf[k] for k in keys)),
+        ("ours (Lightning SFTModule)", *(ours[k] for k in speed), *(round(ours[k]) for _, k in memory)),
+        ("HF transformers.Trainer", *(hf[k] for k in speed), *(round(hf[k]) for _, k in memory)),
+        ("ours / HF", *(ours[k] / hf[k] for k in (*speed, *(k for _, k in memory)))),
     ]
     title = f"SFT, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}"
-    print(common.table(title, ["side", "samples/s", "s/step", "median s/step", "peak RSS MiB"], rows))
+    header = ["side", "samples/s", "s/step", "median s/step", *(name for name, _ in memory)]
+    print(common.table(title, header, rows))
     print(
         f"Parameter L2 norm after training (equal when both trained alike): ours {ours['param_norm']:.6f}, "
         f"HF {hf['param_norm']:.6f}"
