@@ -27,16 +27,24 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def prepare(workdir: str | Path = "runs/bench", n_volumes: int = 24) -> tuple[Path, Path]:
-    """The embedded tiny Qwen2.5-VL and a synthetic CT-RATE with its VQA files under ``workdir`` (built once)."""
+def prepare(
+    workdir: str | Path = "runs/bench", n_volumes: int = 24, hidden_size: int = 128, num_layers: int = 4
+) -> tuple[Path, Path]:
+    """The embedded tiny Qwen2.5-VL and a synthetic CT-RATE with its VQA files under ``workdir`` (built once).
+
+    ``hidden_size`` / ``num_layers`` other than the embedded default's (128, 4) build a larger model of the same
+    architecture and tokenizer beside it (e.g. 1024 × 16, about 200M parameters: enough work per forward for a
+    GPU to be measured rather than Python's launch overhead).
+    """
     from datamodules.synthetic_ctrate import generate
     from datamodules.vqa_builder import build_vqa
     from lightning_modules.embedded_model import build_embedded_model
 
     workdir = Path(workdir)
-    model_dir, data_dir = workdir / "tiny-qwen2.5-vl", workdir / "synthetic-ctrate"
+    name = "tiny-qwen2.5-vl" if (hidden_size, num_layers) == (128, 4) else f"qwen2.5-vl-h{hidden_size}-l{num_layers}"
+    model_dir, data_dir = workdir / name, workdir / "synthetic-ctrate"
     if not (model_dir / "config.json").is_file():
-        build_embedded_model(model_dir)
+        build_embedded_model(model_dir, hidden_size=hidden_size, num_layers=num_layers)
     if not (data_dir / "vqa" / "train.jsonl").is_file():
         generate(data_dir, n=n_volumes, seed=0)
         build_vqa(data_dir, seed=0)

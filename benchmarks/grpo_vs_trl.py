@@ -351,13 +351,15 @@ def main(argv: list[str] | None = None) -> None:
         "--natural-length", action="store_true", help="let completions end (default: forced to full length)"
     )
     common.add_device_arguments(parser)
+    parser.add_argument("--hidden-size", type=int, default=128, help="model width (128: the embedded tiny model)")
+    parser.add_argument("--num-layers", type=int, default=4, help="decoder layers (4: the embedded tiny model)")
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--out", default="runs/bench/grpo_vs_trl.json")
     args = parser.parse_args(argv)
     if args.steps < 1 or (args.warmup < 1 and args.steps < 2):
         parser.error("time at least one step after the first")
 
-    model_dir, data_dir = common.prepare(args.workdir)
+    model_dir, data_dir = common.prepare(args.workdir, hidden_size=args.hidden_size, num_layers=args.num_layers)
     full_length = not args.natural_length
     n_prompts = args.prompts_per_step * (args.warmup + args.steps)
     rows = render_prompts(model_dir, data_dir, n_prompts)
@@ -392,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     g, p, L = args.generations, args.prompts_per_step, args.max_new_tokens
     lora = f"r={LORA['r']}, alpha={LORA['alpha']}, dropout={LORA['dropout']}" if args.lora else "off"
     settings = [
-        ("model", "embedded tiny Qwen2.5-VL", "same"),
+        ("model", f"Qwen2.5-VL {model_dir.name} ({args.hidden_size} wide, {args.num_layers} layers)", "same"),
         (
             "device / precision",
             f"accelerator={args.accelerator}, precision={args.precision}",
