@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         ("LoRA", lora, lora),
         ("micro-batches", "1 (whole rollout)", "1 (whole rollout)"),
         ("gradient checkpointing", str(args.gradient_checkpointing), str(args.gradient_checkpointing)),
+        ("SDPA kernels (GPU)", "flash, efficient, math (default sdpa_backends)", "torch's choice (cuDNN allowed)"),
         ("prompt ids", "ours", "identical" if same_prompts else "DIFFERENT"),
         ("threads", str(ours["threads"]), str(trl["threads"])),
     ]

@@ -316,6 +316,7 @@ def main() -> None:
             ", ".join(f"{k}={v}" for k, v in common.hf_device_arguments(args.accelerator, args.precision).items())
             + f", {args.threads}",
         ),
+        ("SDPA kernels (GPU)", "flash, efficient, math (default sdpa_backends)", "torch's choice (cuDNN allowed)"),
         ("eval / checkpoints / logging", "off / off / logger=False", "no / no / no"),
         ("steps: warm-up + timed", f"{args.warmup} + {args.steps}", f"{args.warmup} + {args.steps}"),
     ]

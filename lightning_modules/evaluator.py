@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lightning_modules.attention import SdpaBackend
 from lightning_modules.model_loading import LoRASpec
 from lightning_modules.policy import PolicyModule
 
@@ -22,6 +23,8 @@ class VQAEvaluator(PolicyModule):
         max_new_tokens: generation budget per answer.
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
+        sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
+            efficient, math: cuDNN attention re-plans every new shape (``lightning_modules/attention.py``).
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class VQAEvaluator(PolicyModule):
         max_new_tokens: int = 64,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
+        sdpa_backends: list[SdpaBackend] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict

@@ -19,6 +19,7 @@ from rich.table import Table
 from torchmetrics import MeanMetric
 
 from datamodules.seeding import resolve_seed
+from lightning_modules.attention import SdpaBackend
 from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
 from lightning_modules.grpo_loss import (
     Advantages,
@@ -60,10 +61,11 @@ class GRPOModule(PolicyModule):
     Names and defaults follow TRL's ``GRPOConfig`` where the concept exists there.
 
     Args:
-        model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, gradient_checkpointing,
-            fsdp_param_dtype: the policy, as in the SFT stage. Log-prob forwards run each prompt and image once for
-            its G completions (``rollout.grouped_completion_logits``), except the policy's forward under
-            gradient checkpointing, whose layers keep no KV cache: there every completion's row repeats its prompt.
+        model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, sdpa_backends,
+            gradient_checkpointing, fsdp_param_dtype: the policy, as in the SFT stage. Log-prob forwards run each
+            prompt and image once for its G completions (``rollout.grouped_completion_logits``), except the
+            policy's forward under gradient checkpointing, whose layers keep no KV cache: there every completion's
+            row repeats its prompt.
         learning_rate, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warmup + cosine decay,
             over optimizer steps (μ per rollout).
         max_grad_norm: gradient clipping by global norm; null disables it.
@@ -140,6 +142,7 @@ class GRPOModule(PolicyModule):
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
+        sdpa_backends: list[SdpaBackend] | None = None,
         max_consecutive_faults: int = 10,
     ) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ import torch
 from datamodules.ctrate import CTRATE_LABELS
 from datamodules.vqa_records import QUESTION_TYPES
 from evaluation.metrics import DiagnosisMetrics, VQAAccuracy
+from lightning_modules.attention import set_sdpa_backends
 from lightning_modules.model_loading import ensure_model_dir, load_model, load_processor
 from lightning_modules.rollout import end_token_ids, special_token_ids
 from lightning_modules.schedules import warmup_cosine
@@ -21,7 +22,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class PolicyModule(L.LightningModule):
     """Base of the training stages and the evaluator. Subclasses call ``save_hyperparameters()`` with at least:
-    model_path, build_embedded_if_missing, lora, attn_implementation, fsdp_param_dtype, max_new_tokens; training
+    model_path, build_embedded_if_missing, lora, attn_implementation, fsdp_param_dtype, max_new_tokens (and
+    sdpa_backends); training
     stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay, warmup_steps, min_lr_ratio.
     """
 
@@ -65,6 +67,7 @@ class PolicyModule(L.LightningModule):
         if self.model is not None:
             return
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
+        set_sdpa_backends(self.hparams.get("sdpa_backends"))
         self.tokenizer = load_processor(path).tokenizer
         self.model = self.load_policy(path)
         # Once per model, not per batch: the tokens that end an answer and the ones never to generate.

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 
 from datamodules.collate import IGNORE_INDEX
+from lightning_modules.attention import SdpaBackend
 from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
 from lightning_modules.model_loading import LoRASpec
 from lightning_modules.policy import PolicyModule
@@ -25,6 +26,8 @@ class SFTModule(PolicyModule):
         gradient_checkpointing: recompute activations in backward (real models on GPU).
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
+        sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
+            efficient, math: cuDNN attention re-plans every new shape (``lightning_modules/attention.py``).
         max_consecutive_faults: a step whose loss or gradient is not finite is skipped (no update), logged and
             counted (``train/skipped_steps``); this many in a row stop the run (0: never stop).
     """
@@ -43,6 +46,7 @@ class SFTModule(PolicyModule):
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
+        sdpa_backends: list[SdpaBackend] | None = None,
         max_consecutive_faults: int = 10,
     ) -> None:
         super().__init__()
