@@ -112,8 +112,10 @@ class CTVQADataset(Dataset):
         max_length: int,
         skip_bad_samples: bool,
         volume_cache_size: int,
+        keep_images: bool = False,
     ) -> None:
         self.records = records
+        self.keep_images = keep_images
         self.processor = processor
         self.metadata = metadata
         self.prompt_format = prompt_format
@@ -189,8 +191,9 @@ class CTVQADataset(Dataset):
         """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
         messages = build_messages(record["question"], record["options"], self.system_prompt)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pil = to_pil(image)
         with one_intra_op_thread():
-            enc = self.processor(text=[prompt], images=[to_pil(image)], return_tensors="pt")
+            enc = self.processor(text=[prompt], images=[pil], return_tensors="pt")
         target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
         target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
         prompt_ids = enc["input_ids"][0]
@@ -200,18 +203,21 @@ class CTVQADataset(Dataset):
                 f"{record['_where']}: prompt is {len(prompt_ids)} tokens, over max_length={self.max_length}"
             )
         target_ids = target_ids[: self.max_length - len(prompt_ids)]
+        meta = {
+            **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+            "abnormality": record.get("abnormality"),  # the label a presence question asks about
+            "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
+            "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
+        }
+        if self.keep_images:
+            meta["image"] = pil
         return {
             "prompt_ids": prompt_ids,
             "mm_token_type_ids": enc["mm_token_type_ids"][0],
             "pixel_values": enc["pixel_values"],
             "image_grid_thw": enc["image_grid_thw"],
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
-            "meta": {
-                **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
-                "abnormality": record.get("abnormality"),  # the label a presence question asks about
-                "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
-                "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
-            },
+            "meta": meta,
         }
 
 
@@ -241,6 +247,8 @@ class CTVQADataModule(L.LightningDataModule):
         shuffle: shuffle the training set each epoch; the order depends only on (seed, epoch), so a resumed fit
             continues exactly where its checkpoint left off.
         skip_bad_samples: skip, count and report bad samples instead of stopping at the first.
+        keep_images: each sample's ``meta["image"]`` also holds the PIL image its processor inputs were made from,
+            for rollout engines that take raw images (``lightning_modules/vllm_rollout.py``).
         seed: seed of the validation split and the training order; null follows the run's ``seed_everything``
             (as does ``synthetic.seed``), so one seed in the config fixes data, sampling and dropout.
         predict_split: the split ``cli.py predict`` answers (``test`` is CT-RATE's valid split).
@@ -270,6 +278,7 @@ class CTVQADataModule(L.LightningDataModule):
         num_workers: int = 0,
         skip_bad_samples: bool = False,
         volume_cache_size: int = 64,
+        keep_images: bool = False,
         seed: int | None = None,
         predict_split: Stage = "test",
         roi_source: ROISource | None = None,
@@ -379,6 +388,7 @@ class CTVQADataModule(L.LightningDataModule):
             max_length=self.hparams.max_length,
             skip_bad_samples=self.hparams.skip_bad_samples,
             volume_cache_size=self.hparams.volume_cache_size,
+            keep_images=self.hparams.keep_images,
         )
 
     def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:

@@ -46,6 +46,7 @@ from lightning_modules.rollout import (
     sample_completions,
     select_rows,
 )
+from lightning_modules.vllm_rollout import VLLMRollout
 from rewards.accuracy import accuracy_reward
 from rewards.format import format_reward
 from rewards.parsing import is_correct
@@ -103,6 +104,9 @@ class GRPOModule(PolicyModule):
         max_consecutive_faults: an optimizer step whose loss or gradient is not finite, or a rollout without usable
             rewards, is skipped (no update), logged and counted (``train/skipped_steps``); this many in a row stop
             the run (0: never stop).
+        rollout_engine: what samples the completions; null = our decode loop (``rollout.sample_completions``),
+            or ``lightning_modules.vllm_rollout.VLLMRollout`` when vLLM is installed (needs ``data.keep_images``).
+            Only the sampled tokens come from the engine: log-probs, loss and updates are the same.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class GRPOModule(PolicyModule):
         attn_implementation: str = "sdpa",
         sdpa_backends: list[SdpaBackend] | None = None,
         max_consecutive_faults: int = 10,
+        rollout_engine: VLLMRollout | None = None,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
@@ -158,7 +163,8 @@ class GRPOModule(PolicyModule):
         if num_iterations < 1:
             raise ValueError("num_iterations must be >= 1")
         # Callables are not checkpoint material (resume loads with weights_only); their names are.
-        self.save_hyperparameters(ignore=["reward_funcs"])
+        self.save_hyperparameters(ignore=["reward_funcs", "rollout_engine"])
+        self.rollout_engine = rollout_engine
         self.hparams.lora = lora
         self.hparams.reward_names = self.reward_names
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
@@ -242,6 +248,9 @@ class GRPOModule(PolicyModule):
     def rollout(self, batch: dict[str, Any], num_generations: int, seed: int) -> tuple[Rollout, list[str]]:
         """Sample completions (eval mode: no dropout) from a sampler seeded with ``seed``; decode them without
         special tokens."""
+        if self.rollout_engine is not None:
+            rollout = self.rollout_engine.sample(self, batch, num_generations, self.sampling, seed)
+            return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         if self._generator is None or self._generator.device != self.device:
             self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)

@@ -20,6 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ["sft_qwen2.5vl_3b_fsdp.yaml"],
         ["grpo.yaml"],
         ["grpo_qwen2.5vl_3b_fsdp.yaml"],
+        ["grpo_qwen2.5vl_3b_fsdp.yaml", "grpo_vllm.yaml"],
         ["roi_classifier.yaml"],
     ],
 )
