@@ -39,12 +39,9 @@ from lightning_modules.policy import PolicyModule
 from lightning_modules.rollout import (
     Rollout,
     SamplingConfig,
-    completion_logits,
     eval_mode,
     grouped_completion_logits,
-    repeat_prompts,
     sample_completions,
-    select_rows,
 )
 from lightning_modules.vllm_rollout import VLLMRollout
 from rewards.accuracy import accuracy_reward
@@ -64,9 +61,8 @@ class GRPOModule(PolicyModule):
     Args:
         model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, sdpa_backends,
             gradient_checkpointing, fsdp_param_dtype: the policy, as in the SFT stage. Log-prob forwards run each
-            prompt and image once for its G completions (``rollout.grouped_completion_logits``), except the
-            policy's forward under gradient checkpointing, whose layers keep no KV cache: there every completion's
-            row repeats its prompt.
+            prompt and image once for its G completions (``rollout.grouped_completion_logits``), with or without
+            gradient checkpointing.
         learning_rate, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warmup + cosine decay,
             over optimizer steps (μ per rollout).
         max_grad_norm: gradient clipping by global norm; null disables it.
@@ -329,12 +325,7 @@ class GRPOModule(PolicyModule):
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids, mask = rollout.completion_ids, rollout.completion_mask
-        if self.hparams.gradient_checkpointing and torch.is_grad_enabled():
-            # Checkpointed layers keep no KV cache to share: one row per completion, its prompt and image repeated.
-            prompts = select_rows(repeat_prompts(batch, rollout.num_generations), rows)
-            logits = completion_logits(model, prompts, ids[rows], mask[rows])
-        else:
-            logits = grouped_completion_logits(model, batch, ids, mask, rollout.num_generations, rows)
+        logits = grouped_completion_logits(model, batch, ids, mask, rollout.num_generations, rows)
         return token_logps_and_entropy(logits, ids[rows], self.hparams.temperature, with_entropy=with_entropy)
 
     @torch.no_grad()

@@ -11,12 +11,13 @@ sampled rollouts and the greedy validation answers, so what is trained is what i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from transformers.cache_utils import Cache, DynamicLayer
 
 # What a collated batch holds for its prompts: token ids, masks, and one image per row.
 PROMPT_KEYS = (
@@ -228,8 +229,8 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits predicting each completion token, (N, L, V), from one forward pass over prompt + completion.
 
-    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row. GRPO uses this only under
-    gradient checkpointing; otherwise ``grouped_completion_logits`` gives the same logits for less.
+    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row: the layout TRL trains on.
+    GRPO uses ``grouped_completion_logits``, the same logits for less; this is the reference the tests hold it to.
     """
     positions, next_position = prompt_positions(model, prompts)
     steps = torch.arange(completion_ids.size(1), device=completion_ids.device)
@@ -259,6 +260,56 @@ def select_rows(prompts: dict[str, torch.Tensor], rows: slice) -> dict[str, torc
     }
 
 
+class ReplaySafeLayer(DynamicLayer):
+    """One decoder layer's KV cache whose ``update`` gives the same answer when gradient checkpointing replays the
+    layer in backward, so a checkpointed layer may use it (HF's ``_can_checkpoint_with_cache``).
+
+    A ``DynamicLayer`` appends on every call, so a replay would append the same states twice. Here the states
+    before this forward are a fixed ``prefix`` (the prompt's, for completion rows) and ``update`` returns the
+    prefix joined with the new states without keeping them; with no prefix (the prompt's own forward) the first
+    call's states are recorded, for the completion forward to use, and the replay's equal states are not.
+    """
+
+    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.prefix = prefix
+        if prefix is not None:
+            self.keys, self.values = prefix
+            self.device, self.is_initialized = prefix[0].device, True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prefix is not None:
+            keys, values = self.prefix
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+        if not self.is_initialized:
+            self.keys, self.values = key_states, value_states
+            self.device, self.is_initialized = key_states.device, True
+        return key_states, value_states
+
+
+def is_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether gradient checkpointing is on in ``model``'s decoder layers (and would apply to this forward)."""
+    return torch.is_grad_enabled() and any(
+        getattr(module, "gradient_checkpointing", False) and module.training for module in model.modules()
+    )
+
+
+@contextmanager
+def checkpoint_with_cache(model: torch.nn.Module) -> Iterator[None]:
+    """Let the model's checkpointed layers take a cache for the block (transformers drops it otherwise); only
+    sound with ``ReplaySafeLayer`` caches, which a replay does not change."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class's False
+
+
 def grouped_completion_logits(
     model: torch.nn.Module,
     batch: dict[str, Any],
@@ -273,37 +324,44 @@ def grouped_completion_logits(
     image go through the vision tower and the decoder once, not once per completion: the prompt's KV cache is
     indexed out to the rows of its completions, as in sampling, and gradients flow back through that indexing.
     The prompt is most of each row (image tokens, system prompt, question), so this is most of the training forward.
-    Needs KV caches, which gradient checkpointing drops.
+    Under gradient checkpointing the caches are ``ReplaySafeLayer``s, which the backward replay of a layer reads
+    without changing, so checkpointed layers keep them (same logits and gradients as without checkpointing).
     """
     g = num_generations
     start, stop, _ = rows.indices(completion_ids.size(0))
     first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
     prompts = select_rows({key: batch[key] for key in PROMPT_KEYS}, slice(first, last))
     positions, next_position = prompt_positions(model, prompts)
-    out = model(
-        input_ids=prompts["prompt_input_ids"],
-        attention_mask=prompts["prompt_attention_mask"],
-        position_ids=positions,
-        mm_token_type_ids=prompts["prompt_mm_token_type_ids"],
-        pixel_values=prompts["pixel_values"],
-        image_grid_thw=prompts["image_grid_thw"],
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    owner = torch.arange(start, stop, device=completion_ids.device) // g - first  # each row's prompt
-    first_logits = out.logits[owner]  # the prompt's last position predicts the first completion token
-    ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
-    if ids.size(1) == 0:
-        return first_logits
-    cache = out.cache
-    cache.batch_select_indices(owner)
-    steps = torch.arange(ids.size(1), device=ids.device)
-    completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
-    logits = model(
-        input_ids=ids,  # the last token predicts nothing that is scored
-        attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
-        position_ids=completion_positions,
-        cache=cache,
-        use_cache=True,
-    ).logits
+    checkpointing = is_checkpointing(model)
+    with checkpoint_with_cache(model) if checkpointing else nullcontext():
+        out = model(
+            input_ids=prompts["prompt_input_ids"],
+            attention_mask=prompts["prompt_attention_mask"],
+            position_ids=positions,
+            mm_token_type_ids=prompts["prompt_mm_token_type_ids"],
+            pixel_values=prompts["pixel_values"],
+            image_grid_thw=prompts["image_grid_thw"],
+            cache=Cache(layer_class_to_replicate=ReplaySafeLayer) if checkpointing else None,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        owner = torch.arange(start, stop, device=completion_ids.device) // g - first  # each row's prompt
+        first_logits = out.logits[owner]  # the prompt's last position predicts the first completion token
+        ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
+        if ids.size(1) == 0:
+            return first_logits
+        cache = out.cache
+        if checkpointing:
+            cache = Cache(layers=[ReplaySafeLayer((layer.keys[owner], layer.values[owner])) for layer in cache.layers])
+        else:
+            cache.batch_select_indices(owner)
+        steps = torch.arange(ids.size(1), device=ids.device)
+        completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+        logits = model(
+            input_ids=ids,  # the last token predicts nothing that is scored
+            attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
+            position_ids=completion_positions,
+            cache=cache,
+            use_cache=True,
+        ).logits
     return torch.cat([first_logits, logits], dim=1)

@@ -103,8 +103,10 @@ def test_two_process_fsdp2_sharded_checkpoint_is_written_atomically_and_resumes(
     assert len(resumed) == 1  # only step 3 was trained again
 
 
-def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_root, tiny_model_dir):
-    """GRPO under FSDP2: sharded policy and reference, batch-std advantages across ranks, generation in lockstep."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_root, tiny_model_dir, checkpointing):
+    """GRPO under FSDP2: sharded policy and reference, batch-std advantages across ranks, generation in lockstep;
+    with gradient checkpointing too (the shared prompt's KV cache then crosses checkpointed, sharded layers)."""
     run = tmp_path / "grpo"
     config = {
         "model": {
@@ -120,6 +122,7 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
                 "reward_funcs": ["tests.test_grpo.vowel_reward"],
                 "reward_weights": None,
                 "log_completions_every_n_steps": 0,
+                "gradient_checkpointing": checkpointing,
             }
         },
         "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2},

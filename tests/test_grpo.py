@@ -287,17 +287,33 @@ def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_m
     assert "<|image_pad|>" not in "".join(completions)  # special tokens never reach the rewards
 
 
-def test_gradient_checkpointing_gives_the_shared_prompt_update(tmp_path, synthetic_root, tiny_model_dir):
-    """Under gradient checkpointing (no KV caches) each completion's row carries its prompt and image again; the
-    update equals the one whose G completions share one prompt forward."""
+class CountImages(L.Callback):
+    """Records how many images each call of the vision tower gets."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_fit_start(self, trainer, module):
+        def count(_module, args, kwargs):  # one row of grid_thw per image
+            self.seen.append(int((args[1] if len(args) > 1 else kwargs["grid_thw"]).shape[0]))
+
+        module.model.model.visual.register_forward_pre_hook(count, with_kwargs=True)
+
+
+def test_gradient_checkpointing_keeps_the_shared_prompt_forward(tmp_path, synthetic_root, tiny_model_dir):
+    """Under gradient checkpointing the G completions still share one prompt forward (the vision tower never sees
+    more than the batch's own images), and the update equals the one without checkpointing."""
     weights, losses = [], []
     for checkpointing in (False, True):
         module = GRPOModule(
             model_path=str(tiny_model_dir), gradient_checkpointing=checkpointing, max_grad_norm=None, **SMALL
         )
+        counter = CountImages()
         L.seed_everything(0)
-        fit = trainer(tmp_path / str(checkpointing), 1, callbacks=[], enable_checkpointing=False)
+        fit = trainer(tmp_path / str(checkpointing), 1, callbacks=[counter], enable_checkpointing=False)
         fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
+        batch_size = datamodule(synthetic_root, tiny_model_dir).hparams.batch_size
+        assert counter.seen and max(counter.seen) <= batch_size, counter.seen
         weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
         losses.append(fit.logged_metrics["train/policy_loss"].item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)

@@ -165,3 +165,51 @@ def test_grouped_logits_and_gradients_equal_one_row_per_completion(setup, rows):
     per_image = batch["image_grid_thw"].prod(-1).tolist()
     assert grouped_patches == [sum(per_image[start // g : (stop - 1) // g + 1])]  # each prompt's image once
     assert full_patches == [sum(per_image[i // g] for i in range(start, stop))]
+
+
+def _policy_logps_and_grads(model_dir, batch, grouped: bool, checkpointing: bool, rows: slice, saved: list[int]):
+    """Log-probs of 4 sampled completions per prompt with gradients, and the bytes autograd saved for backward."""
+    tokenizer = load_processor(model_dir).tokenizer
+    model = load_model(model_dir, gradient_checkpointing=checkpointing).train()
+    eos = end_token_ids(model, tokenizer)
+    with eval_mode(model):
+        rollout = sample_completions(
+            model,
+            batch,
+            4,
+            SamplingConfig(max_new_tokens=10),
+            eos,
+            tokenizer.pad_token_id,
+            special_token_ids(tokenizer, keep=eos),
+            generator=torch.Generator().manual_seed(1),
+        )
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        if grouped:
+            logits = grouped_completion_logits(model, batch, ids, mask, 4, rows)
+        else:
+            logits = completion_logits(model, select_rows(repeat_prompts(batch, 4), rows), ids[rows], mask[rows])
+    logps, _ = token_logps_and_entropy(logits, ids[rows], temperature=1.0)
+    (logps * mask[rows]).sum().backward()
+    return logps.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("rows", [slice(None), slice(2, 9)])
+def test_grouped_forward_under_gradient_checkpointing(setup, tiny_model_dir, rows):
+    """Checkpointed layers keep the shared prompt's cache (ReplaySafeLayer): the same log-probs and gradients as
+    without checkpointing, and less memory saved for backward than checkpointed repeated rows."""
+    batch = setup[2]
+    saved: dict[str, list[int]] = {"plain": [], "repeated": [], "grouped": []}
+    plain_logps, plain_grads = _policy_logps_and_grads(tiny_model_dir, batch, True, False, rows, saved["plain"])
+    _, repeated_grads = _policy_logps_and_grads(tiny_model_dir, batch, False, True, rows, saved["repeated"])
+    logps, grads = _policy_logps_and_grads(tiny_model_dir, batch, True, True, rows, saved["grouped"])
+    torch.testing.assert_close(logps, plain_logps, rtol=0, atol=1e-5)
+    assert grads.keys() == plain_grads.keys() == repeated_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5)
+    assert sum(saved["grouped"]) < sum(saved["repeated"]) < sum(saved["plain"])
