@@ -270,6 +270,10 @@ class VolumeCache:
         self.size = size
         self._volumes: OrderedDict[str, MetaTensor] = OrderedDict()
 
+    def path(self, volume_name: str) -> Path:
+        """Where the volume's NIfTI file is (whether or not it exists)."""
+        return self.paths[parse_volume_name(volume_name)[0]].volume(volume_name)
+
     def get(self, volume_name: str, meta: Mapping[str, Any] | None) -> MetaTensor:
         """The volume as ``load_ct_volume`` returns it; ``meta`` is its metadata row (None: the row is missing)."""
         if volume_name in self._volumes:
