@@ -22,9 +22,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class PolicyModule(L.LightningModule):
     """Base of the training stages and the evaluator. Subclasses call ``save_hyperparameters()`` with at least:
-    model_path, build_embedded_if_missing, lora, attn_implementation, fsdp_param_dtype, max_new_tokens (and
-    sdpa_backends); training
-    stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay, warmup_steps, min_lr_ratio.
+    model_path, build_embedded_if_missing, lora, attn_implementation, sdpa_backends, fsdp_param_dtype,
+    max_new_tokens; training stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay,
+    warmup_steps, min_lr_ratio.
     """
 
     def __init__(self) -> None:
