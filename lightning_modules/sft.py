@@ -57,8 +57,9 @@ class SFTModule(PolicyModule):
         self.faults = FaultCounter(max_consecutive_faults)
         self._loss_fault: str | None = None  # set by training_step, settled with the gradients' check
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Logits of prompt + target (the SFT view of the batch)."""
+    def forward(self, batch: dict[str, Any], logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits of prompt + target (the SFT view of the batch); of its last ``logits_to_keep`` positions only
+        when that is not 0."""
         return self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -66,13 +67,20 @@ class SFTModule(PolicyModule):
             pixel_values=batch["pixel_values"],
             image_grid_thw=batch["image_grid_thw"],
             use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch).float()
         # Position t predicts token t + 1. Shift the labels, not the logits: a slice of the (B, T, V) logits would
         # be copied for the loss, and its gradient copied back. The padded last column is ignored.
         labels = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+        # Rows are left-padded, so every answer sits at the end: the LM head and the cross-entropy run on the last
+        # positions from the earliest supervised one, not on the prompts (image tokens, question), which are
+        # most of each row. With a real vocabulary (151k) that is most of the head's time and of the logits' memory.
+        supervised_columns = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+        first = int(supervised_columns[0]) if supervised_columns.numel() else labels.size(1) - 1
+        labels = labels[:, first:]
+        logits = self(batch, logits_to_keep=labels.size(1)).float()
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX
         )
