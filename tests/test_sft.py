@@ -154,3 +154,20 @@ def test_loss_is_the_answer_only_cross_entropy(synthetic_root, tiny_model_dir):
     expected = torch.nn.functional.cross_entropy(logits[supervised], labels[supervised])
     torch.testing.assert_close(loss, expected)
     assert accuracy == (logits.argmax(-1) == labels)[supervised].float().mean()
+
+
+def test_the_lm_head_runs_on_the_answer_positions_only(synthetic_root, tiny_model_dir):
+    """Rows are left-padded, so answers end every row: the head sees the positions from the earliest answer token
+    on, not the prompts (image tokens, question)."""
+    module = SFTModule(model_path=str(tiny_model_dir), build_embedded_if_missing=False)
+    module.configure_model()
+    data = CTVQADataModule(data_dir=str(synthetic_root), processor_path=str(tiny_model_dir), max_samples=4)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    seen = []
+    module.model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        module._loss(batch)
+    labels = batch["labels"][:, 1:]
+    first_answer = int((labels != IGNORE_INDEX).any(dim=0).nonzero()[0])
+    assert seen == [labels.size(1) + 1 - first_answer] and seen[0] < batch["input_ids"].size(1) // 2
