@@ -8,8 +8,8 @@ minus the fields its model does not take (``meta`` and the prompt-only view used
 so its model computes the same answer-only cross-entropy from ``labels``. Each side runs in its own fresh process
 (``common.measure``); a fixed number of optimizer steps is timed after a few untimed warm-up steps.
 
-    python benchmarks/sft_vs_hf.py [--batch-size 8] [--steps 20] [--warmup 3] [--num-workers 0] [--image-size 112]
-                                   [--threads 1]
+    python benchmarks/sft_vs_hf.py [--batch-size 8] [--steps 20] [--warmup 3] [--rounds 3] [--num-workers 0]
+                                   [--image-size 112] [--threads 1]
 """
 
 from __future__ import annotations
@@ -222,6 +222,14 @@ def run_hf(
     return result(timer.ends, steps, batch_size, model)
 
 
+def median_over_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's numbers as the median over rounds (the parameter norm is the same in every round)."""
+    import statistics
+
+    keys = ("samples_per_s", "s_per_step", "median_s_per_step", "peak_rss_mib", "peak_gpu_mib")
+    return {**results[0], **{k: statistics.median(r[k] for r in results) for k in keys}}
+
+
 def check_same_loss(model_dir: str, data_dir: str, batch_size: int, image_size: int) -> dict[str, Any]:
     """Both sides' loss and gradients on the first batch they train on, from the same initial weights."""
     import torch
@@ -280,6 +288,7 @@ def main() -> None:
         "2 busy cores stall at every parallel region (steps 5-50x slower, at random)",
     )
     common.add_device_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each side, alternating (median)")
     parser.add_argument("--out", default="runs/bench/sft_vs_hf.json")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -297,8 +306,14 @@ def main() -> None:
         accelerator=args.accelerator,
         precision=args.precision,
     )
-    ours = common.measure(run_ours, **run)
-    hf = common.measure(run_hf, **run)
+    # Rounds alternate which side goes first, and the table takes each side's median over rounds: on a shared
+    # machine a burst of another process's work slows whichever side is running, a few steps at a time.
+    rounds = []
+    for r in range(args.rounds):
+        sides = [("ours", run_ours), ("hf", run_hf)]
+        rounds.append({name: common.measure(fn, **run) for name, fn in (sides if r % 2 == 0 else sides[::-1])})
+    ours, hf = (median_over_rounds([r[side] for r in rounds]) for side in ("ours", "hf"))
+    round_ratios = [r["ours"]["samples_per_s"] / r["hf"]["samples_per_s"] for r in rounds]
 
     settings = [
         ("model", "embedded tiny Qwen2.5-VL, fp32, sdpa", "same"),
@@ -333,16 +348,28 @@ def main() -> None:
         ("HF transformers.Trainer", *(hf[k] for k in speed), *(round(hf[k]) for _, k in memory)),
         ("ours / HF", *(ours[k] / hf[k] for k in (*speed, *(k for _, k in memory)))),
     ]
-    title = f"SFT, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}"
+    title = (
+        f"SFT, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, median of {args.rounds} round(s)"
+    )
     header = ["side", "samples/s", "s/step", "median s/step", *(name for name, _ in memory)]
     print(common.table(title, header, rows))
+    print("ours / HF samples/s in each round: " + ", ".join(f"{x:.3f}" for x in round_ratios))
     print(
         f"Parameter L2 norm after training (equal when both trained alike): ours {ours['param_norm']:.6f}, "
         f"HF {hf['param_norm']:.6f}"
     )
     print(common.machine())
     common.save(
-        {"settings": vars(args), "loss_check": check, "ours": ours, "hf": hf, "machine": common.machine()}, args.out
+        {
+            "settings": vars(args),
+            "loss_check": check,
+            "ours": ours,
+            "hf": hf,
+            "rounds": rounds,
+            "round_ratios": round_ratios,
+            "machine": common.machine(),
+        },
+        args.out,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -181,12 +181,21 @@ class GRPOModule(PolicyModule):
         """The frozen reference copy (full fine-tuning with beta > 0), else None."""
         return self._reference_holder[0] if self._reference_holder else None
 
+    def setup(self, stage: str) -> None:
+        """Start the rollout engine (vLLM) before the model and optimizer take their share of the GPU."""
+        if stage == "fit" and self.rollout_engine is not None:
+            self.rollout_engine.setup(self)
+
     def on_fit_start(self) -> None:
         """Load the frozen reference (full fine-tuning with beta > 0) only for fitting, in the policy's dtype."""
         if self.hparams.beta == 0.0 or self.hparams.lora is not None or self.frozen_reference is not None:
             return
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
-        reference = self.load_policy(path, reference=True)
+        # Straight onto this process's device, as Lightning loads the policy in configure_model: loaded on the CPU
+        # and moved, every weight would pass through host memory. (Sharded: fully_shard places the shards.)
+        sharded = getattr(self, "device_mesh", None) is not None
+        with nullcontext() if sharded else torch.device(self.device):
+            reference = self.load_policy(path, reference=True)
         dtype = next(self.model.parameters()).dtype  # e.g. bf16-true converts only registered modules
         self._reference_holder = [reference.to(device=self.device, dtype=dtype)]
 

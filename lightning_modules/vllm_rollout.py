@@ -22,6 +22,7 @@ weights it is sent.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,20 +59,24 @@ def rollout_from_token_lists(
     return Rollout(ids.to(device), mask.to(device), truncated.to(device), None, num_generations)
 
 
-def completion_tokens(output: Any, eos_token_ids: Sequence[int]) -> list[int]:
+def completion_tokens(output: Any) -> list[int]:
     """A vLLM ``CompletionOutput``'s tokens, ending with the stop token when one stopped it (our rollouts keep the
     end token: it is scored, and it is what tells a finished completion from a truncated one)."""
     tokens = list(output.token_ids)
     stop = getattr(output, "stop_reason", None)
+    # vLLM (V1) keeps the stop token in token_ids; this guards versions or paths that would leave it out.
     if output.finish_reason == "stop" and isinstance(stop, int) and (not tokens or tokens[-1] != stop):
         tokens.append(stop)
-    elif output.finish_reason == "stop" and stop is None and (not tokens or tokens[-1] not in eos_token_ids):
-        tokens.append(eos_token_ids[0])  # stopped by the model's EOS, which vLLM left out
     return tokens
 
 
-def vllm_prompts(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """vLLM's inputs for a collated CT-VQA batch: each prompt's token ids without padding, and its PIL image."""
+def vllm_prompts(batch: dict[str, Any], image_token_id: int) -> list[dict[str, Any]]:
+    """vLLM's inputs for a collated CT-VQA batch: each prompt's token ids without padding, and its PIL image.
+
+    Our processor has already expanded each image's placeholder into one ``<|image_pad|>`` per merged patch;
+    vLLM expands a token prompt's placeholder itself, so each run of them is collapsed back to one (passed
+    expanded, a prompt would silently get the run twice over).
+    """
     rows = []
     for ids, mask, meta in zip(batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["meta"], strict=True):
         if meta.get("image") is None:
@@ -79,7 +84,9 @@ def vllm_prompts(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "VLLMRollout needs the images themselves: set `data.keep_images: true` (CTVQADataModule), so "
                 "each sample's meta carries the PIL image its prompt was made from"
             )
-        rows.append({"prompt_token_ids": ids[mask.bool()].tolist(), "multi_modal_data": {"image": meta["image"]}})
+        tokens = ids[mask.bool()].tolist()
+        collapsed = [t for i, t in enumerate(tokens) if t != image_token_id or i == 0 or tokens[i - 1] != t]
+        rows.append({"prompt_token_ids": collapsed, "multi_modal_data": {"image": meta["image"]}})
     return rows
 
 
@@ -110,16 +117,45 @@ def named_weights_for_vllm(model: torch.nn.Module) -> Iterator[tuple[str, torch.
             model.unmerge_adapter()
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for the rendezvous of a single-process vLLM engine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def runner_model(llm: Any) -> torch.nn.Module:
+    """The model inside an in-process vLLM engine, where weights are loaded (its place moved between versions)."""
+    paths = (
+        "llm_engine.model_executor.driver_worker.model_runner.model",  # TRL 1.16's
+        "llm_engine.model_executor.driver_worker.worker.model_runner.model",
+        "llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.model",
+    )
+    for path in paths:
+        node = llm
+        try:
+            for attribute in path.split("."):
+                node = getattr(node, attribute)
+        except AttributeError:
+            continue
+        return node
+    raise RuntimeError(f"cannot find the model inside this vLLM version's engine (tried llm.{', llm.'.join(paths)})")
+
+
 class VLLMRollout:
     """Sample GRPO rollouts with a colocated vLLM engine (needs ``pip install vllm`` and a GPU).
 
     Args:
         gpu_memory_utilization: share of the GPU's memory vLLM may take (weights + KV cache); the rest is
-            training's.
-        max_model_len: longest prompt + completion vLLM plans for (null: the model's own limit).
+            training's. Checked against the memory free when the fit starts, where the engine is created.
+        max_model_len: longest prompt + completion vLLM plans for (null: the model's own limit, e.g. 128k
+            positions for Qwen2.5-VL; set it near ``data.max_length`` + ``max_new_tokens`` to save memory).
         max_num_seqs: most sequences vLLM decodes at once (null: vLLM's default).
+        max_num_batched_tokens: tokens per vLLM scheduler step; TRL's 4096 (vLLM's memory profiler misjudges
+            the default).
         enforce_eager: no CUDA graphs (less memory, slower decoding).
-        enable_sleep_mode: release vLLM's weights and KV cache between rollouts (for tight memory).
+        enable_sleep_mode: free vLLM's weights and KV cache between rollouts (for tight memory): its weights are
+            then sent again before every rollout.
     """
 
     def __init__(
@@ -127,19 +163,23 @@ class VLLMRollout:
         gpu_memory_utilization: float = 0.3,
         max_model_len: int | None = None,
         max_num_seqs: int | None = None,
+        max_num_batched_tokens: int = 4096,
         enforce_eager: bool = False,
         enable_sleep_mode: bool = False,
     ) -> None:
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.enforce_eager = enforce_eager
         self.enable_sleep_mode = enable_sleep_mode
         self.llm: Any = None
-        self._synced_step = -1
+        self._synced_step: int | None = None  # the optimizer step whose weights the engine holds
+        self._allowed: list[int] | None = None
 
     def setup(self, module: GRPOModule) -> None:
-        """Start this process's vLLM engine on its GPU (once)."""
+        """Start this process's vLLM engine on its GPU (once). GRPOModule calls it in ``setup("fit")``, before the
+        policy, reference and optimizer take their memory: vLLM sizes its share from the memory free then."""
         if self.llm is not None:
             return
         try:
@@ -150,17 +190,19 @@ class VLLMRollout:
                 "built for this torch), or remove rollout_engine to sample with the built-in decoder"
             ) from err
         trainer = module.trainer
-        # vLLM's external launcher reads the process's place in the job from the environment, as torchrun sets it.
-        os.environ.setdefault("RANK", str(trainer.global_rank))
-        os.environ.setdefault("LOCAL_RANK", str(trainer.local_rank))
-        os.environ.setdefault("WORLD_SIZE", str(trainer.world_size))
+        # vLLM's external launcher reads the process's place in the job from the environment, as torchrun sets it;
+        # the trainer's view is the one that counts. A single process has no rendezvous yet: a free port.
+        os.environ.update(
+            RANK=str(trainer.global_rank), LOCAL_RANK=str(trainer.local_rank), WORLD_SIZE=str(trainer.world_size)
+        )
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         kwargs: dict[str, Any] = dict(
             model=str(module.hparams.model_path),
             tensor_parallel_size=1,
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_model_len=self.max_model_len,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             enforce_eager=self.enforce_eager,
             enable_sleep_mode=self.enable_sleep_mode,
             distributed_executor_backend="external_launcher",
@@ -171,15 +213,26 @@ class VLLMRollout:
             kwargs["max_num_seqs"] = self.max_num_seqs
         self.llm = LLM(**kwargs)
         if self.enable_sleep_mode:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)  # weights and KV cache freed; the weights are sent again at the next rollout
 
+    @torch.no_grad()
     def sync_weights(self, module: GRPOModule) -> None:
         """Copy the policy's current weights into the engine (every rank takes part: gathers are collectives)."""
-        runner_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        target = runner_model(self.llm)
         for name, tensor in named_weights_for_vllm(module.model):
-            runner_model.load_weights([(name, tensor)])
+            target.load_weights([(name, tensor)])
         self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
         self._synced_step = module.global_step
+
+    def allowed_tokens(self, module: GRPOModule) -> list[int]:
+        """The tokenizer's ids minus the special tokens our sampler never emits (built once).
+
+        vLLM checks the list against the tokenizer's length, not the embedding's (padded) size.
+        """
+        if self._allowed is None:
+            suppressed = set(module.suppressed_tokens)
+            self._allowed = [i for i in range(len(module.tokenizer)) if i not in suppressed]
+        return self._allowed
 
     def sample(
         self, module: GRPOModule, batch: dict[str, Any], num_generations: int, sampling: SamplingConfig, seed: int
@@ -189,25 +242,34 @@ class VLLMRollout:
 
         self.setup(module)
         if self.enable_sleep_mode:
-            self.llm.wake_up()
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self._synced_step = None  # level 2 sleep dropped them
         if self._synced_step != module.global_step:
             self.sync_weights(module)
-        suppressed = set(module.suppressed_tokens)
-        vocab = module.model.get_input_embeddings().num_embeddings
+        # vLLM refuses greedy decoding with n > 1: one greedy answer, repeated.
+        n = num_generations if sampling.do_sample else 1
         params = SamplingParams(
-            n=num_generations,
+            n=n,
             temperature=sampling.temperature if sampling.do_sample else 0.0,
             top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=list(module.end_tokens),
-            allowed_token_ids=[i for i in range(vocab) if i not in suppressed],
+            allowed_token_ids=self.allowed_tokens(module),
             seed=seed,
         )
-        outputs = self.llm.generate(vllm_prompts(batch), sampling_params=params, use_tqdm=False)
-        if self.enable_sleep_mode:
-            self.llm.sleep(level=1)
-        completions = [completion_tokens(out, module.end_tokens) for request in outputs for out in request.outputs]
+        image_token = module.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        try:
+            if self.enable_sleep_mode:
+                self.llm.wake_up(tags=["kv_cache"])
+            outputs = self.llm.generate(vllm_prompts(batch, image_token), sampling_params=params, use_tqdm=False)
+        finally:
+            if self.enable_sleep_mode:
+                self.llm.sleep(level=2)
+        completions = [
+            completion_tokens(out) for request in outputs for out in request.outputs * (num_generations // n)
+        ]
         return rollout_from_token_lists(
             completions, num_generations, module.end_tokens, module.tokenizer.pad_token_id, module.device
         )

@@ -57,30 +57,30 @@ def test_token_lists_give_the_samplers_own_rollout(synthetic_root, tiny_model_di
 
 
 def test_a_stopped_completion_keeps_its_stop_token():
-    end = [7, 9]
-    assert completion_tokens(SimpleNamespace(token_ids=[1, 2], finish_reason="stop", stop_reason=9), end) == [1, 2, 9]
-    assert completion_tokens(SimpleNamespace(token_ids=[1, 9], finish_reason="stop", stop_reason=9), end) == [1, 9]
-    assert completion_tokens(SimpleNamespace(token_ids=[1, 2], finish_reason="stop", stop_reason=None), end) == [
-        1,
-        2,
-        7,
-    ]
-    assert completion_tokens(SimpleNamespace(token_ids=[1, 2], finish_reason="length", stop_reason=None), end) == [1, 2]
+    assert completion_tokens(SimpleNamespace(token_ids=[1, 2], finish_reason="stop", stop_reason=9)) == [1, 2, 9]
+    assert completion_tokens(SimpleNamespace(token_ids=[1, 9], finish_reason="stop", stop_reason=9)) == [1, 9]
+    assert completion_tokens(SimpleNamespace(token_ids=[1, 7], finish_reason="stop", stop_reason=None)) == [1, 7]
+    assert completion_tokens(SimpleNamespace(token_ids=[1, 2], finish_reason="length", stop_reason=None)) == [1, 2]
 
 
 def test_prompts_are_unpadded_ids_with_the_image_the_processor_saw(synthetic_root, tiny_model_dir):
     dm = _datamodule(synthetic_root, tiny_model_dir, keep_images=True, image_size=84)
     batch = next(iter(dm.train_dataloader()))
-    prompts = vllm_prompts(batch)
+    pad = dm.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    prompts = vllm_prompts(batch, pad)
     dataset = dm.datasets["train"]
     by_id = {r["id"]: r for r in dataset.records}
     for prompt, meta in zip(prompts, batch["meta"], strict=True):
         expected = dataset.encode(by_id[meta["id"]], dataset.image(by_id[meta["id"]]))["prompt_ids"].tolist()
-        assert prompt["prompt_token_ids"] == expected
+        # vLLM expands the image placeholder itself: the processor's run of pads comes back as one.
+        first = expected.index(pad)
+        run = expected.count(pad)
+        assert run > 1 and expected[first : first + run] == [pad] * run
+        assert prompt["prompt_token_ids"] == expected[: first + 1] + expected[first + run :]
         image = prompt["multi_modal_data"]["image"]
         assert isinstance(image, Image.Image) and max(image.size) == 84
     with pytest.raises(ValueError, match="keep_images"):
-        vllm_prompts(next(iter(_datamodule(synthetic_root, tiny_model_dir).train_dataloader())))
+        vllm_prompts(next(iter(_datamodule(synthetic_root, tiny_model_dir).train_dataloader())), pad)
 
 
 def test_weights_sent_are_the_checkpoints_names_with_lora_merged(tiny_model_dir):
