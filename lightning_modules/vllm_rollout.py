@@ -13,10 +13,12 @@ Sampling matches ``SamplingConfig``: temperature, top-p, top-k, the completion b
 tokens, and the special tokens our sampler never emits left out of ``allowed_token_ids``. Rollouts are seeded per
 step as ours are, but vLLM's random stream is its own, so the same seed does not give the same tokens.
 
-This module was written against TRL 1.16's colocate code path and vLLM's public ``LLM`` API; the project's
-machines have no vLLM (and no GPU in CI), so only the parts below that do not need vLLM are tested here
-(``tests/test_vllm_rollout.py``): turning vLLM's outputs into a ``Rollout``, the prompts it is given, and the
-weights it is sent.
+This module was written against TRL 1.16's colocate code path and vLLM's sources (V1 engine), and reviewed
+against them: prompts go in with one image placeholder per image (vLLM expands it; the processor's expanded run
+would be expanded again, silently), the stop token stays in ``token_ids``, and the transformers 5 parameter
+names are mapped by vLLM's Qwen2.5-VL loader. The project's machines have no vLLM (and no GPU in CI), so only the
+parts that do not need vLLM are tested here (``tests/test_vllm_rollout.py``): turning vLLM's outputs into a
+``Rollout``, the prompts it is given, the weights it is sent, and GRPO training on an engine's tokens.
 """
 
 from __future__ import annotations
