@@ -30,7 +30,8 @@ What is not like-for-like (by design of each library):
   (policy, reference) also run each prompt and image once per group; TRL runs G copies of every prompt and image
   through ``generate`` and each forward. That is the difference being measured.
 - sampling: the same distribution (temperature, top-p, top-k, suppressed tokens) but different random streams.
-- TRL projects the LM head in tiles (its fused head) and never materialises the logits; we do.
+- TRL projects the LM head in tiles (its fused head) and never materialises the logits; we do, unless
+  ``--logprob-chunk-size`` (``GRPOModule(logprob_chunk_size=…)``) makes them a chunk at a time.
 - logging: ours logs its per-step metrics through ``self.log`` (no logger attached); TRL keeps its metrics in
   memory (``logging_steps`` beyond the run). Neither prints completions, validates or checkpoints.
 - peak RSS is each whole process: Lightning, MONAI and our data module on one side, TRL, datasets and accelerate
@@ -140,6 +141,7 @@ def run_ours(
     accelerator: str,
     precision: str,
     full_length: bool,
+    logprob_chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Our GRPOModule fitted by a Lightning Trainer, as ``cli.py fit`` runs it (no logger, checkpoint or validation)."""
     import lightning as L
@@ -188,6 +190,7 @@ def run_ours(
         num_iterations=1,
         mask_truncated_completions=False,
         micro_batch_size=None,  # the whole rollout in one forward/backward, as TRL's batch of P × G
+        logprob_chunk_size=logprob_chunk_size,
         log_completions_every_n_steps=0,
         sampling_seed=SEED,
         gradient_checkpointing=gradient_checkpointing,
@@ -350,6 +353,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--natural-length", action="store_true", help="let completions end (default: forced to full length)"
     )
+    parser.add_argument(
+        "--logprob-chunk-size",
+        type=int,
+        default=None,
+        help="ours: LM-head chunk of the log-prob forwards (TRL always tiles its head)",
+    )
     common.add_device_arguments(parser)
     parser.add_argument("--hidden-size", type=int, default=128, help="model width (128: the embedded tiny model)")
     parser.add_argument("--num-layers", type=int, default=4, help="decoder layers (4: the embedded tiny model)")
@@ -381,7 +390,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Read when torch is imported in each spawned side, before set_num_threads (also sizes MKL's and OpenMP's pools).
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    ours = common.measure(run_ours, model_dir=str(model_dir), data_dir=str(data_dir), full_length=full_length, **shared)
+    ours = common.measure(
+        run_ours,
+        model_dir=str(model_dir),
+        data_dir=str(data_dir),
+        full_length=full_length,
+        logprob_chunk_size=args.logprob_chunk_size,
+        **shared,
+    )
     trl = common.measure(
         run_trl,
         model_dir=str(model_dir),
@@ -417,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         ("rewards (weights)", f"accuracy, format, validity {REWARD_WEIGHTS}", "same, wrapped"),
         ("LoRA", lora, lora),
         ("micro-batches", "1 (whole rollout)", "1 (whole rollout)"),
+        ("LM head in log-prob forwards", f"logprob_chunk_size={args.logprob_chunk_size}", "tiled (TRL's own)"),
         ("gradient checkpointing", str(args.gradient_checkpointing), str(args.gradient_checkpointing)),
         ("SDPA kernels (GPU)", "flash, efficient, math (default sdpa_backends)", "torch's choice (cuDNN allowed)"),
         ("prompt ids", "ours", "identical" if same_prompts else "DIFFERENT"),

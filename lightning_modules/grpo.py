@@ -39,8 +39,10 @@ from lightning_modules.policy import PolicyModule
 from lightning_modules.rollout import (
     Rollout,
     SamplingConfig,
+    chunked_head_logps,
     eval_mode,
     grouped_completion_logits,
+    grouped_forward,
     sample_completions,
 )
 from lightning_modules.vllm_rollout import VLLMRollout
@@ -90,6 +92,11 @@ class GRPOModule(PolicyModule):
             ``scale_rewards``, are masked out of the loss: their tokens leave bnpo's and dapo's token counts,
             while grpo and dr_grpo keep TRL's per-sequence denominators, as for masked truncated completions.
         micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
+        logprob_chunk_size: tokens per LM-head chunk in the log-prob forwards: the (tokens × vocabulary) logits
+            are made a chunk at a time and freed (made again in backward) instead of all at once, as TRL's tiled
+            head; the same log-probs. Null = all at once. With a real 151k vocabulary the logits are most of a
+            micro-batch's activation memory (8 completions × 256 tokens: 1.2 GB in fp32, twice with their
+            log-softmax). Not under FSDP2, where the head's weight is sharded outside the model's forward.
         num_generations_eval: completions sampled per validation prompt for ``val/reward`` and
             ``val/rewards/<name>/mean`` (TRL's eval rewards); 0 = greedy accuracy only.
         log_completions_every_n_steps, num_completions_to_print: a rich table of sampled completions.
@@ -135,6 +142,7 @@ class GRPOModule(PolicyModule):
         mask_truncated_completions: bool = False,
         dynamic_sampling: bool = False,
         micro_batch_size: int | None = None,
+        logprob_chunk_size: int | None = None,
         num_generations_eval: int = 4,
         log_completions_every_n_steps: int = 20,
         num_completions_to_print: int = 4,
@@ -188,6 +196,11 @@ class GRPOModule(PolicyModule):
 
     def on_fit_start(self) -> None:
         """Load the frozen reference (full fine-tuning with beta > 0) only for fitting, in the policy's dtype."""
+        if self.hparams.get("logprob_chunk_size") and getattr(self, "device_mesh", None) is not None:
+            raise ValueError(
+                "logprob_chunk_size works on unsharded models only: under FSDP2 the LM head's weight is sharded "
+                "outside the model's forward. Use micro_batch_size to bound the logits' memory instead."
+            )
         if self.hparams.beta == 0.0 or self.hparams.lora is not None or self.frozen_reference is not None:
             return
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
@@ -333,9 +346,19 @@ class GRPOModule(PolicyModule):
         rows: slice,
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids, mask = rollout.completion_ids, rollout.completion_mask
-        logits = grouped_completion_logits(model, batch, ids, mask, rollout.num_generations, rows)
-        return token_logps_and_entropy(logits, ids[rows], self.hparams.temperature, with_entropy=with_entropy)
+        ids, mask, temperature = rollout.completion_ids, rollout.completion_mask, self.hparams.temperature
+        chunk = self.hparams.get("logprob_chunk_size")
+        if not chunk:
+            logits = grouped_completion_logits(model, batch, ids, mask, rollout.num_generations, rows)
+            return token_logps_and_entropy(logits, ids[rows], temperature, with_entropy=with_entropy)
+        first_logits, hidden = grouped_forward(model, batch, ids, mask, rollout.num_generations, rows, hidden=True)
+        first = token_logps_and_entropy(first_logits, ids[rows][:, :1], temperature, with_entropy=with_entropy)
+        if hidden is None:
+            return first
+        head = model.get_output_embeddings()
+        rest = chunked_head_logps(hidden, head, ids[rows][:, 1:], temperature, with_entropy, chunk)
+        logps = torch.cat([first[0], rest[0]], dim=1)
+        return logps, torch.cat([first[1], rest[1]], dim=1) if with_entropy else None
 
     @torch.no_grad()
     def _fixed_logps(

@@ -318,7 +318,24 @@ def grouped_completion_logits(
     num_generations: int,
     rows: slice = slice(None),
 ) -> torch.Tensor:
-    """Logits predicting each completion token of rollout rows ``rows``, (n, L, V), each prompt run only once.
+    """Logits predicting each completion token of rollout rows ``rows``, (n, L, V), each prompt run only once
+    (``grouped_forward``)."""
+    first_logits, rest = grouped_forward(model, batch, completion_ids, completion_mask, num_generations, rows)
+    return first_logits if rest is None else torch.cat([first_logits, rest], dim=1)
+
+
+def grouped_forward(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    num_generations: int,
+    rows: slice = slice(None),
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits predicting the first completion token of rollout rows ``rows``, (n, 1, V), and what predicts
+    the others, (n, L - 1, ·): their logits, or with ``hidden`` the final hidden states the LM head would turn
+    into them (for ``chunked_head_logps``, which never holds all the logits at once); None when L = 1.
 
     The same numbers as ``completion_logits`` on ``repeat_prompts`` rows (to float tolerance), but a prompt and its
     image go through the vision tower and the decoder once, not once per completion: the prompt's KV cache is
@@ -349,7 +366,7 @@ def grouped_completion_logits(
         first_logits = out.logits[owner]  # the prompt's last position predicts the first completion token
         ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
         if ids.size(1) == 0:
-            return first_logits
+            return first_logits, None
         cache = out.cache
         if checkpointing:
             cache = Cache(layers=[ReplaySafeLayer((layer.keys[owner], layer.values[owner])) for layer in cache.layers])
@@ -357,11 +374,44 @@ def grouped_completion_logits(
             cache.batch_select_indices(owner)
         steps = torch.arange(ids.size(1), device=ids.device)
         completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
-        logits = model(
+        out = model(
             input_ids=ids,  # the last token predicts nothing that is scored
             attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
             position_ids=completion_positions,
             cache=cache,
             use_cache=True,
-        ).logits
-    return torch.cat([first_logits, logits], dim=1)
+            # No position's logits (an empty index), but the final, normed hidden states.
+            **({"output_hidden_states": True, "logits_to_keep": ids.new_empty(0)} if hidden else {}),
+        )
+    return first_logits, out.hidden_states[-1] if hidden else out.logits
+
+
+def chunked_head_logps(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    tokens: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logps_and_entropy(head(hidden), tokens)`` with the (tokens × vocabulary) logits made ``chunk_size``
+    tokens at a time and freed: under autograd each chunk is checkpointed, so backward makes its logits again
+    instead of keeping them. Same values; the logits' memory is one chunk's."""
+    from torch.utils.checkpoint import checkpoint
+
+    from lightning_modules.grpo_loss import token_logps_and_entropy
+
+    shape = tokens.shape
+    flat_hidden, flat_tokens = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return token_logps_and_entropy(head(h), t, temperature, with_entropy=with_entropy)
+
+    logps, entropies = [], []
+    for start in range(0, flat_tokens.numel(), chunk_size):
+        h, t = flat_hidden[start : start + chunk_size], flat_tokens[start : start + chunk_size]
+        lp, ent = checkpoint(piece, h, t, use_reentrant=False) if torch.is_grad_enabled() else piece(h, t)
+        logps.append(lp)
+        entropies.append(ent)
+    entropy = torch.cat(entropies).view(shape) if with_entropy else None
+    return torch.cat(logps).view(shape), entropy

@@ -319,3 +319,20 @@ def test_gradient_checkpointing_keeps_the_shared_prompt_forward(tmp_path, synthe
     assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
     for key in weights[0]:  # as with micro-batches: Adam's first step is ±lr (1e-3) wherever a gradient is
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)
+
+
+def test_chunked_lm_head_gives_the_same_update(tmp_path, synthetic_root, tiny_model_dir):
+    """``logprob_chunk_size``: the logits made a few tokens at a time give the update of the full logits."""
+    weights, losses = [], []
+    for chunk in (None, 5):
+        module = GRPOModule(
+            model_path=str(tiny_model_dir), logprob_chunk_size=chunk, beta=0.1, max_grad_norm=None, **SMALL
+        )
+        L.seed_everything(0)
+        fit = trainer(tmp_path / str(chunk), 1, callbacks=[], enable_checkpointing=False)
+        fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
+        weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+        losses.append(fit.logged_metrics["train/policy_loss"].item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)

@@ -213,3 +213,54 @@ def test_grouped_forward_under_gradient_checkpointing(setup, tiny_model_dir, row
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5)
     assert sum(saved["grouped"]) < sum(saved["repeated"]) < sum(saved["plain"])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_chunked_lm_head_gives_the_same_logps_and_gradients(setup, tiny_model_dir, checkpointing):
+    """``chunked_head_logps`` over the hidden states equals the full logits path, and keeps less for backward."""
+    from lightning_modules.rollout import chunked_head_logps, grouped_forward
+
+    batch = setup[2]
+    tokenizer = load_processor(tiny_model_dir).tokenizer
+    results = []
+    for chunked in (False, True):
+        model = load_model(tiny_model_dir, gradient_checkpointing=checkpointing).train()
+        eos = end_token_ids(model, tokenizer)
+        with eval_mode(model):
+            rollout = sample_completions(
+                model,
+                batch,
+                4,
+                SamplingConfig(max_new_tokens=12),
+                eos,
+                tokenizer.pad_token_id,
+                special_token_ids(tokenizer, keep=eos),
+                generator=torch.Generator().manual_seed(2),
+            )
+        ids, mask = rollout.completion_ids, rollout.completion_mask
+        saved: list[int] = []
+
+        def pack(tensor, saved=saved):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            if chunked:
+                first_logits, hidden = grouped_forward(model, batch, ids, mask, 4, hidden=True)
+                first, _ = token_logps_and_entropy(first_logits, ids[:, :1], 0.9, with_entropy=False)
+                head = model.get_output_embeddings()
+                rest, entropy = chunked_head_logps(hidden, head, ids[:, 1:], 0.9, True, chunk_size=7)
+                logps = torch.cat([first, rest], dim=1)
+            else:
+                logits = grouped_completion_logits(model, batch, ids, mask, 4)
+                logps, entropy = token_logps_and_entropy(logits, ids, 0.9)
+                entropy = entropy[:, 1:]
+        (logps * mask).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logps.detach(), entropy, grads, sum(saved)))
+    (plain, plain_entropy, plain_grads, plain_saved), (chunked, entropy, grads, saved) = results
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(entropy, plain_entropy, rtol=0, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5)
+    assert saved < plain_saved
