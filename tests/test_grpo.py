@@ -253,23 +253,31 @@ def test_a_failing_reward_names_itself_and_the_sample(tmp_path, synthetic_root, 
     assert fit.logged_metrics["train/rewards/broken_reward/errors"].item() == 8  # 2 prompts × 4 completions
 
 
+def one_step(tmp_path, synthetic_root, tiny_model_dir, name: str, callbacks=(), **settings):
+    """Weights and policy loss after one GRPO step (SMALL settings + ``settings``), same start, data and seed."""
+    module = GRPOModule(model_path=str(tiny_model_dir), max_grad_norm=None, **{**SMALL, **settings})
+    L.seed_everything(0)
+    fit = trainer(tmp_path / name, 1, callbacks=list(callbacks), enable_checkpointing=False)
+    fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
+    weights = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    return weights, fit.logged_metrics["train/policy_loss"].item()
+
+
+def assert_same_update(expected, got) -> None:
+    """Same loss, and the same weights to within Adam's first step (about lr · sign(grad), lr 1e-3): summation
+    order can flip the sign of near-zero gradients, but a lost, doubled or wrong gradient moves a weight by 1e-3."""
+    assert got[1] == pytest.approx(expected[1], rel=1e-5, abs=1e-7)
+    for key in expected[0]:
+        torch.testing.assert_close(got[0][key], expected[0][key], rtol=0, atol=1e-4)
+
+
 def test_micro_batches_accumulate_to_the_whole_rollout_update(tmp_path, synthetic_root, tiny_model_dir):
     """dapo normalises by the rollout's token count, so 4 micro-batches of 2 give the one-pass update."""
-    weights, losses = [], []
-    for micro in (None, 2):
-        module = GRPOModule(model_path=str(tiny_model_dir), micro_batch_size=micro, max_grad_norm=None, **SMALL)
-        L.seed_everything(0)
-        fit = trainer(tmp_path / str(micro), 1, callbacks=[], enable_checkpointing=False)
-        fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
-        weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
-        losses.append(fit.logged_metrics["train/policy_loss"].item())
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
-    moved = [k for k in weights[0] if not torch.equal(weights[0][k], load_model(tiny_model_dir).state_dict()[k])]
-    assert moved
-    # Adam's first step is about lr · sign(grad): summation-order noise in near-zero gradients can flip a few
-    # signs, so the check is against the step size (1e-3), which any lost or double-counted micro-batch exceeds.
-    for key in weights[0]:
-        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)
+    whole = one_step(tmp_path, synthetic_root, tiny_model_dir, "whole", micro_batch_size=None)
+    micro = one_step(tmp_path, synthetic_root, tiny_model_dir, "micro", micro_batch_size=2)
+    start = load_model(tiny_model_dir).state_dict()
+    assert [k for k in whole[0] if not torch.equal(whole[0][k], start[k])]  # the step moved weights
+    assert_same_update(whole, micro)
 
 
 def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_model_dir):
@@ -303,36 +311,26 @@ class CountImages(L.Callback):
 def test_gradient_checkpointing_keeps_the_shared_prompt_forward(tmp_path, synthetic_root, tiny_model_dir):
     """Under gradient checkpointing the G completions still share one prompt forward (the vision tower never sees
     more than the batch's own images), and the update equals the one without checkpointing."""
-    weights, losses = [], []
+    batch_size = datamodule(synthetic_root, tiny_model_dir).hparams.batch_size
+    updates = []
     for checkpointing in (False, True):
-        module = GRPOModule(
-            model_path=str(tiny_model_dir), gradient_checkpointing=checkpointing, max_grad_norm=None, **SMALL
-        )
         counter = CountImages()
-        L.seed_everything(0)
-        fit = trainer(tmp_path / str(checkpointing), 1, callbacks=[counter], enable_checkpointing=False)
-        fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
-        batch_size = datamodule(synthetic_root, tiny_model_dir).hparams.batch_size
+        updates.append(
+            one_step(
+                tmp_path,
+                synthetic_root,
+                tiny_model_dir,
+                str(checkpointing),
+                callbacks=[counter],
+                gradient_checkpointing=checkpointing,
+            )
+        )
         assert counter.seen and max(counter.seen) <= batch_size, counter.seen
-        weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
-        losses.append(fit.logged_metrics["train/policy_loss"].item())
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
-    for key in weights[0]:  # as with micro-batches: Adam's first step is ±lr (1e-3) wherever a gradient is
-        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)
+    assert_same_update(*updates)
 
 
 def test_chunked_lm_head_gives_the_same_update(tmp_path, synthetic_root, tiny_model_dir):
     """``logprob_chunk_size``: the logits made a few tokens at a time give the update of the full logits."""
-    weights, losses = [], []
-    for chunk in (None, 5):
-        module = GRPOModule(
-            model_path=str(tiny_model_dir), logprob_chunk_size=chunk, beta=0.1, max_grad_norm=None, **SMALL
-        )
-        L.seed_everything(0)
-        fit = trainer(tmp_path / str(chunk), 1, callbacks=[], enable_checkpointing=False)
-        fit.fit(module, datamodule=datamodule(synthetic_root, tiny_model_dir, shuffle=False))
-        weights.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
-        losses.append(fit.logged_metrics["train/policy_loss"].item())
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
-    for key in weights[0]:
-        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-4)
+    full = one_step(tmp_path, synthetic_root, tiny_model_dir, "full", beta=0.1)
+    chunked = one_step(tmp_path, synthetic_root, tiny_model_dir, "chunked", beta=0.1, logprob_chunk_size=5)
+    assert_same_update(full, chunked)

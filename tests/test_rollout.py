@@ -167,8 +167,8 @@ def test_grouped_logits_and_gradients_equal_one_row_per_completion(setup, rows):
     assert full_patches == [sum(per_image[i // g] for i in range(start, stop))]
 
 
-def _policy_logps_and_grads(model_dir, batch, grouped: bool, checkpointing: bool, rows: slice, saved: list[int]):
-    """Log-probs of 4 sampled completions per prompt with gradients, and the bytes autograd saved for backward."""
+def _training_model_and_rollout(model_dir, batch, checkpointing: bool, max_new_tokens: int, seed: int):
+    """A fresh model in training mode (optionally checkpointed) and 4 completions per prompt sampled from it."""
     tokenizer = load_processor(model_dir).tokenizer
     model = load_model(model_dir, gradient_checkpointing=checkpointing).train()
     eos = end_token_ids(model, tokenizer)
@@ -177,19 +177,30 @@ def _policy_logps_and_grads(model_dir, batch, grouped: bool, checkpointing: bool
             model,
             batch,
             4,
-            SamplingConfig(max_new_tokens=10),
+            SamplingConfig(max_new_tokens=max_new_tokens),
             eos,
             tokenizer.pad_token_id,
             special_token_ids(tokenizer, keep=eos),
-            generator=torch.Generator().manual_seed(1),
+            generator=torch.Generator().manual_seed(seed),
         )
-    ids, mask = rollout.completion_ids, rollout.completion_mask
+    return model, rollout
+
+
+def _saving_bytes(saved: list[int]):
+    """Autograd's saved tensors of the block, their bytes appended to ``saved``."""
 
     def pack(tensor):
         saved.append(tensor.numel() * tensor.element_size())
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+
+
+def _policy_logps_and_grads(model_dir, batch, grouped: bool, checkpointing: bool, rows: slice, saved: list[int]):
+    """Log-probs of 4 sampled completions per prompt with gradients, and the bytes autograd saved for backward."""
+    model, rollout = _training_model_and_rollout(model_dir, batch, checkpointing, max_new_tokens=10, seed=1)
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    with _saving_bytes(saved):
         if grouped:
             logits = grouped_completion_logits(model, batch, ids, mask, 4, rows)
         else:
@@ -221,30 +232,12 @@ def test_chunked_lm_head_gives_the_same_logps_and_gradients(setup, tiny_model_di
     from lightning_modules.rollout import chunked_head_logps, grouped_forward
 
     batch = setup[2]
-    tokenizer = load_processor(tiny_model_dir).tokenizer
     results = []
     for chunked in (False, True):
-        model = load_model(tiny_model_dir, gradient_checkpointing=checkpointing).train()
-        eos = end_token_ids(model, tokenizer)
-        with eval_mode(model):
-            rollout = sample_completions(
-                model,
-                batch,
-                4,
-                SamplingConfig(max_new_tokens=12),
-                eos,
-                tokenizer.pad_token_id,
-                special_token_ids(tokenizer, keep=eos),
-                generator=torch.Generator().manual_seed(2),
-            )
+        model, rollout = _training_model_and_rollout(tiny_model_dir, batch, checkpointing, max_new_tokens=12, seed=2)
         ids, mask = rollout.completion_ids, rollout.completion_mask
         saved: list[int] = []
-
-        def pack(tensor, saved=saved):
-            saved.append(tensor.numel() * tensor.element_size())
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with _saving_bytes(saved):
             if chunked:
                 first_logits, hidden = grouped_forward(model, batch, ids, mask, 4, hidden=True)
                 first, _ = token_logps_and_entropy(first_logits, ids[:, :1], 0.9, with_entropy=False)
