@@ -11,7 +11,7 @@ sampled rollouts and the greedy validation answers, so what is trained is what i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,18 +289,17 @@ class ReplaySafeLayer(DynamicLayer):
         return key_states, value_states
 
 
-def is_checkpointing(model: torch.nn.Module) -> bool:
-    """Whether gradient checkpointing is on in ``model``'s decoder layers (and would apply to this forward)."""
-    return torch.is_grad_enabled() and any(
-        getattr(module, "gradient_checkpointing", False) and module.training for module in model.modules()
-    )
+def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers of ``model`` that gradient checkpointing would replay in a forward now (none without grad)."""
+    if not torch.is_grad_enabled():
+        return []
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m.training]
 
 
 @contextmanager
-def checkpoint_with_cache(model: torch.nn.Module) -> Iterator[None]:
-    """Let the model's checkpointed layers take a cache for the block (transformers drops it otherwise); only
-    sound with ``ReplaySafeLayer`` caches, which a replay does not change."""
-    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+def checkpoint_with_cache(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Let these checkpointed layers take a cache for the block (transformers drops it otherwise); only sound
+    with ``ReplaySafeLayer`` caches, which a replay does not change."""
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
@@ -349,8 +348,9 @@ def grouped_forward(
     first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
     prompts = select_rows({key: batch[key] for key in PROMPT_KEYS}, slice(first, last))
     positions, next_position = prompt_positions(model, prompts)
-    checkpointing = is_checkpointing(model)
-    with checkpoint_with_cache(model) if checkpointing else nullcontext():
+    layers = checkpointed_layers(model)
+    checkpointing = bool(layers)
+    with checkpoint_with_cache(layers):
         out = model(
             input_ids=prompts["prompt_input_ids"],
             attention_mask=prompts["prompt_attention_mask"],
