@@ -15,9 +15,8 @@ leave a half-written file. HU are stored as int16 where that is exact (fixed CT-
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.ctrate import VolumeCache
+from evaluation.report import atomic_write_bytes
 
 
 class SliceCache:
@@ -55,14 +55,7 @@ class SliceCache:
             return np.load(path).astype(np.float32, copy=False)
         hu = cut()
         as_int = hu.astype(np.int16)
-        store = as_int if np.array_equal(as_int, hu) else hu
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{index}.", suffix=".npy.partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, store)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        buffer = io.BytesIO()
+        np.save(buffer, as_int if np.array_equal(as_int, hu) else hu)
+        atomic_write_bytes(path, buffer.getvalue())
         return hu
