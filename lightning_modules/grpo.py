@@ -166,11 +166,11 @@ class GRPOModule(PolicyModule):
             raise ValueError("num_generations must be >= 2: advantages compare completions of the same prompt")
         if num_iterations < 1:
             raise ValueError("num_iterations must be >= 1")
-        # Callables are not checkpoint material (resume loads with weights_only); their names are.
+        # Callables are not checkpoint material (resume loads with weights_only). Only __init__ arguments go into
+        # hparams: LightningCLI hands a checkpoint's hparams back to __init__ when given its path.
         self.save_hyperparameters(ignore=["reward_funcs", "rollout_engine"])
         self.rollout_engine = rollout_engine
         self.hparams.lora = lora
-        self.hparams.reward_names = self.reward_names
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.sampling = SamplingConfig(max_new_tokens, temperature, top_p, top_k, do_sample=True)
         self.automatic_optimization = False  # one rollout feeds μ optimizer steps
