@@ -52,6 +52,23 @@ class Advantages:
     group_without_spread: torch.Tensor  # (N,) bool, the completion's group has one reward value (DAPO's filter)
 
 
+def spread_stats(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred values, std and a no-spread flag along ``dim``, NaNs left out; exact where the values are all equal.
+
+    Returns ``(x - mean, std, no_spread)`` with ``std`` and ``no_spread`` kept as size-1 ``dim``. ``no_spread`` is
+    decided by value: every non-NaN entry equal (or fewer than two of them). There the centred values are exactly 0
+    and the std exactly 0: in fp32 the mean of G equal non-dyadic values (1 - 1/3 · 0.5, …) is not always that value,
+    which left a std of ~1e-7 and gave every completion of a constant group the same small, non-zero advantage.
+    """
+    present = ~torch.isnan(x)
+    highest = torch.where(present, x, torch.full_like(x, -torch.inf)).amax(dim=dim, keepdim=True)
+    lowest = torch.where(present, x, torch.full_like(x, torch.inf)).amin(dim=dim, keepdim=True)
+    no_spread = (highest <= lowest) | (present.sum(dim=dim, keepdim=True) < 2)
+    centred = torch.where(no_spread, torch.zeros_like(x), x - torch.nanmean(x, dim=dim, keepdim=True))
+    std = torch.where(no_spread, torch.zeros_like(highest), nanstd(x, dim=dim, keepdim=True))
+    return torch.where(present, centred, x), std, no_spread
+
+
 def group_advantages(
     rewards_per_func: torch.Tensor,
     weights: torch.Tensor,
@@ -64,33 +81,37 @@ def group_advantages(
     ``rewards_per_func`` is (N, K) with NaN where a reward function returned None. NaNs are left out of every
     mean and std (a function that does not apply does not move the baseline); a completion no function scored
     gets advantage 0. For ``scale_rewards="batch"`` pass the whole global batch (all ranks), then slice.
+    A group whose rewards are all equal (``spread_stats``, by value) has std exactly 0, advantages exactly 0,
+    ``is_std_zero`` and ``group_without_spread`` set, whatever the weights and reward values.
     """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', not {scale_rewards!r}")
     g = num_generations
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
     raw = weighted_reward(rewards_per_func, weights)
-    group_std = nanstd(raw.view(-1, g), dim=1).repeat_interleave(g) if g > 1 else torch.zeros_like(raw)
-    group_without_spread = torch.nan_to_num(group_std, nan=0.0) == 0
+    centred, group_std, group_without_spread = spread_stats(raw.view(-1, g), 1)
+    centred = centred.reshape(-1)
+    group_std, group_without_spread = (t.expand(-1, g).reshape(-1) for t in (group_std, group_without_spread))
     if aggregation == "sum_then_normalize":
         rewards = raw
-        mean = torch.nanmean(rewards.view(-1, g), dim=1).repeat_interleave(g)
-        if scale_rewards in ("group", "none"):
-            std = nanstd(rewards.view(-1, g), dim=1).repeat_interleave(g) if g > 1 else torch.zeros_like(rewards)
-        elif scale_rewards == "batch":
-            std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+        if scale_rewards == "batch":
+            std = spread_stats(rewards, 0)[1].expand_as(rewards)
         else:
-            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', not {scale_rewards!r}")
-        advantages = rewards - mean
-        if scale_rewards != "none":
-            advantages = advantages / (std + STD_EPS)
+            std = group_std
+        advantages = centred if scale_rewards == "none" else centred / (std + STD_EPS)
     elif aggregation == "normalize_then_sum":
         grouped = rewards_per_func.view(-1, g, rewards_per_func.size(1))
-        mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
-        std_k = nanstd(grouped, dim=1, keepdim=True) if g > 1 else torch.zeros_like(mean_k)
-        per_func = ((grouped - mean_k) / (std_k + STD_EPS)).view(-1, rewards_per_func.size(1))
+        centred_k, std_k, no_spread_k = spread_stats(grouped, 1)
+        per_func = (centred_k / (std_k + STD_EPS)).view(-1, rewards_per_func.size(1))
         rewards = (per_func * weights.unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
-        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
-        advantages = (rewards - torch.nanmean(rewards)) / (std + STD_EPS)
+        batch_centred, std, _ = spread_stats(rewards, 0)
+        std = std.expand_as(rewards)
+        advantages = batch_centred / (std + STD_EPS)
+        # A group where no function has any spread has normalised rewards exactly 0 and, every group being centred,
+        # a batch mean that is 0 up to rounding: its advantage is 0, not minus that rounding.
+        silent = no_spread_k.all(dim=2).expand(-1, g).reshape(-1)
+        advantages = torch.where(silent, torch.zeros_like(advantages), advantages)
     else:
         raise ValueError(f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', not {aggregation!r}")
     is_std_zero = torch.isclose(std, torch.zeros_like(std))

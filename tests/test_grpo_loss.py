@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_modules.grpo_loss import (
     STD_EPS,
@@ -79,6 +81,48 @@ def test_spread_filter_and_logged_rewards_do_not_depend_on_the_scaling_mode():
         out = group_advantages(rewards, weights, 2, scale_rewards=scale, aggregation=aggregation)
         assert out.group_without_spread.tolist() == [True, True, False, False], (scale, aggregation)
         torch.testing.assert_close(out.rewards, torch.tensor([1.0, 1.0, 0.5, 1.5]))  # raw weighted sums
+
+
+# Shaping values and weights that are not dyadic fractions: their fp32 sums round, which is what used to leave a
+# constant group with a std of ~1e-7 and a small one-directional advantage.
+_REWARD_VALUES = st.sampled_from([0.0, 1.0, 0.5, -1 / 3, 0.35, -0.1, 2 / 3, None])
+_WEIGHTS = st.sampled_from([1.0, 0.5, 0.35, 0.1, 1 / 3, 2.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    num_generations=st.sampled_from([2, 3, 4, 6, 8, 16]),
+    row=st.lists(_REWARD_VALUES, min_size=1, max_size=4),
+    weights=st.data(),
+    spread_group=st.booleans(),
+    scale=st.sampled_from(["group", "batch", "none"]),
+    aggregation=st.sampled_from(["sum_then_normalize", "normalize_then_sum"]),
+)
+def test_a_group_of_equal_rewards_has_exactly_zero_std_and_advantage(
+    num_generations, row, weights, spread_group, scale, aggregation
+):
+    g, k = num_generations, len(row)
+    w = torch.tensor(weights.draw(st.lists(_WEIGHTS, min_size=k, max_size=k)))
+    constant = torch.tensor([[math.nan if v is None else v for v in row]] * g)
+    # A second group with spread (batch scaling and normalize_then_sum look across groups).
+    other = torch.arange(g * k, dtype=torch.float32).view(g, k) / 7 if spread_group else constant
+    out = group_advantages(torch.cat([constant, other]), w, g, scale_rewards=scale, aggregation=aggregation)
+    assert out.advantages[:g].tolist() == [0.0] * g  # exactly: no phantom push
+    assert out.group_without_spread[:g].all()  # dynamic_sampling filters it
+    if scale != "batch" and aggregation == "sum_then_normalize":
+        assert out.std[:g].tolist() == [0.0] * g
+        assert out.is_std_zero[:g].all()  # counted in frac_reward_zero_std
+    if spread_group and all(v is not None for v in row):
+        assert not out.group_without_spread[g:].any()
+
+
+def test_the_issue_case_g8_weights_1_half_half_penalty_third():
+    rewards = torch.tensor([[1.0, 0.0, -1 / 3]] * 8)
+    out = group_advantages(rewards, torch.tensor([1.0, 0.5, 0.5]), 8)
+    assert out.std.tolist() == [0.0] * 8
+    assert out.advantages.tolist() == [0.0] * 8
+    assert out.is_std_zero.float().mean().item() == 1.0
+    assert out.group_without_spread.all()
 
 
 def test_nanstd_is_unbiased_and_ignores_nan():
