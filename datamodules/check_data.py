@@ -3,13 +3,15 @@
     python -m datamodules.check_data --data_dir data/synthetic-ctrate [--vqa_dir DIR] [--splits train valid]
         [--max_volumes N]
 
-Everything is read by the readers training uses (``ctrate.py``, ``vqa_records.py``), and nothing stops at the
-first problem: an unreadable file is one problem, and the checks go on. The checks:
+Everything is read by the readers training uses (``ctrate.py``, ``vqa_records.py``) and judged by the checks they
+apply when they read (``data_checks.py``), so a problem found here is the one a loader would raise, with the same
+file, line and field; only, nothing stops at the first problem: an unreadable file is one problem, and the checks go
+on. The checks:
 
 - ``csv``: each split's metadata and labels CSV (and reports CSV, when present) exist, have the columns
-  ``read_split`` requires, and every row has a VolumeName and parseable geometry / 0-1 labels;
-- ``volumes``: every volume in the metadata is on disk, ``load_ct_volume`` reads it, and its HU range is plausible
-  (``AIR_HU``, ``MIN_HU``, ``MAX_HU``);
+  ``read_split`` requires, and every row has a unique, well-formed VolumeName and usable geometry / 0-1 labels;
+- ``volumes``: every volume in the metadata is on disk, ``load_ct_volume`` reads it, its values are finite and its
+  HU range is plausible (``AIR_HU``, ``MIN_HU``, ``MAX_HU``), and its lesion mask, if any, lies on its grid;
 - ``vqa``: ``<vqa_dir>/<split>.jsonl`` lines are well-formed, name a volume of that split's metadata and its patient;
 - ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``);
 - ``patients``: no patient in two splits, neither in CT-RATE's metadata nor in the VQA files.
@@ -19,21 +21,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import random
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import pandas as pd
-import torch
 
 from datamodules.ctrate import (
-    AXCODES,
     CTRATE_LABELS,
     GEOMETRY_COLUMNS,
     REPORT_COLUMNS,
@@ -42,24 +41,30 @@ from datamodules.ctrate import (
     CTRATEPaths,
     affine_from_metadata,
     display_path,
-    list_field,
     load_ct_volume,
-    parse_volume_name,
+    lps_grid,
+    mask_grid_of,
     patient_id,
     read_csv_checked,
 )
+from datamodules.data_checks import AIR_HU as AIR_HU  # the HU checks, also under their old names here
+from datamodules.data_checks import MAX_HU as MAX_HU
+from datamodules.data_checks import MIN_HU as MIN_HU
+from datamodules.data_checks import (
+    CSVProblem,
+    check_mask_grid,
+    duplicate_problems,
+    geometry_problems,
+    label_problems,
+    name_problems,
+    row_lines,
+    unknown_problems,
+    volume_shape,
+)
+from datamodules.data_checks import hu_problems as hu_problems
 from datamodules.vqa_records import read_vqa_jsonl
 
 CHECKS = ("csv", "volumes", "vqa", "roi", "patients")
-# HU plausibility of a volume as load_ct_volume returns it (after its raw-or-HU detection and rescale).
-# A chest CT always holds air (around the body, in the lungs): no voxel under AIR_HU means the values are not HU,
-# typically raw stored values whose RescaleSlope/RescaleIntercept are wrong or missing.
-AIR_HU = -500.0
-# Scanners pad outside the field of view with -3024 HU (-1024 - 2000) at the lowest; lower means mis-scaled.
-MIN_HU = -3100.0
-# Dense bone is ~2000 HU and the standard 12-bit scale ends at 3071; higher means a wrong slope (extended-scale
-# metal reconstructions can exceed it: look at such a volume before dropping it).
-MAX_HU = 5000.0
 _MAX_VOLUMES_SEED = 0  # the --max_volumes sample is the same on every run
 
 
@@ -97,77 +102,11 @@ def default_vqa_dir(data_dir: str | Path, vqa_dir: str | Path | None) -> Path | 
     return default if default.is_dir() else None
 
 
-def _record_lines(path: Path) -> list[int]:
-    """The line each CSV record starts on (header first); quoted fields may span lines, so not simply i + 2."""
-    starts: list[int] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        before = 0
-        for record in reader:
-            if record:  # pandas skips blank lines too
-                starts.append(before + 1)
-            before = reader.line_num
-    return starts
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None (pandas reads an empty cell as NaN)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _geometry_problems(row: dict[str, Any]) -> Iterable[tuple[str, str]]:
-    """(field, message) for each geometry field of a metadata row that ``load_ct_volume`` could not use."""
-    slope, intercept, z = (_number(row.get(k)) for k in ("RescaleSlope", "RescaleIntercept", "ZSpacing"))
-    if slope is None or slope == 0:
-        yield "RescaleSlope", f"{row.get('RescaleSlope')!r} is not a non-zero number"
-    if intercept is None:
-        yield "RescaleIntercept", f"{row.get('RescaleIntercept')!r} is not a number"
-    if z is None or z <= 0:
-        yield "ZSpacing", f"{row.get('ZSpacing')!r} is not a positive number"
-    for name, n in (("XYSpacing", 2), ("ImagePositionPatient", 3), ("ImageOrientationPatient", 6)):
-        try:
-            values = list_field(row, name, n)
-        except BadSampleError:
-            yield name, f"{row.get(name)!r} is not a list of {n} numbers"
-            continue
-        if name == "XYSpacing" and min(values) <= 0:
-            yield name, f"{row.get(name)!r} has a non-positive spacing"
-
-
 def lps_shape(path: str | Path, meta: dict[str, Any]) -> tuple[int, int, int]:
-    """(X, Y, Z) of a volume as ``load_ct_volume`` returns it, from the NIfTI header alone (no voxel data read).
-
-    The loader reorients with the metadata affine, so the header's shape is permuted the same way.
-    """
-    header_shape = nib.load(str(path)).shape  # nibabel reads voxel data lazily: only the header is decoded
-    if len(header_shape) != 3:
-        raise BadSampleError(f"expected a 3D volume, got shape {tuple(header_shape)}")
-    ornt = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine_from_metadata(meta)), nib.orientations.axcodes2ornt(tuple(AXCODES))
-    )
-    shape = [0, 0, 0]
-    for axis, size in zip(ornt[:, 0].astype(int), header_shape, strict=True):
-        shape[axis] = int(size)
-    return shape[0], shape[1], shape[2]
-
-
-def hu_problems(volume: torch.Tensor) -> list[str]:
-    """Why a loaded volume's values do not look like CT in HU (empty when they do)."""
-    if not torch.isfinite(volume).all():
-        return ["holds NaN or infinite values"]
-    low, high = float(volume.min()), float(volume.max())
-    out = []
-    if low > AIR_HU:
-        out.append(f"no voxel below {AIR_HU:g} HU (min {low:g}): no air, so not HU (raw values never rescaled?)")
-    if low < MIN_HU:
-        out.append(f"min {low:g} HU is below {MIN_HU:g}: not CT in HU")
-    if high > MAX_HU:
-        out.append(f"max {high:g} HU is above {MAX_HU:g}: not CT in HU")
-    return out
+    """(X, Y, Z) of a volume as ``load_ct_volume`` returns it, from the NIfTI header alone (no voxel data read)."""
+    # nibabel reads voxel data lazily: only the header is decoded. The loader's rule for what a volume is.
+    header_shape = volume_shape(nib.load(str(path)).shape, display_path(path))
+    return lps_grid(header_shape, affine_from_metadata(meta))
 
 
 def _vqa_problem(text: str) -> Problem:
@@ -202,80 +141,62 @@ class _Checker:
     def add(self, check: str, path: str | Path, message: str, line: int | None = None, name: str | None = None) -> None:
         self.problems.append(Problem(check, str(path), line, name, message))
 
-    def read_csv(
-        self, path: Path, required: Sequence[str], check_row: Callable[[dict[str, Any], int], object]
-    ) -> pd.DataFrame | None:
-        """Read one CSV with ``read_csv_checked``, report its missing columns and call ``check_row(row, line)``."""
+    def add_csv(self, path: Path, problems: list[CSVProblem]) -> None:
+        for line, name, message in sorted(problems, key=lambda p: p[0]):  # stable: a line's fields in check order
+            self.add("csv", path, message, line, name)
+
+    def read_csv(self, path: Path, required: Sequence[str]) -> tuple[pd.DataFrame, list[int], list[bool]] | None:
+        """One CSV read as ``read_table`` reads it: the frame, each row's line and whether its VolumeName can be used.
+
+        Its missing columns and the ``read_table`` problems (VolumeName missing, malformed or listed again) are
+        reported; None when it cannot be read at all (reported too).
+        """
         try:
             df = read_csv_checked(path, ())
-            starts = _record_lines(path)
+            lines = row_lines(path, len(df))
         except (BadSampleError, OSError, UnicodeDecodeError, csv.Error) as e:
             self.add("csv", path, str(e).removeprefix(f"{display_path(path)}: "))
             return None
-        missing = [col for col in required if col not in df.columns]
-        for col in missing:
+        for col in (c for c in dict.fromkeys(("VolumeName", *required)) if c not in df.columns):
             self.add("csv", path, "required column is missing", name=col)
-        if len(starts) != len(df) + 1:  # the two parsers disagree (unusual quoting): count lines as pandas would
-            starts = list(range(1, len(df) + 2))
-        for i, row in enumerate(df.to_dict(orient="records")):
-            check_row(row, starts[i + 1])
-        return df
-
-    def volume_name(self, path: Path, row: dict[str, Any], line: int) -> str | None:
-        """The row's VolumeName when it names a CT-RATE volume of a known split, else None (reported)."""
-        name = row.get("VolumeName")
-        if not isinstance(name, str):
-            self.add("csv", path, "missing", line, "VolumeName")
-            return None
-        try:
-            split = parse_volume_name(name)[0]
-        except BadSampleError as e:
-            self.add("csv", path, str(e).removeprefix(f"VolumeName {name!r} "), line, "VolumeName")
-            return None
-        if split not in SPLITS:
-            self.add("csv", path, f"{name!r}: split {split!r} is not one of {SPLITS}", line, "VolumeName")
-            return None
-        return name
+        if "VolumeName" not in df.columns:
+            return df, lines, [False] * len(df)
+        names = df["VolumeName"].tolist()
+        problems = name_problems(names, lines) + duplicate_problems(names, lines)
+        self.add_csv(path, problems)
+        bad = {line for line, _, _ in problems}
+        return df, lines, [line not in bad for line in lines]
 
     def csvs(self, split: str) -> _SplitMeta:
         """Metadata, labels and reports CSVs of a split; returns what the metadata holds for the later checks."""
         paths = CTRATEPaths(self.data_dir, split)
         meta = _SplitMeta()
+        read = self.read_csv(paths.metadata_csv, GEOMETRY_COLUMNS)
+        if read is not None:
+            meta.readable = True
+            df, lines, usable = read
+            geometry: list[CSVProblem] = []
+            for row, line, ok in zip(df.to_dict(orient="records"), lines, usable, strict=True):
+                if not ok:
+                    continue
+                name = row["VolumeName"]
+                meta.rows[name], meta.lines[name] = row, line
+                for col, message in geometry_problems(row):
+                    if col in row:  # a missing column is reported once, not per row
+                        geometry.append((line, col, message))
+                    meta.bad_geometry.add(name)
+            self.add_csv(paths.metadata_csv, geometry)
 
-        def metadata_row(row: dict[str, Any], line: int) -> None:
-            name = self.volume_name(paths.metadata_csv, row, line)
-            if name is None:
-                return
-            if name in meta.rows:
-                first = meta.lines[name]
-                self.add(
-                    "csv", paths.metadata_csv, f"{name!r} is listed again (first on line {first})", line, "VolumeName"
-                )
-                return
-            meta.rows[name], meta.lines[name] = row, line
-            for col, message in _geometry_problems(row):
-                if col in row:  # a missing column is reported once, not per row
-                    self.add("csv", paths.metadata_csv, message, line, col)
-                meta.bad_geometry.add(name)
-
-        meta.readable = self.read_csv(paths.metadata_csv, GEOMETRY_COLUMNS, metadata_row) is not None
-
-        def labels_row(row: dict[str, Any], line: int) -> None:
-            name = self.volume_name(paths.labels_csv, row, line)
-            if name is not None and meta.readable and name not in meta.rows:
-                where = display_path(paths.metadata_csv)
-                self.add("csv", paths.labels_csv, f"{name!r} has no row in {where}", line, "VolumeName")
-            for col in CTRATE_LABELS:
-                # read_split's rule is isin([0, 1]); one bad cell makes pandas read its column's good cells as
-                # strings, so a cell is judged by its number, and only the cells to fix are reported.
-                if col in row and _number(row[col]) not in (0, 1):
-                    self.add("csv", paths.labels_csv, f"must be 0 or 1, got {row[col]!r}", line, col)
-
-        self.read_csv(paths.labels_csv, ("VolumeName", *CTRATE_LABELS), labels_row)
+        read = self.read_csv(paths.labels_csv, CTRATE_LABELS)
+        if read is not None:
+            df, lines, usable = read
+            problems = label_problems(df, lines, CTRATE_LABELS)
+            if meta.readable:
+                names = [n if ok else None for n, ok in zip(df["VolumeName"], usable, strict=True)]
+                problems += unknown_problems(names, lines, set(meta.rows), display_path(paths.metadata_csv))
+            self.add_csv(paths.labels_csv, problems)
         if paths.reports_csv.is_file():  # optional, as for read_split
-            self.read_csv(
-                paths.reports_csv, REPORT_COLUMNS, lambda row, line: self.volume_name(paths.reports_csv, row, line)
-            )
+            self.read_csv(paths.reports_csv, REPORT_COLUMNS)
         return meta
 
     def volumes(self, metas: dict[str, _SplitMeta], max_volumes: int | None) -> None:
@@ -299,7 +220,7 @@ class _Checker:
     def volume(self, split: str, name: str, meta: _SplitMeta) -> None:
         paths = CTRATEPaths(self.data_dir, split)
         path = paths.volume(name)
-        where = f"{display_path(paths.metadata_csv)} line {meta.lines[name]}"
+        where = f"{display_path(paths.metadata_csv)}:{meta.lines[name]}"
         if not path.is_file():
             self.add("volumes", path, f"file not found (listed in {where})")
             self.bad_volumes.add(name)
@@ -307,18 +228,19 @@ class _Checker:
         if name in meta.bad_geometry:
             return  # its metadata row is reported; the loader cannot place it
         try:
-            volume = load_ct_volume(path, meta.rows[name])
+            volume = load_ct_volume(path, meta.rows[name])  # the loader's own checks: readable, finite, HU
         except Exception as e:  # corrupt files raise many types; each is one problem, and the checks go on
             message = str(e).removeprefix(f"{display_path(path)}: ")
             self.add("volumes", path, message if isinstance(e, BadSampleError) else f"{type(e).__name__}: {e}")
             self.bad_volumes.add(name)
             return
         self.shapes[name] = (int(volume.shape[1]), int(volume.shape[2]), int(volume.shape[3]))
-        row = meta.rows[name]
-        rescale = f"RescaleSlope {row['RescaleSlope']}, RescaleIntercept {row['RescaleIntercept']}"
-        for message in hu_problems(volume):
-            self.add("volumes", path, f"{message}; check the file's scaling and {where}: {rescale}")
-            self.bad_volumes.add(name)
+        mask = paths.lesion_mask(name)
+        if mask.is_file():
+            try:
+                check_mask_grid(mask, mask_grid_of(mask, meta.rows[name]), self.shapes[name])
+            except BadSampleError as e:
+                self.add("volumes", mask, str(e).removeprefix(f"{display_path(mask)}: "))
 
     def shape(self, split: str, name: str, meta: _SplitMeta) -> tuple[int, int, int] | None:
         """A volume's LPS shape: from its loaded volume, else from its NIfTI header (cheap: --max_volumes)."""

@@ -19,14 +19,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import VQACollator
-from datamodules.ctrate import (
-    GEOMETRY_COLUMNS,
-    BadSampleError,
-    CTRATEPaths,
-    VolumeCache,
-    axial_slice,
-    read_csv_checked,
-)
+from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice, read_metadata
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.roi_sources import ROISource
 from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip, world
@@ -212,12 +205,17 @@ class CTVQADataset(Dataset):
         target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
         target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
         prompt_ids = enc["input_ids"][0]
+        # Cutting the prompt would cut through image tokens or the question, and cutting the target would teach an
+        # answer without its </think>, <answer> or end of turn: refuse either instead.
         if len(prompt_ids) >= self.max_length:
-            # Cutting the prompt would cut through image tokens or the question: refuse instead.
             raise BadSampleError(
                 f"{record['_where']}: prompt is {len(prompt_ids)} tokens, over max_length={self.max_length}"
             )
-        target_ids = target_ids[: self.max_length - len(prompt_ids)]
+        if len(prompt_ids) + len(target_ids) > self.max_length:
+            raise BadSampleError(
+                f"{record['_where']}: prompt + target is {len(prompt_ids) + len(target_ids)} tokens, "
+                f"over max_length={self.max_length}"
+            )
         meta = {
             **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
             "abnormality": record.get("abnormality"),  # the label a presence question asks about
@@ -364,10 +362,6 @@ class CTVQADataModule(L.LightningDataModule):
             records = [r for r in records if r["question_type"] in self.hparams.question_types]
         return records
 
-    def _metadata(self, split: str) -> dict[str, dict[str, Any]]:
-        frame = read_csv_checked(CTRATEPaths(self.root, split).metadata_csv, GEOMETRY_COLUMNS)
-        return {row["VolumeName"]: row for row in frame.to_dict(orient="records")}
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -378,7 +372,7 @@ class CTVQADataModule(L.LightningDataModule):
             "val": [r for r in train_records if r["patient_id"] in val_patients],
             "test": self._records("valid"),
         }
-        metadata = {**self._metadata("train"), **self._metadata("valid")}
+        metadata = {**read_metadata(self.root, "train"), **read_metadata(self.root, "valid")}
         for name, records in splits.items():
             if self.hparams.max_samples:
                 records = records[: self.hparams.max_samples]

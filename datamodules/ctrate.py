@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,24 @@ import torch
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import Orientation
 from scipy import ndimage
+
+from datamodules.data_checks import (
+    SPLITS,
+    VOLUME_NAME_RE,
+    WHERE,
+    BadSampleError,
+    check_geometry,
+    check_volume,
+    display_path,
+    duplicate_problems,
+    label_problems,
+    name_problems,
+    raise_csv,
+    reading,
+    row_lines,
+    unknown_problems,
+    volume_shape,
+)
 
 CTRATE_LABELS: tuple[str, ...] = (
     "Medical material",
@@ -44,7 +61,6 @@ CTRATE_LABELS: tuple[str, ...] = (
     "Bronchiectasis",
     "Interlobular septal thickening",
 )
-SPLITS = ("train", "valid")
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
 # The metadata fields the loader needs; real CT-RATE metadata has many more columns.
 GEOMETRY_COLUMNS = (
@@ -56,21 +72,7 @@ GEOMETRY_COLUMNS = (
     "ImagePositionPatient",
     "ImageOrientationPatient",
 )
-VOLUME_NAME_RE = re.compile(r"^([a-z]+)_(\d+)_([a-z]+)_(\d+)\.nii\.gz$")
 AXCODES = "LPS"
-
-
-class BadSampleError(ValueError):
-    """A data problem the user can fix; the message names the file, the line (if any) and the field."""
-
-
-def display_path(path: str | Path) -> str:
-    """Path from the dataset-level folder on (``dataset/...``, ``rexgroundingct/...``), else as given."""
-    parts = Path(path).parts
-    for anchor in ("dataset", "rexgroundingct", "vqa"):
-        if anchor in parts:
-            return "/".join(parts[parts.index(anchor) :])
-    return str(path)
 
 
 def parse_volume_name(name: str) -> tuple[str, int, str, int]:
@@ -153,24 +155,42 @@ def read_csv_checked(path: str | Path, required_columns: Sequence[str]) -> pd.Da
     return df
 
 
+def read_table(path: str | Path, required_columns: Sequence[str]) -> tuple[pd.DataFrame, list[int]]:
+    """A CT-RATE table keyed by VolumeName, and each row's CSV line; every row's ``WHERE`` says ``<file>:<line>``.
+
+    Raises ``BadSampleError`` naming file, line and field for a VolumeName that is missing, names no CT-RATE
+    volume, or is listed again (a join on it would double that volume's rows), as ``check_data`` reports them.
+    """
+    df = read_csv_checked(path, ("VolumeName", *required_columns))
+    lines = row_lines(path, len(df))
+    names = df["VolumeName"].tolist()
+    raise_csv(path, name_problems(names, lines) + duplicate_problems(names, lines))
+    df[WHERE] = [f"{display_path(path)}:{line}" for line in lines]
+    return df, lines
+
+
+def read_metadata(root: str | Path, split: str) -> dict[str, dict[str, Any]]:
+    """A split's metadata rows by VolumeName (with ``WHERE``); geometry is checked per volume, when it is loaded."""
+    frame, _ = read_table(CTRATEPaths(Path(root), split).metadata_csv, GEOMETRY_COLUMNS)
+    return {row["VolumeName"]: row for row in frame.to_dict(orient="records")}
+
+
 def read_split(root: str | Path, split: str) -> pd.DataFrame:
-    """Metadata joined with the 18 labels (and reports when present), one row per volume, sorted by name."""
+    """Metadata joined with the 18 labels (and reports when present), one row per volume, sorted by name.
+
+    Each row's ``WHERE`` is its metadata line (the loaders name it for a geometry problem). Raises
+    ``BadSampleError`` (``<file>:<line>: field '<f>': ...``) for the ``read_table`` problems of any of the three
+    tables, a label that is not 0 or 1, or a labelled volume without a metadata row.
+    """
     paths = CTRATEPaths(Path(root), split)
-    meta = read_csv_checked(paths.metadata_csv, GEOMETRY_COLUMNS)
-    labels = read_csv_checked(paths.labels_csv, ("VolumeName", *CTRATE_LABELS))
-    missing = sorted(set(labels["VolumeName"]) - set(meta["VolumeName"]))
-    if missing:
-        raise BadSampleError(f"{display_path(paths.metadata_csv)}: no row for VolumeName {missing[0]!r}")
-    for col in CTRATE_LABELS:
-        bad = labels.index[~labels[col].isin([0, 1])]
-        if len(bad):
-            raise BadSampleError(
-                f"{display_path(paths.labels_csv)} line {bad[0] + 2}: field '{col}' must be 0 or 1, "
-                f"got {labels[col].iloc[bad[0]]!r}"
-            )
-    df = labels.merge(meta, on="VolumeName", how="left")
+    meta, _ = read_table(paths.metadata_csv, GEOMETRY_COLUMNS)
+    labels, lines = read_table(paths.labels_csv, CTRATE_LABELS)
+    raise_csv(paths.labels_csv, label_problems(labels, lines, CTRATE_LABELS))
+    table = display_path(paths.metadata_csv)
+    raise_csv(paths.labels_csv, unknown_problems(labels["VolumeName"].tolist(), lines, set(meta["VolumeName"]), table))
+    df = labels.drop(columns=[WHERE]).merge(meta, on="VolumeName", how="left")
     if paths.reports_csv.is_file():
-        reports = read_csv_checked(paths.reports_csv, REPORT_COLUMNS)
+        reports, _ = read_table(paths.reports_csv, REPORT_COLUMNS)
         df = df.merge(reports[list(REPORT_COLUMNS)], on="VolumeName", how="left")
     return df.sort_values("VolumeName").reset_index(drop=True)
 
@@ -227,17 +247,15 @@ def looks_raw(arr: np.ndarray, slope: float, intercept: float) -> bool:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    where = display_path(path)
+    """Voxels (decoded here, inside the error handler) and header affine of a NIfTI file."""
     if not path.is_file():
-        raise BadSampleError(f"{where}: file not found")
-    try:
+        raise BadSampleError(f"{display_path(path)}: file not found")
+    with reading(path, "NIfTI"):
         # The reader itself, not LoadImage: LoadImage builds every MONAI reader per call, and with pydicom
         # installed the DICOM one logs an nvImageCodec warning each time.
         reader = NibabelReader()
         arr, meta = reader.get_data(reader.read(str(path)))
-    except Exception as e:  # nibabel/gzip/MONAI raise many types for corrupt files; all mean the same here
-        raise BadSampleError(f"{where}: cannot read NIfTI ({type(e).__name__}: {e})") from e
-    return np.asarray(arr), np.asarray(meta["affine"])
+        return np.asarray(arr), np.asarray(meta["affine"])
 
 
 def load_ct_volume(path: str | Path, meta: Mapping[str, Any]) -> MetaTensor:
@@ -245,18 +263,20 @@ def load_ct_volume(path: str | Path, meta: Mapping[str, Any]) -> MetaTensor:
 
     The header affine is ignored (raw downloads carry a meaningless one); geometry comes from ``meta``
     (one metadata CSV row). Rescaling is applied only when ``looks_raw`` says the data are not HU yet.
+    ``(X, Y, Z, 1)`` files are the 3D volume they hold (``volume_shape``).
+
+    Raises ``BadSampleError`` for the ``data_checks`` problems: the metadata row's geometry (naming its CSV line and
+    field), a file that cannot be read, or values that are not CT in HU (NaN, no air, out of range; naming the file).
     """
     path = Path(path)
+    check_geometry(meta)
     arr, _ = _read_nifti(path)
-    if arr.ndim != 3:
-        raise BadSampleError(f"{display_path(path)}: expected a 3D volume, got shape {tuple(arr.shape)}")
-    try:
-        slope, intercept = float(meta["RescaleSlope"]), float(meta["RescaleIntercept"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadSampleError(f"{display_path(path)}: metadata field 'RescaleSlope'/'RescaleIntercept' {e}") from e
+    arr = arr.reshape(volume_shape(arr.shape, display_path(path)))
+    slope, intercept = float(meta["RescaleSlope"]), float(meta["RescaleIntercept"])
     hu = arr.astype(np.float32)
     if looks_raw(arr, slope, intercept):
         hu = hu * slope + intercept
+    check_volume(hu, path, meta)
     vol = MetaTensor(torch.from_numpy(hu[None]), affine=torch.as_tensor(affine_from_metadata(meta)))
     return Orientation(axcodes=AXCODES, labels=(("L", "R"), ("P", "A"), ("I", "S")))(vol).float()
 
@@ -281,7 +301,7 @@ class VolumeCache:
             return self._volumes[volume_name]
         paths = self.paths[parse_volume_name(volume_name)[0]]
         if meta is None:
-            raise BadSampleError(f"{paths.metadata_csv}: no row for VolumeName {volume_name!r}")
+            raise BadSampleError(f"{display_path(paths.metadata_csv)}: no row for VolumeName {volume_name!r}")
         volume = load_ct_volume(paths.volume(volume_name), meta)
         self._volumes[volume_name] = volume
         if len(self._volumes) > self.size:
@@ -342,16 +362,16 @@ def load_lesion_mask(path: str | Path, meta: Mapping[str, Any] | None = None) ->
     file is a proper channel-last 4D/3D NIfTI, else the native grid is taken as already LPS.
     """
     path = Path(path)
+    if meta is not None:
+        check_geometry(meta)
     arr, header_affine = _read_nifti(path)
-    if arr.ndim == 3:
+    channel_axis = _mask_layout(arr.shape, display_path(path))[1]
+    if channel_axis is None:
         arr = arr[None]
-    elif arr.ndim == 4:
-        if arr.shape[3] < arr.shape[0]:
-            arr = np.moveaxis(arr, 3, 0)
-        else:
-            header_affine = None
+    elif channel_axis == 3:
+        arr = np.moveaxis(arr, 3, 0)
     else:
-        raise BadSampleError(f"{display_path(path)}: expected a 3D or 4D mask, got shape {tuple(arr.shape)}")
+        header_affine = None
     affine = affine_from_metadata(meta) if meta is not None else header_affine
     mask = arr > 0
     if affine is None:
@@ -360,6 +380,34 @@ def load_lesion_mask(path: str | Path, meta: Mapping[str, Any] | None = None) ->
         nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(AXCODES))
     )
     return np.stack([nib.orientations.apply_orientation(m, ornt) for m in mask]).astype(bool)
+
+
+def _mask_layout(shape: Sequence[int], where: str) -> tuple[tuple[int, int, int], int | None]:
+    """A stored lesion mask's spatial (X, Y, Z) and channel axis (None: 3D, one channel; else 0 or 3, the smaller)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3:
+        return (shape[0], shape[1], shape[2]), None
+    if len(shape) == 4:
+        return ((shape[0], shape[1], shape[2]), 3) if shape[3] < shape[0] else ((shape[1], shape[2], shape[3]), 0)
+    raise BadSampleError(f"{where}: expected a 3D or 4D mask, got shape {shape}")
+
+
+def lps_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, int]:
+    """The (X, Y, Z) a stored grid of ``shape`` has once reoriented to LPS with ``affine``, as the loaders do."""
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(AXCODES))
+    )
+    out = [0, 0, 0]
+    for axis, size in zip(ornt[:, 0].astype(int), shape, strict=True):
+        out[axis] = int(size)
+    return out[0], out[1], out[2]
+
+
+def mask_grid_of(path: str | Path, meta: Mapping[str, Any]) -> tuple[int, int, int]:
+    """The LPS (X, Y, Z) of a lesion mask as ``load_lesion_mask(path, meta)`` returns it, from its header alone."""
+    with reading(path, "NIfTI header"):
+        shape = nib.load(str(path)).shape  # the header only: nibabel decodes voxels lazily
+    return lps_grid(_mask_layout(shape, display_path(path))[0], affine_from_metadata(meta))
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:

@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, largest_component, load_lesion_mask
+from datamodules.data_checks import check_mask_grid
 
 LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
 REGIONS = (*LOBES, "right lung", "left lung", "lungs", "heart", "aorta", "mediastinum")
@@ -182,10 +183,10 @@ class MaskROI(ROISource):
         if name not in masks:
             path = CTRATEPaths(query.root).region_mask(query.volume_name, name, str(self.regions_dir))
             # No CT-RATE row (a user's own volume): the mask file's own header orients it.
-            masks[name] = load_lesion_mask(path, query.row or None)[0] if path.is_file() else None
-            grid = tuple(query.volume.shape[-3:])
-            if masks[name] is not None and masks[name].shape != grid:
-                raise BadSampleError(f"{path}: mask grid {masks[name].shape} differs from the CT {grid}")
+            mask = load_lesion_mask(path, query.row or None)[0] if path.is_file() else None
+            if mask is not None:  # checked before it is cached, so a second query cannot use it unchecked
+                check_mask_grid(path, mask.shape, query.volume.shape[-3:])
+            masks[name] = mask
         return masks[name]
 
     @property

@@ -2,7 +2,10 @@
 
 Same conventions as ``datamodules/ctrate.py``: float32 HU ``MetaTensor`` (1, X, Y, Z) in LPS index order,
 ``axial_slice`` for display, boxes ``[x0, y0, x1, y1]`` in display coordinates with exclusive ends, and
-``BadSampleError`` naming the file and the problem for anything the user can fix.
+``BadSampleError`` naming the file and the problem for anything the user can fix. The volume and mask checks are
+the training loaders' own (``datamodules/data_checks.py``): the same rule for what a 3D volume is, values that are
+finite and plausible HU, a mask on the CT's grid, and a read failure named by its file whenever it happens (nibabel
+and pydicom decode voxels lazily, after the header).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from monai.transforms import Orientation
 from pydicom.errors import InvalidDicomError
 
 from datamodules.ctrate import AXCODES, BadSampleError, axial_slice, bbox_of, display_path, lung_mask_from_hu
+from datamodules.data_checks import check_mask_grid, check_volume, reading, volume_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -38,24 +42,22 @@ def _is_nifti(path: Path) -> bool:
 
 
 def _read_nifti_3d(path: Path, what: str) -> nib.Nifti1Image:
-    where = display_path(path)
-    try:
+    """The NIfTI image (header read, voxels not yet decoded: decode them inside ``reading`` too)."""
+    with reading(path, "NIfTI"):
         img = nib.load(path)
-    except Exception as e:  # nibabel/gzip raise many types for corrupt files; all mean the same here
-        raise BadSampleError(f"{where}: cannot read NIfTI ({type(e).__name__}: {e})") from e
-    shape = tuple(img.shape)
-    # Many tools write a 3D image as (X, Y, Z, 1); that is still one volume.
-    if len(shape) == 4 and shape[3] == 1:
+    # Many tools write a 3D image as (X, Y, Z, 1); that is still one volume (the training loader's rule too).
+    if len(volume_shape(img.shape, display_path(path), what)) != len(img.shape):
         img = img.slicer[..., 0]
-    elif len(shape) != 3:
-        raise BadSampleError(f"{where}: expected a 3D {what}, got shape {shape}")
     return img
 
 
 def _load_nifti(path: Path) -> MetaTensor:
     img = _read_nifti_3d(path, "CT volume")
-    # get_fdata applies scl_slope/scl_inter, which is how NIfTI converters store HU.
-    return _to_lps(img.get_fdata(dtype=np.float32), np.asarray(img.affine, dtype=np.float64))
+    with reading(path, "NIfTI"):
+        # get_fdata applies scl_slope/scl_inter, which is how NIfTI converters store HU.
+        hu = img.get_fdata(dtype=np.float32)
+    check_volume(hu, path)
+    return _to_lps(hu, np.asarray(img.affine, dtype=np.float64))
 
 
 def _floats(ds: pydicom.Dataset, field: str, n: int, file: Path) -> np.ndarray:
@@ -152,7 +154,8 @@ def _load_dicom_series(folder: Path) -> MetaTensor:
     else:
         slice_spacing = float(first.get("SliceThickness") or 1.0)
 
-    rows, cols = int(first.Rows), int(first.Columns)
+    with reading(headers[0][0], "DICOM"):  # Rows/Columns missing or malformed
+        rows, cols = int(first.Rows), int(first.Columns)
     hu = np.empty((cols, rows, len(headers)), dtype=np.float32)
     for k, (file, _) in enumerate(headers):
         try:
@@ -169,8 +172,9 @@ def _load_dicom_series(folder: Path) -> MetaTensor:
             ) from e
         if pixels.shape != (rows, cols):
             raise BadSampleError(f"{display_path(file)}: pixel data shape {pixels.shape}, expected ({rows}, {cols})")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        with reading(file, "DICOM"):  # pydicom parses a value when it is first read
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         # pydicom gives (rows, cols); array axis 0 must be the column index (along the row cosine).
         hu[:, :, k] = pixels.T.astype(np.float32) * slope + intercept
 
@@ -179,6 +183,7 @@ def _load_dicom_series(folder: Path) -> MetaTensor:
     lps[:3, 1] = col_cos * row_spacing
     lps[:3, 2] = normal * slice_spacing
     lps[:3, 3] = positions[headers[0][0]]
+    check_volume(hu, folder)
     return _to_lps(hu, LPS_TO_RAS @ lps)
 
 
@@ -209,12 +214,11 @@ def load_user_mask(path: str | Path, like: MetaTensor) -> np.ndarray:
     if not _is_nifti(path):
         raise BadSampleError(f"{where}: expected a NIfTI mask (.nii/.nii.gz)")
     img = _read_nifti_3d(path, "mask")
-    # dataobj, not get_fdata: a label map needs no float copy, and nonzero survives any header scaling.
-    raw = np.asanyarray(img.dataobj) != 0
+    with reading(path, "NIfTI"):
+        # dataobj, not get_fdata: a label map needs no float copy, and nonzero survives any header scaling.
+        raw = np.asanyarray(img.dataobj) != 0
     mask = _to_lps(raw.astype(np.uint8), np.asarray(img.affine, dtype=np.float64)).numpy()[0] > 0
-    want = tuple(like.shape[1:])
-    if mask.shape != want:
-        raise BadSampleError(f"{where}: mask shape {mask.shape} (LPS) does not match the CT volume's shape {want}")
+    check_mask_grid(path, mask.shape, like.shape[1:])
     return mask
 
 

@@ -90,7 +90,7 @@ def test_wrong_ndim_and_bad_metadata(synth, tmp_path):
     path, row = _first(synth)
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.int16), np.eye(4)), flat)
-    with pytest.raises(BadSampleError, match="flat.nii.gz: expected a 3D volume"):
+    with pytest.raises(BadSampleError, match=r"flat.nii.gz: expected a 3D CT volume, got shape \(4, 4\)"):
         load_ct_volume(flat, row)
     with pytest.raises(BadSampleError, match="field 'XYSpacing'"):
         load_ct_volume(path, {**row, "XYSpacing": "[0.75]"})
