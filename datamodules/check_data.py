@@ -51,6 +51,7 @@ from datamodules.data_checks import AIR_HU as AIR_HU  # the HU checks, also unde
 from datamodules.data_checks import MAX_HU as MAX_HU
 from datamodules.data_checks import MIN_HU as MIN_HU
 from datamodules.data_checks import (
+    WHERE,
     CSVProblem,
     check_mask_grid,
     duplicate_problems,
@@ -180,7 +181,7 @@ class _Checker:
                 if not ok:
                     continue
                 name = row["VolumeName"]
-                meta.rows[name], meta.lines[name] = row, line
+                meta.rows[name], meta.lines[name] = {**row, WHERE: f"{display_path(paths.metadata_csv)}:{line}"}, line
                 for col, message in geometry_problems(row):
                     if col in row:  # a missing column is reported once, not per row
                         geometry.append((line, col, message))

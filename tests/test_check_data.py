@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +15,18 @@ import pandas as pd
 import pytest
 
 from datamodules import check_data as cd
-from datamodules.ctrate import SPLITS, CTRATEPaths, load_ct_volume, patient_id
+from datamodules.ctrate import (
+    SPLITS,
+    BadSampleError,
+    CTRATEPaths,
+    VolumeCache,
+    display_path,
+    load_ct_volume,
+    patient_id,
+    read_metadata,
+    read_split,
+)
+from datamodules.vqa_builder import build_split
 
 TRAIN_KEEP, VALID_KEEP = 4, 2
 
@@ -195,3 +208,137 @@ def test_csv_lines_count_quoted_newlines(small_root: Path) -> None:
     df.to_csv(reports, index=False)
     keys = _keys(cd.check_data(small_root, splits=["train"]), small_root)
     assert keys == {("csv", "dataset/radiology_text_reports/train_reports.csv", 4, "VolumeName")}
+
+
+# One problem of each kind the data checks know, planted alone: the data check and the loaders report it with the
+# same file, line, field and words (datamodules/data_checks.py is the one source of both).
+def _nan_block(root: Path, name: str) -> None:
+    """float32 with a 40×40 block of NaN on every slice, as resampling tools write outside the field of view."""
+    path = CTRATEPaths(root, "train").volume(name)
+    img = nib.load(path)
+    arr = np.asarray(img.dataobj).astype(np.float32)
+    arr[:40, :40, :] = np.nan
+    nib.save(nib.Nifti1Image(arr, img.affine), path)
+
+
+def _scaled(root: Path, name: str) -> None:
+    path = CTRATEPaths(root, "train").volume(name)
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 10, img.affine), path)
+
+
+def _truncated(root: Path, name: str) -> None:
+    path = CTRATEPaths(root, "train").volume(name)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _set(table: str, row: int, column: str, value: object) -> Callable[[Path, str], None]:
+    def plant(root: Path, name: str) -> None:
+        path = getattr(CTRATEPaths(root, "train"), table)
+        df = pd.read_csv(path).astype({column: object})
+        df.loc[row, column] = value
+        df.to_csv(path, index=False)
+
+    return plant
+
+
+def _repeat(table: str) -> Callable[[Path, str], None]:
+    def plant(root: Path, name: str) -> None:
+        path = getattr(CTRATEPaths(root, "train"), table)
+        df = pd.read_csv(path)
+        pd.concat([df, df.iloc[[0]]]).to_csv(path, index=False)
+
+    return plant
+
+
+def _unknown_label_row(root: Path, name: str) -> None:
+    path = CTRATEPaths(root, "train").labels_csv
+    df = pd.read_csv(path)
+    pd.concat([df, df.iloc[[0]].assign(VolumeName="train_999_a_1.nii.gz")]).to_csv(path, index=False)
+
+
+def _mask_off_grid(root: Path, name: str) -> None:
+    """A lesion mask with half the CT's slices, and the finding that makes the builder read it."""
+    paths = CTRATEPaths(root, "train")
+    paths.lesion_mask(name).parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.ones((128, 128, 16), np.uint8), np.eye(4)), paths.lesion_mask(name))
+    paths.grounding_json.write_text(json.dumps({"train": [{"name": name, "findings": {"0": "A nodule."}}]}))
+
+
+PLANTS: dict[str, tuple[Callable[[Path, str], None], str]] = {
+    # kind: (plant, the problem's file, as "<table>" for a CSV or "volume" / "mask" for the first train volume's)
+    "NaN voxels": (_nan_block, "volume"),
+    "implausible HU": (_scaled, "volume"),
+    "unreadable volume": (_truncated, "volume"),
+    "metadata number": (_set("metadata_csv", 1, "RescaleSlope", 0), "metadata_csv"),
+    "geometry": (_set("metadata_csv", 2, "XYSpacing", "[0.7]"), "metadata_csv"),
+    "orientation": (_set("metadata_csv", 0, "ImageOrientationPatient", "[1, 0, 0, 1, 0, 0]"), "metadata_csv"),
+    "label value": (_set("labels_csv", 3, "Cardiomegaly", 2), "labels_csv"),
+    "labels listed twice": (_repeat("labels_csv"), "labels_csv"),
+    "reports listed twice": (_repeat("reports_csv"), "reports_csv"),
+    "metadata listed twice": (_repeat("metadata_csv"), "metadata_csv"),
+    "malformed VolumeName": (_set("reports_csv", 1, "VolumeName", "not-a-volume"), "reports_csv"),
+    "label without metadata": (_unknown_label_row, "labels_csv"),
+    "mask off the grid": (_mask_off_grid, "mask"),
+}
+
+
+def _loader_error(root: Path) -> str | None:
+    """The first problem the training readers raise: tables (read_split for the slice classifier and the builder,
+    read_metadata for the VQA datamodule), every volume through the VolumeCache, then the builder (lesion masks)."""
+    try:
+        for split in SPLITS:
+            read_split(root, split)
+            cache = VolumeCache(root, 0)
+            for name, row in read_metadata(root, split).items():
+                cache.get(name, row)
+        if CTRATEPaths(root).grounding_json.is_file():
+            build_split(root, "train", seed=0)
+    except BadSampleError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("kind", list(PLANTS))
+def test_data_check_and_loaders_report_the_same_problem(small_root: Path, kind: str) -> None:
+    plant, where = PLANTS[kind]
+    paths = CTRATEPaths(small_root, "train")
+    name = sorted(pd.read_csv(paths.metadata_csv)["VolumeName"])[0]
+    assert _loader_error(small_root) is None
+    plant(small_root, name)
+    problems = cd.check_data(small_root)
+    assert len(problems) == 1, problems
+    problem = problems[0]
+    file = {"volume": paths.volume(name), "mask": paths.lesion_mask(name)}.get(where) or getattr(paths, where)
+    assert Path(problem.path) == file
+    assert (problem.line is None) == (where in ("volume", "mask"))
+    # The loader's message is the data check's line, word for word (with the path from dataset/ on).
+    assert _loader_error(small_root) == str(replace(problem, path=display_path(problem.path)))
+
+
+def test_listed_twice_names_both_lines(small_root: Path) -> None:
+    labels = CTRATEPaths(small_root, "train").labels_csv
+    df = pd.read_csv(labels)
+    pd.concat([df, df.iloc[[0]]]).to_csv(labels, index=False)
+    name = df["VolumeName"].iloc[0]
+    expected = (
+        f"dataset/multi_abnormality_labels/train_predicted_labels.csv:6: field 'VolumeName': {name!r} is listed again "
+        "(first on line 2)"
+    )
+    with pytest.raises(BadSampleError) as err:
+        read_split(small_root, "train")
+    assert str(err.value) == expected
+    assert [str(replace(p, path=display_path(p.path))) for p in cd.check_data(small_root)] == [expected]
+
+
+def test_nan_volume_is_refused_naming_the_file(small_root: Path) -> None:
+    paths = CTRATEPaths(small_root, "train")
+    name = sorted(pd.read_csv(paths.metadata_csv)["VolumeName"])[0]
+    _nan_block(small_root, name)
+    with pytest.raises(BadSampleError) as err:
+        load_ct_volume(paths.volume(name), read_metadata(small_root, "train")[name])
+    # 40 × 40 voxels on each of the 32 slices
+    assert str(err.value) == (
+        f"{display_path(paths.volume(name))}: holds NaN or infinite values (51200 of 524288 voxels; "
+        "outside the field of view?)"
+    )
