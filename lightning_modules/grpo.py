@@ -419,7 +419,7 @@ class GRPOModule(PolicyModule):
         metrics = self._update(
             batch, rollout, advantages, loss_mask, num_items, old_logps, ref_logps, chunks, padding, reward_fault
         )
-        self._log_step(rollout, completions, fields, rewards_per_func, stats, errors, metrics)
+        self._log_step(rollout, completions, fields, stats, errors, metrics)
         every = hp.log_completions_every_n_steps
         if every and self.trainer.is_global_zero and rollout_index % every == 0:
             self._print_completions(batch, completions, rewards_per_func, advantages)
@@ -505,7 +505,6 @@ class GRPOModule(PolicyModule):
         rollout: Rollout,
         completions: list[str],
         fields: dict[str, list],
-        rewards_per_func: torch.Tensor,
         stats: Advantages,
         errors: dict[str, int],
         metrics: dict[str, list[torch.Tensor]],
@@ -537,9 +536,12 @@ class GRPOModule(PolicyModule):
         }
         if metrics["kl"]:
             values["kl"] = _mean(metrics["kl"])
+        # From every rank's rewards (``stats`` holds the global batch): a function that applies to no completion of
+        # one rank would make that rank's mean NaN, and the synced mean of [NaN, x] is NaN. The global nanmean is
+        # the count-weighted mean over the ranks that have values, the same on every rank.
         for i, name in enumerate(self.reward_names):
-            values[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i])
-            values[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i])
+            values[f"rewards/{name}/mean"] = torch.nanmean(stats.rewards_per_func[:, i])
+            values[f"rewards/{name}/std"] = nanstd(stats.rewards_per_func[:, i])
             if self.hparams.reward_errors == "none":  # every step on every rank: logging is a collective
                 values[f"rewards/{name}/errors"] = torch.tensor(float(errors.get(name, 0)))
         shown = {"reward", "accuracy", "format_rate", "kl"}

@@ -50,6 +50,7 @@ class Advantages:
     std: torch.Tensor  # (N,), the std each advantage was (or, with scale_rewards="none", would be) divided by
     is_std_zero: torch.Tensor  # (N,) bool, that std is zero (TRL's frac_reward_zero_std)
     group_without_spread: torch.Tensor  # (N,) bool, the completion's group has one reward value (DAPO's filter)
+    rewards_per_func: torch.Tensor  # (N, K), the raw rewards these were computed from, NaN where not applicable
 
 
 def spread_stats(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +116,9 @@ def group_advantages(
     else:
         raise ValueError(f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', not {aggregation!r}")
     is_std_zero = torch.isclose(std, torch.zeros_like(std))
-    return Advantages(torch.nan_to_num(advantages, nan=0.0), raw, std, is_std_zero, group_without_spread)
+    return Advantages(
+        torch.nan_to_num(advantages, nan=0.0), raw, std, is_std_zero, group_without_spread, rewards_per_func
+    )
 
 
 def token_logps_and_entropy(

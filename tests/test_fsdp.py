@@ -9,9 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def reward_on_rank_one_only(completions: list[str], **_: object) -> list[float | None]:
+    """A reward that applies on rank 1 only (1.0 there, None on rank 0)."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return [1.0 if rank == 1 else None for _ in completions]
 
 
 def _fit(
@@ -119,7 +126,7 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
                 "learning_rate": 1e-3,
                 "scale_rewards": "batch",
                 "mask_truncated_completions": False,  # 8 new tokens: nearly every completion is truncated
-                "reward_funcs": ["tests.test_grpo.vowel_reward"],
+                "reward_funcs": ["tests.test_grpo.vowel_reward", "tests.test_fsdp.reward_on_rank_one_only"],
                 "reward_weights": None,
                 "log_completions_every_n_steps": 0,
                 "gradient_checkpointing": checkpointing,
@@ -154,3 +161,6 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
     kl = [float(r["train/kl"]) for r in rows if r.get("train/kl")]
     assert len(kl) == 2 and kl[0] == 0.0 and kl[1] > 0.0  # identical at the start, then the policy moved
     assert any(r.get("val/accuracy") for r in rows)
+    # Rank 0 has no value for this reward: the logged mean is rank 1's, not NaN.
+    logged = [r["train/rewards/reward_on_rank_one_only/mean"] for r in rows if r.get("train/rewards/vowel_reward/mean")]
+    assert logged == ["1.0", "1.0"]
