@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.ctrate import SPLITS, VOLUME_NAME_RE, BadSampleError
+from rewards.parsing import answer_text, normalize_answer
 
 QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
 
@@ -25,6 +26,32 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "roi_source": (str,),
     "reasoning": (str,),
 }
+
+
+def _check_answer(record: dict[str, Any], where: str) -> None:
+    """The fields the rewards and metrics compare against, checked with the comparison they use
+    (``rewards.parsing``), so no question hands out reward for an empty answer or has an answer no option is."""
+    options, answer = record["options"], record["answer"]
+    texts: dict[str, str] = {}
+    for option in options:
+        text = answer_text(option, options)
+        if text is None:
+            raise BadSampleError(f"{where}: field 'options' holds {option!r}, which is empty as an answer")
+        if text in texts:
+            raise BadSampleError(f"{where}: field 'options' {option!r} is the same answer as {texts[text]!r}")
+        texts[text] = option
+    if not normalize_answer(answer):
+        raise BadSampleError(f"{where}: field 'answer' {answer!r} is empty (no text besides spaces and punctuation)")
+    truth = answer_text(answer, options)
+    if truth is None:
+        raise BadSampleError(
+            f"{where}: field 'answer' {answer!r} is not one of its options (by text, letter, or letter and text)"
+        )
+    # Detection metrics read a presence answer as yes or no; anything else would silently count as "no".
+    if record["question_type"] == "presence" and truth not in ("yes", "no"):
+        raise BadSampleError(f"{where}: field 'answer' {answer!r} is not yes or no, as a presence question needs")
+    if record.get("abnormality") is not None and not isinstance(record["abnormality"], str):
+        raise BadSampleError(f"{where}: field 'abnormality' should be str or null, got {record['abnormality']!r}")
 
 
 def _check_record(record: Any, where: str) -> dict[str, Any]:
@@ -51,8 +78,7 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
         )
     if not all(isinstance(o, str) for o in record["options"]):
         raise BadSampleError(f"{where}: field 'options' must be a list of strings, got {record['options']!r}")
-    if record["options"] and record["answer"] not in record["options"]:
-        raise BadSampleError(f"{where}: field 'answer' {record['answer']!r} is not one of its options")
+    _check_answer(record, where)
     # The split picks the volume's folder and metadata table (VolumeCache), so it must be a CT-RATE one.
     name = VOLUME_NAME_RE.fullmatch(record["volume_name"])
     if name is None or name.group(1) not in SPLITS:
@@ -78,13 +104,17 @@ def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[
     """Records of a VQA JSONL file, checked field by field.
 
     Returns (records, problems). A bad line raises ``BadSampleError`` naming file, line and field, unless
-    ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``.
+    ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``. Besides each
+    field's type: ids are unique in the file; the answer is not empty and, with options, denotes one of them by
+    text, letter or both (``rewards.parsing.option_index``); options are distinct as answers; a presence
+    answer is yes or no.
     """
     path = Path(path)
     if not path.is_file():
         raise BadSampleError(f"{path}: VQA file not found (build it with `python -m datamodules.vqa_builder`)")
     records: list[dict[str, Any]] = []
     problems: list[str] = []
+    first_line: dict[str, int] = {}  # id -> line of the record kept with it
     # surrogateescape: a non-UTF-8 byte spoils only its own line, which is then reported like any other bad line.
     with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
@@ -103,6 +133,13 @@ def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[
                 except (ValueError, RecursionError) as e:  # an integer over 4300 digits, arrays nested too deep
                     raise BadSampleError(f"{where}: not valid JSON ({e})") from e
                 record = _check_record(record, where)
+                # Unique ids: distributed evaluation gathers rows by id (policy.gather_rows), so a repeat would
+                # silently stand in for a different question.
+                if (first := first_line.get(record["id"])) is not None:
+                    raise BadSampleError(
+                        f"{where}: field 'id' {record['id']!r} is listed again (first on line {first})"
+                    )
+                first_line[record["id"]] = line_no
                 record["_where"] = where  # kept so later errors (volume, ROI) can name the line too
                 records.append(record)
             except BadSampleError as e:

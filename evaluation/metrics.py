@@ -19,7 +19,7 @@ from torchmetrics.text import BLEUScore, ROUGEScore
 from torchmetrics.utilities import dim_zero_cat
 
 from rewards.format import format_reward
-from rewards.parsing import extract_answer, is_correct, match_option, normalize_answer
+from rewards.parsing import answer_text, extract_answer, is_correct, match_option
 from rewards.validity import validity_reward
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
@@ -129,7 +129,9 @@ class AbnormalityDetection(Metric):
             if row["padding"] or row["question_type"] != "presence" or row.get("abnormality") not in self.labels:
                 continue
             i = self.labels.index(row["abnormality"])
-            truth, said_yes = normalize_answer(row["truth"]) == "yes", normalize_answer(row["answer"] or "") == "yes"
+            # As the options they denote, so "A" among ["A. Yes", "B. No"] is a yes, and an empty answer is none.
+            options = row["options"]
+            truth, said_yes = answer_text(row["truth"], options) == "yes", answer_text(row["answer"], options) == "yes"
             state = {(True, True): self.tp, (False, True): self.fp, (True, False): self.fn, (False, False): self.tn}
             state[(truth, said_yes)][i] += 1
             if row.get("p_yes") is not None:

@@ -20,7 +20,16 @@ from datamodules.ctrate import SPLITS, BadSampleError, display_path, parse_volum
 from datamodules.vqa_records import QUESTION_TYPES, read_vqa_jsonl
 from rewards.accuracy import accuracy_reward
 from rewards.format import format_reward
-from rewards.parsing import contains_tag, count_tags, extract_answer, is_correct, match_option, normalize_answer
+from rewards.parsing import (
+    answer_text,
+    contains_tag,
+    count_tags,
+    extract_answer,
+    is_correct,
+    match_option,
+    normalize_answer,
+    option_index,
+)
 from rewards.penalties import LengthPenalty, RepetitionPenalty
 from rewards.scoring import RewardError, reward_name, score_completions
 from rewards.validity import validity_reward
@@ -42,6 +51,17 @@ FRAGMENTS = st.sampled_from([*TAGS, " ", "\n", "yes", "no", "B", "(a)", "a.", "�
 TAG_SOUP = st.lists(FRAGMENTS, max_size=12).map("".join)
 # Arbitrary text with no answer tag (in any case, as the parser matches them): safe inside a built completion.
 NO_TAGS = st.text(max_size=30).filter(lambda s: not contains_tag(s) and not re.search("</?answer>", s, re.I))
+ANSWER_TEXT = TEXT.filter(normalize_answer)  # some text left after normalisation: what the reader takes as an answer
+
+
+def _distinct_answers(options: list[str]) -> bool:
+    """What the reader asks of options: each one a non-empty answer, no two the same answer."""
+    texts = [answer_text(o, options) for o in options]
+    return None not in texts and len(set(texts)) == len(texts)
+
+
+OPTION_LISTS = st.lists(ANSWER_TEXT, max_size=5, unique_by=normalize_answer).filter(_distinct_answers)
+PRESENCE_OPTIONS = st.sampled_from([["yes", "no"], ["No", "Yes"], ["A. Yes", "B. No"], []])
 
 
 @st.composite
@@ -49,7 +69,9 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
     """A valid VQA record, as ``datamodules/vqa_builder.py`` writes them but with arbitrary text and numbers."""
     split = draw(st.sampled_from(SPLITS))
     patient = draw(st.integers(0, 10**6))
-    options = draw(st.lists(TEXT, max_size=5))
+    question_type = draw(st.sampled_from(QUESTION_TYPES))
+    options = draw(PRESENCE_OPTIONS if question_type == "presence" else OPTION_LISTS)
+    free_answers = st.sampled_from(["yes", "No.", "Present"]) if question_type == "presence" else ANSWER_TEXT
     x0, y0, w, h = (st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1, 10**6), st.integers(1, 10**6))
     boxes = st.tuples(x0, y0, w, h).map(lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]])
     record = {
@@ -57,9 +79,9 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
         "split": split,
         "patient_id": f"{split}_{patient}",
         "volume_name": f"{split}_{patient}_{draw(st.sampled_from('abc'))}_{draw(st.integers(1, 9))}.nii.gz",
-        "question_type": draw(st.sampled_from(QUESTION_TYPES)),
+        "question_type": question_type,
         "question": draw(TEXT),
-        "answer": draw(st.sampled_from(options)) if options else draw(TEXT),
+        "answer": draw(st.sampled_from(options)) if options else draw(free_answers),
         "options": options,
         "slice_index": draw(st.integers(0, 2**70)),
         "roi": draw(st.lists(boxes, min_size=1, max_size=3)),
@@ -119,8 +141,8 @@ def corrupted(draw: st.DrawFn) -> tuple[bytes, str | None]:
         rec["options"] = [*rec["options"], draw(_not(str))]
         fragment = "field 'options'"
     elif kind == "answer_not_option":
-        rec["options"] = draw(st.lists(TEXT, min_size=1, max_size=5))
-        rec["answer"] = draw(TEXT.filter(lambda a: a not in rec["options"]))
+        rec["options"] = draw(OPTION_LISTS.filter(bool))
+        rec["answer"] = draw(TEXT.filter(lambda a: option_index(a, rec["options"]) is None))
         fragment = "field 'answer'"
     elif kind == "question_type":
         rec["question_type"], fragment = draw(TEXT.filter(lambda t: t not in QUESTION_TYPES)), "field 'question_type'"
@@ -188,7 +210,8 @@ def _assert_usable(record: dict[str, Any]) -> None:
         assert type(record[name]) is kind, name  # `is`: a bool is no slice index or coordinate
     assert record["question_type"] in QUESTION_TYPES
     assert all(type(o) is str for o in record["options"])
-    assert not record["options"] or record["answer"] in record["options"]
+    assert answer_text(record["answer"], record["options"]) is not None  # not empty; with options, one of them
+    assert _distinct_answers(record["options"])
     assert record["slice_index"] >= 0
     assert parse_volume_name(record["volume_name"])[0] in SPLITS  # VolumeCache looks the split up
     assert record["roi"]
@@ -209,6 +232,7 @@ def test_vqa_reader_skips_and_counts_or_raises_on_the_first_bad_line(workdir: Pa
     records, problems = read_vqa_jsonl(path, skip_bad=True)
     for record in records:
         _assert_usable(record)
+    assert len({r["id"] for r in records}) == len(records)  # policy.gather_rows matches rows by id
     where = re.compile(rf"{re.escape(str(path))} line (\d+)")
     record_lines = [int(where.fullmatch(r["_where"]).group(1)) for r in records]
     problem_lines = [int(where.match(p).group(1)) for p in problems]
@@ -231,7 +255,7 @@ def test_vqa_reader_names_file_line_and_field_of_a_broken_record(
     path = workdir / "vqa" / "valid.jsonl"
     path.parent.mkdir(exist_ok=True)
     line, fragment = bad
-    path.write_bytes(separator.join([_dump(good), line, _dump(good)]) + separator)
+    path.write_bytes(separator.join([_dump(good), line, _dump({**good, "id": good["id"] + "-again"})]) + separator)
     with pytest.raises(BadSampleError) as err:
         read_vqa_jsonl(path)
     assert str(err.value).startswith(f"{path} line 2: ")
@@ -338,27 +362,20 @@ def test_extract_answer_takes_the_last_complete_answer(earlier: list[str], text:
     assert extract_answer(f"{prefix}{blocks}<answer>{text}</answer>{suffix}") == text.strip()
 
 
-DISTINCT_OPTIONS = st.lists(NO_TAGS, min_size=1, max_size=6, unique_by=normalize_answer)
-
-
 @PURE
-@given(options=DISTINCT_OPTIONS, think=NO_TAGS.filter(str.strip), data=st.data())
+@given(options=OPTION_LISTS.filter(bool), think=NO_TAGS.filter(str.strip), data=st.data())
 def test_a_completion_built_from_an_option_is_judged_that_option(
     options: list[str], think: str, data: st.DataObject
 ) -> None:
-    """``<think>…</think><answer>{option}</answer>`` is correct for that option only, when options are distinct
-    after normalisation; the option's letter works too unless some option's text is that letter."""
+    """``<think>…</think><answer>{option}</answer>`` is correct for that option only, when the options are what the
+    reader accepts (distinct, non-empty answers). Letters: tests/test_answer_matching.py."""
     i = data.draw(st.integers(0, len(options) - 1))
     completion = f"<think>{think}</think><answer>{options[i]}</answer>"
     assert match_option(options[i], options) == options[i]
     assert [is_correct(completion, o, options) for o in options] == [j == i for j in range(len(options))]
     assert accuracy_reward([completion], [options[i]], [options]) == [1.0]
     assert format_reward([completion]) == [1.0]
-    assert validity_reward([completion], [options]) == [float(bool(options[i].strip()))]
-    letter = chr(ord("a") + i)
-    if i < 26 and letter not in {normalize_answer(o) for o in options}:
-        by_letter = f"<think>{think}</think><answer>({letter.upper()})</answer>"
-        assert is_correct(by_letter, options[i], options)
+    assert validity_reward([completion], [options]) == [1.0]
 
 
 # ------------------------------------------------------------------------------------------------ rewards

@@ -32,9 +32,13 @@ def _write(tmp_path, lines):
     return path
 
 
+def _with_id(i: int, **fields) -> str:
+    return json.dumps({**GOOD, "id": f"q-{i}", **fields})
+
+
 def test_reads_good_records(tmp_path):
-    records, problems = read_vqa_jsonl(_write(tmp_path, [json.dumps(GOOD)] * 2))
-    assert len(records) == 2 and problems == []
+    records, problems = read_vqa_jsonl(_write(tmp_path, [_with_id(1), _with_id(2)]))
+    assert [r["id"] for r in records] == ["q-1", "q-2"] and problems == []
 
 
 @pytest.mark.parametrize(
@@ -47,6 +51,20 @@ def test_reads_good_records(tmp_path):
         (json.dumps({**GOOD, "roi": []}), "field 'roi' is empty"),
         (json.dumps({**GOOD, "answer": "maybe"}), "field 'answer'"),
         (json.dumps({**GOOD, "question_type": "vibes"}), "field 'question_type'"),
+        # Free-text gold answers with nothing to match would hand out reward for an empty <answer></answer>.
+        (json.dumps({**GOOD, "question_type": "location", "options": [], "answer": ""}), "field 'answer' '' is empty"),
+        (json.dumps({**GOOD, "question_type": "location", "options": [], "answer": "   "}), "field 'answer' '   '"),
+        (json.dumps({**GOOD, "question_type": "location", "options": [], "answer": "\u200b."}), "field 'answer'"),
+        (json.dumps({**GOOD, "answer": "E"}), "field 'answer' 'E' is not one of its options"),
+        (json.dumps({**GOOD, "answer": "A. no"}), "field 'answer' 'A. no' is not one of its options"),
+        (
+            json.dumps({**GOOD, "options": ["yes", "no", "Yes\u200b"]}),
+            "field 'options' 'Yes\\u200b' is the same answer as 'yes'",
+        ),
+        (json.dumps({**GOOD, "options": ["A. yes", "B. Yes"], "answer": "A"}), "field 'options' 'B. Yes' is the same"),
+        (json.dumps({**GOOD, "options": ["yes", "no", " ** "]}), "field 'options' holds ' ** '"),
+        (json.dumps({**GOOD, "options": [], "answer": "maybe"}), "field 'answer' 'maybe' is not yes or no"),
+        (json.dumps({**GOOD, "abnormality": ["Lung nodule"]}), "field 'abnormality' should be str or null"),
     ],
 )
 def test_bad_line_names_file_line_and_field(tmp_path, line, fragment):
@@ -57,9 +75,46 @@ def test_bad_line_names_file_line_and_field(tmp_path, line, fragment):
 
 
 def test_skip_bad_counts_and_keeps_the_rest(tmp_path):
-    path = _write(tmp_path, [json.dumps(GOOD), "{oops", json.dumps(GOOD)])
+    path = _write(tmp_path, [_with_id(1), "{oops", _with_id(3)])
     records, problems = read_vqa_jsonl(path, skip_bad=True)
     assert len(records) == 2 and len(problems) == 1 and "line 2" in problems[0]
+
+
+def test_repeated_id_is_refused_naming_both_lines(tmp_path):
+    lines = [_with_id(1), _with_id(2, roi=[]), _with_id(3), _with_id(2), _with_id(3), _with_id(4)]
+    path = _write(tmp_path, lines)
+    with pytest.raises(BadSampleError) as err:
+        read_vqa_jsonl(path)
+    assert str(err.value) == f"{path} line 2: field 'roi' is empty; give at least one box [x0, y0, x1, y1]"
+    records, problems = read_vqa_jsonl(path, skip_bad=True)
+    # The refused line 2 claims no id: line 4 is the first good record with 'q-2'.
+    assert [r["id"] for r in records] == ["q-1", "q-3", "q-2", "q-4"]
+    assert problems[1] == f"{path} line 5: field 'id' 'q-3' is listed again (first on line 3)"
+    with pytest.raises(BadSampleError) as err:
+        read_vqa_jsonl(_write(tmp_path, [_with_id(1), _with_id(2), _with_id(1)]))
+    assert str(err.value) == f"{tmp_path / 'train.jsonl'} line 3: field 'id' 'q-1' is listed again (first on line 1)"
+
+
+LETTERED = ["A. Cardiomegaly", "B. Emphysema", "C. Lung nodule"]
+PLAIN = ["Cardiomegaly", "Emphysema", "Lung nodule"]
+
+
+@pytest.mark.parametrize(
+    ("options", "answer"),
+    [
+        (LETTERED, "B"),  # OmniMedVQA / PMC-VQA / Med-R1: gold as the letter of a lettered option
+        (LETTERED, "B. Emphysema"),
+        (LETTERED, "emphysema"),
+        (PLAIN, "B"),
+        (PLAIN, "(b) Emphysema"),
+        (PLAIN, "Emphysema\u200b"),
+        (["A. Yes", "B. No"], "A"),  # a presence answer given as the letter of "Yes"
+    ],
+)
+def test_answer_may_name_its_option_by_letter_text_or_both(tmp_path, options, answer):
+    qtype = "presence" if len(options) == 2 else "abnormality"
+    (record,), _ = read_vqa_jsonl(_write(tmp_path, [_with_id(1, options=options, answer=answer, question_type=qtype)]))
+    assert record["answer"] == answer and record["options"] == options
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
