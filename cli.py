@@ -1,18 +1,62 @@
-"""Command line: ``python cli.py {fit,validate,test,predict,export} --config configs/….yaml``.
+"""Command line: ``python cli.py {fit,validate,test,predict,export,ask} --config configs/….yaml``.
 
 LightningCLI turns every ``__init__`` argument of the modules, the datamodule and the trainer into YAML.
+Every command takes ``--ckpt_path``: a checkpoint file (or sharded folder), ``last`` or ``best`` of the config's
+checkpoint callbacks. An input error (a bad sample, a missing file, an unsafe checkpoint, a bad config value)
+prints one line and exits with status 2; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import sys
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.ct_vqa import CTVQADataModule
+from datamodules.ctrate import BadSampleError
+from lightning_modules.checkpointing import UnsafeCheckpointError, best_checkpoint, unsafe_checkpoint_error
 from lightning_modules.export import export_hf_model
+
+INPUT_ERROR_EXIT = 2  # argparse's status for a usage error
+
+
+class ConfigError(ValueError):
+    """A config value a class refused when it was built from the config (``ValueError`` in its ``__init__``)."""
+
+
+# What a user's input, not a bug, causes: one line, no traceback.
+INPUT_ERRORS = (BadSampleError, ConfigError, UnsafeCheckpointError, FileNotFoundError, FileExistsError)
+# jsonargparse's report lines that repeat the value given or list the alternatives of a union: noise in one line.
+_NOISE = (
+    "Given value",
+    "Subtypes:",
+    "Errors:",
+    "Does not validate against any of the Union subtypes",
+    "Expected a <class 'NoneType'>",
+)
+
+
+def one_line(message: str) -> str:
+    """A multi-line (jsonargparse) error report as one line: the reasons, not the dump of the value."""
+    lines = (line.strip().lstrip("- ") for line in message.splitlines())
+    return " ".join(line for line in lines if line and not line.startswith(_NOISE))
+
+
+class ArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose usage errors are one line (``error: …``) instead of the whole usage above it."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {one_line(message)} (options: {prog} --help)\n")
+        sys.exit(INPUT_ERROR_EXIT)
 
 
 class Trainer(L.Trainer):
@@ -26,11 +70,9 @@ class Trainer(L.Trainer):
         out_dir: str = "artifacts/sft-model",
     ) -> Path:
         """Write ``model`` (weights from ``ckpt_path``: a path, or ``best``/``last`` of this run) to ``out_dir``."""
-        if ckpt_path in ("best", "last"):
-            callback = self.checkpoint_callback
-            if callback is None or callback.dirpath is None:
-                raise ValueError(f"ckpt_path={ckpt_path!r} needs a ModelCheckpoint with a dirpath in the config")
-            ckpt_path = str(Path(callback.dirpath) / "last.ckpt") if ckpt_path == "last" else _best(callback.dirpath)
+        ckpt_path = self.checkpoint_file(ckpt_path)
+        if not hasattr(model, "model") or "model_path" not in model.hparams:
+            raise ConfigError(f"export writes a Hugging Face model directory; {type(model).__name__} has none")
         path = export_hf_model(model, ckpt_path, out_dir)
         print(f"exported {type(model).__name__} from {ckpt_path or 'its initial weights'} to {path}")
         return path
@@ -60,7 +102,8 @@ class Trainer(L.Trainer):
             roi: ROI box [x0, y0, x1, y1] in pixels of the axial slice (display orientation).
             roi_mask: a NIfTI mask of the ROI on the same grid as the volume (its fullest slice is shown).
             slice_index: axial slice to show (default: the mask's fullest slice, else the middle one).
-            ckpt_path: a Lightning checkpoint to load into the model (default: the model directory's weights).
+            ckpt_path: a Lightning checkpoint to load into the model, or ``last``/``best`` of the config's checkpoint
+                callbacks (default: the model directory's weights).
             out_dir: where image.png and answer.json go.
             abnormality: the CT-RATE label the question is about; with no roi, roi_mask or slice_index, the
                 datamodule's ``roi_source`` (e.g. the ROI classifier's CAM) proposes where to zoom.
@@ -68,24 +111,47 @@ class Trainer(L.Trainer):
         from lightning_modules.export import load_checkpoint_file
         from lightning_modules.inference import ask
 
+        ckpt_path = self.checkpoint_file(ckpt_path)
         model.configure_model()
         if ckpt_path is not None:
             model.load_state_dict(load_checkpoint_file(ckpt_path)["state_dict"])
         model.to(self.strategy.root_device).eval()
         return ask(model, datamodule, volume, question, options, roi, roi_mask, slice_index, out_dir, abnormality)
 
+    def checkpoint_file(self, ckpt_path: str | None) -> str | None:
+        """``last``/``best`` → that checkpoint of the config's checkpoint callbacks, on disk; a path unchanged.
 
-def _best(dirpath: str) -> str:
-    """The best checkpoint recorded by the checkpoint callbacks in ``last.ckpt`` (their state), looked up in
-    ``dirpath`` itself: the recorded path is absolute and stale once the run folder has moved."""
-    import torch
+        ``last``: the newest ``last*.ckpt`` in their folders (as Lightning picks it). ``best``: the best checkpoint
+        on disk by a monitoring callback's metric and mode (``checkpointing.best_checkpoint``): Lightning knows
+        ``best`` only inside the process that trained, and another checkpoint's record of it may be stale.
 
-    last = torch.load(Path(dirpath) / "last.ckpt", map_location="cpu", weights_only=False)
-    for state in last.get("callbacks", {}).values():
-        best = state.get("best_model_path") if isinstance(state, dict) else None
-        if best:
-            return best if Path(best).is_file() else str(Path(dirpath) / Path(best).name)
-    return str(Path(dirpath) / "last.ckpt")
+        Raises:
+            ConfigError: no checkpoint callback with a folder (and, for ``best``, a monitor) in the config.
+            FileNotFoundError: no such checkpoint in those folders yet.
+        """
+        if ckpt_path not in ("best", "last"):
+            return ckpt_path
+        callbacks = [cb for cb in self.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+        if ckpt_path == "best":
+            monitored = [cb for cb in callbacks if cb.monitor]
+            if not monitored:
+                raise ConfigError("--ckpt_path best needs a checkpoint callback with a dirpath and a monitor")
+            return str(best_checkpoint(monitored[0].dirpath, monitored[0].monitor, monitored[0].mode))
+        folders = sorted({Path(cb.dirpath) for cb in callbacks if cb.save_last})
+        if not folders:
+            raise ConfigError("--ckpt_path last needs a checkpoint callback with a dirpath and save_last: true")
+        found = [p for folder in folders for p in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")]
+        if not found:
+            raise FileNotFoundError(f"no last checkpoint in {', '.join(map(str, folders))}: no fit has saved one yet")
+        return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+class DebugRunSaveConfig(SaveConfigCallback):
+    """LightningCLI's config.yaml, not written by a ``fast_dev_run`` (a debug run leaves nothing behind)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.fast_dev_run:
+            super().setup(trainer, pl_module, stage)
 
 
 class CLI(LightningCLI):
@@ -99,15 +165,61 @@ class CLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "ask": {"model", "datamodule"}}
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        """Our own commands' arguments (``ask``'s volume and question, ``export``'s out_dir) first in ``--help``,
+        before the ~60 trainer options every subcommand shares."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("ask", "export"):
+            own = set(self._subcommand_method_arguments[subcommand])
+            first = [a for a in parser._actions if a.dest in own]
+            parser._actions[:] = [*first, *(a for a in parser._actions if a.dest not in own)]
+            groups = [g for g in parser._action_groups if any(a.dest in own for a in g._group_actions)]
+            parser._action_groups[:] = [*groups, *(g for g in parser._action_groups if g not in groups)]
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{CTVQADataModule.__module__}.{CTVQADataModule.__name__}"}})
         # Applied only where both ends exist: the ROI classifier has no model_path, its datamodule no processor.
         parser.link_arguments("model.init_args.model_path", "data.init_args.processor_path")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI re-reads a checkpoint's hyperparameters here (``weights_only=True``); its refusal of a
+        checkpoint holding code becomes one clear line."""
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as error:
+            raise unsafe_checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), error) from None
+
+    def instantiate_classes(self) -> None:
+        """A value a class refuses on construction is the config's fault: say so in one line."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise ConfigError(f"config: {one_line(str(error))}") from error
+
+    def _checkpoint_arguments(self) -> None:
+        """``best`` as a file on disk (Lightning resolves it only in the process that trained), and checkpoints
+        loaded as data: ``weights_only=True`` unless the command line says otherwise."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "best":  # `last` Lightning finds itself (and starts afresh without one)
+            config["ckpt_path"] = self.trainer.checkpoint_file("best")
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True
+
+    def before_fit(self) -> None:
+        self._checkpoint_arguments()
+
+    def before_validate(self) -> None:
+        self._checkpoint_arguments()
+
+    def before_predict(self) -> None:
+        self._checkpoint_arguments()
+
     def before_test(self) -> None:
         """Hand the exact parsed config to the evaluation report, which records it next to the numbers."""
         from evaluation.callbacks import EvaluationReport
 
+        self._checkpoint_arguments()
         text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
         for callback in self.trainer.callbacks:
             if isinstance(callback, EvaluationReport):
@@ -121,10 +233,32 @@ def main(args: list[str] | None = None) -> CLI:
         subclass_mode_data=True,
         trainer_class=Trainer,
         subclass_mode_model=True,
+        parser_class=ArgumentParser,
+        save_config_callback=DebugRunSaveConfig,
         save_config_kwargs={"overwrite": True},
         args=args,
     )
 
 
+def run(args: list[str] | None = None) -> int:
+    """``main`` as a program: 0 on success; an input error printed as one line (``error: …``) and status 2,
+    its traceback only after ``--debug``; bugs raise as usual."""
+    debug = "--debug" in (sys.argv if args is None else args)
+    if debug:
+        os.environ["JSONARGPARSE_DEBUG"] = "1"  # usage errors raise, with their traceback
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    else:
+        args = [a for a in args if a != "--debug"]
+    try:
+        main(args)
+    except INPUT_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return INPUT_ERROR_EXIT
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

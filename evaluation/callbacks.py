@@ -56,6 +56,7 @@ class EvaluationReport(L.Callback):
 
     A folder that already holds the results of another evaluation (another model, checkpoint, split or VQA
     file) is never replaced silently: the test refuses to start. Re-running the same evaluation replaces it.
+    A ``fast_dev_run`` (a few batches, to debug) writes and refuses nothing: its numbers are no evaluation.
 
     Args:
         out_dir: parent folder of evaluation runs.
@@ -83,6 +84,8 @@ class EvaluationReport(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse, before any work, to replace another evaluation's run folder."""
+        if trainer.fast_dev_run:
+            return
         run_dir = self.out_dir / self._name(trainer, pl_module)
         if self.overwrite or not (run_dir / "run.json").is_file():
             return
@@ -98,7 +101,7 @@ class EvaluationReport(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = getattr(pl_module, "test_results", None)
-        if not trainer.is_global_zero or results is None:
+        if not trainer.is_global_zero or results is None or trainer.fast_dev_run:
             return
         name = self._name(trainer, pl_module)
         info = run_info(trainer, pl_module, name, split="test")
@@ -112,7 +115,7 @@ class PredictionWriter(BasePredictionWriter):
     """Write ``cli.py predict`` rows to ``path`` as JSONL (question, reasoning, answer, truth, correct, p(yes)).
 
     Each rank writes its own part while predicting; rank 0 joins them at the end into one file, renamed into
-    place, so an interrupted run never leaves a truncated predictions file.
+    place, so an interrupted run never leaves a truncated predictions file. A ``fast_dev_run`` writes nothing.
     """
 
     def __init__(self, path: str = "runs/predict/predictions.jsonl") -> None:
@@ -123,10 +126,14 @@ class PredictionWriter(BasePredictionWriter):
         return self.path.with_name(f".{self.path.name}.rank{rank}.part")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._part(trainer.global_rank).write_text("")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        if trainer.fast_dev_run:
+            return
         with self._part(trainer.global_rank).open("a", encoding="utf-8") as f:
             for row in prediction:
                 row = {k: v for k, v in row.items() if k != "padding"}
@@ -134,7 +141,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         parts = [self._part(rank) for rank in range(trainer.world_size)]
         atomic_write_text(self.path, "".join(p.read_text(encoding="utf-8") for p in parts))

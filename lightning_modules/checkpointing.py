@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -12,11 +13,86 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint or state file that holds something other than data (e.g. a pickled function): not loaded."""
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint or state file read as data only (``torch.load(weights_only=True)``) onto the CPU.
+
+    The project types that hyperparameters hold are allow-listed where they are defined (``add_safe_globals``);
+    anything else that would have to be unpickled as code (a function, an arbitrary class) is refused.
+    ``mmap`` maps the tensors instead of reading them (for looking at a checkpoint's metadata only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs code to load; the message names it and what it holds.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise unsafe_checkpoint_error(path, error) from None
+
+
+def unsafe_checkpoint_error(path: str | Path, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
+    """torch's refusal of ``path`` under ``weights_only`` (a page of advice) as one line naming what it holds."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+    return UnsafeCheckpointError(
+        f"{path}: refused to load, it holds code and not only data ({what}); load only checkpoints whose origin "
+        "you trust, saved with plain tensors and types"
+    )
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """Everything but the weights of a ``.ckpt`` file or of a sharded (FSDP2) checkpoint folder."""
+    path = Path(path)
+    return load_checkpoint(path / _METADATA_FILENAME if path.is_dir() else path, mmap=not path.is_dir())
+
+
+def recorded_score(path: str | Path, monitor: str) -> float | None:
+    """The ``monitor`` value a top-k checkpoint was saved with, as its saving callback recorded it in the
+    checkpoint itself (``best_k_models``); None for a checkpoint no callback monitoring ``monitor`` saved."""
+    path = Path(path)
+    for state in checkpoint_metadata(path).get("callbacks", {}).values():
+        if not isinstance(state, dict) or state.get("monitor") != monitor:
+            continue
+        for saved, score in (state.get("best_k_models") or {}).items():
+            # Recorded as written (often absolute): match by name, the run folder may have moved.
+            if Path(saved).name == path.name and score is not None:
+                return float(score)
+    return None
+
+
+def best_checkpoint(dirpath: str | Path, monitor: str, mode: str) -> Path:
+    """The best checkpoint on disk in ``dirpath`` by ``monitor`` (``mode`` ``max`` or ``min``).
+
+    Looked up among the files themselves, each scored by its own record, and not in another checkpoint's record
+    of them (``last.ckpt``'s can name a file a later save replaced). Sharded checkpoint folders count as files.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``dirpath`` was saved for ``monitor``.
+    """
+    folder = Path(dirpath)
+    candidates = [p for p in folder.glob(f"*{ModelCheckpoint.FILE_EXTENSION}") if not p.name.startswith(".")]
+    scores = {p: s for p in sorted(candidates) if (s := recorded_score(p, monitor)) is not None}
+    if not scores:
+        raise FileNotFoundError(
+            f"{folder}: no checkpoint was saved as best by {monitor!r} (no validation yet?); use --ckpt_path last"
+        )
+    pick = max if mode == "max" else min
+    return pick(scores, key=scores.__getitem__)
 
 
 def rng_states() -> dict[str, Any]:
@@ -75,6 +151,9 @@ class ResumableCheckpoint(ModelCheckpoint):
       from them continue as in the uninterrupted run (data order and rollouts have their own seeds).
     * A fit that does not resume refuses a checkpoint folder that already holds another run's checkpoints,
       instead of mixing its files with that run's (resume it with ``--ckpt_path last``, or pick another folder).
+    * Each new top-k checkpoint also refreshes the ``last`` checkpoint of the other ``save_last`` callbacks: its
+      record of the callbacks (which best files exist) is never older than the files in the folder.
+    * Under ``fast_dev_run`` nothing is written and nothing refused: a debug run leaves no trace.
 
     Use it with ``every_n_train_steps`` and ``save_last: true`` for the resume point, and as usual with
     ``monitor`` for the best checkpoints.
@@ -93,6 +172,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse to mix a new run's checkpoints with another run's: the first moment ``ckpt_path`` is known under
         every strategy (FSDP2 restores after setup), and still before any checkpoint is written."""
+        if trainer.fast_dev_run:
+            return
         folder = Path(self.dirpath) if self.dirpath is not None else None
         existing = sorted(p.name for p in folder.glob(f"*{self.FILE_EXTENSION}")) if folder and folder.is_dir() else []
         if existing and trainer.ckpt_path is None:
@@ -110,9 +191,21 @@ class ResumableCheckpoint(ModelCheckpoint):
             replace_atomically(partial, final)
         trainer.strategy.barrier("ResumableCheckpoint")
         self._last_checkpoint_saved = filepath
+        if self.monitor is not None and final.name != Path(self.last_model_path or "").name:
+            self._refresh_last_checkpoints(trainer)
+
+    def _refresh_last_checkpoints(self, trainer: L.Trainer) -> None:
+        """Re-save the ``last`` of the other ``save_last`` callbacks after a new top-k save: written at the
+        training step before this validation, it would record the best file this save is about to replace."""
+        for callback in trainer.checkpoint_callbacks:
+            if callback is not self and isinstance(callback, ResumableCheckpoint) and callback.save_last:
+                callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Save ``last`` once more when training ends between two ``every_n_train_steps``: it is the end state."""
+        """Save ``last`` once more when training ends between two ``every_n_train_steps``: it is the end state.
+        Not under ``fast_dev_run`` (Lightning's own ``on_train_end`` would save it even then)."""
+        if trainer.fast_dev_run:
+            return
         super().on_train_end(trainer, pl_module)
         if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -6,21 +6,30 @@ import tempfile
 from pathlib import Path
 
 import lightning as L
-import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 
+from lightning_modules.checkpointing import load_checkpoint
 from lightning_modules.model_loading import load_processor, save_model_dir, unwrap_base
 
 
 def load_checkpoint_file(ckpt_path: str | Path) -> dict:
-    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or the folder a sharded (FSDP2) run writes."""
+    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or the folder a sharded (FSDP2) run writes.
+
+    Read as data only (``checkpointing.load_checkpoint``): a checkpoint that would run code is refused.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        UnsafeCheckpointError: the checkpoint holds code (e.g. a pickled function).
+    """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_dir():
-        return torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        return load_checkpoint(ckpt_path)
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    load_checkpoint(ckpt_path / _METADATA_FILENAME)  # the pickled part, checked before anything is converted
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(ckpt_path, Path(tmp) / "full.ckpt")
-        return torch.load(Path(tmp) / "full.ckpt", map_location="cpu", weights_only=False)
+        return load_checkpoint(Path(tmp) / "full.ckpt")
 
 
 def export_hf_model(module: L.LightningModule, ckpt_path: str | Path | None, out_dir: str | Path) -> Path:
