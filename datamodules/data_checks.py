@@ -239,7 +239,8 @@ def label_problems(frame: pd.DataFrame, lines: Sequence[int], labels: Sequence[s
     out = []
     for col in (c for c in labels if c in frame.columns):
         bad = ~pd.to_numeric(frame[col], errors="coerce").isin([0, 1])
-        out += [(lines[i], col, f"must be 0 or 1, got {frame[col].iloc[i]!r}") for i in np.flatnonzero(bad)]
+        values = frame[col].tolist()  # Python scalars: their repr is the cell as written (2, not np.int64(2))
+        out += [(lines[i], col, f"must be 0 or 1, got {values[i]!r}") for i in np.flatnonzero(bad)]
     return sorted(out, key=lambda p: (p[0], list(labels).index(p[1])))
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from datamodules.collate import IGNORE_INDEX
 from datamodules.ct_vqa import CTVQADataModule, SyntheticData, ZoomSpec
-from datamodules.ctrate import BadSampleError
+from datamodules.ctrate import BadSampleError, CTRATEPaths
 
 
 def make(root: Path, model_dir: Path, **kwargs) -> CTVQADataModule:
@@ -103,8 +106,6 @@ def _first_index(dm: CTVQADataModule, record_id: str) -> tuple[str, int]:
 
 def test_corrupt_nifti_names_the_file_or_is_skipped(root_copy, tiny_model_dir):
     record = _rewrite_first_record(root_copy)
-    from datamodules.ctrate import CTRATEPaths
-
     volume = CTRATEPaths(root_copy, "train").volume(record["volume_name"])
     volume.write_bytes(b"\x1f\x8b not really gzip")
     dm = make(root_copy, tiny_model_dir, val_fraction=0.0)
@@ -140,3 +141,43 @@ def test_missing_data_dir_is_generated_when_synthetic_is_asked_for(tmp_path, tin
     dm = make(tmp_path / "fresh", tiny_model_dir, synthetic=SyntheticData(n=6, seed=1))
     assert (tmp_path / "fresh" / "vqa" / "train.jsonl").is_file()
     assert len(dm.datasets["train"]) > 0
+
+
+def test_nan_voxels_are_refused_naming_the_file_or_skipped_and_counted(root_copy, tiny_model_dir):
+    """A float32 volume with a 40×40 block of NaN on every slice (outside the field of view): rendered, the NaN
+    spread through windowing, zoom and resize and turned black; now the loader refuses the volume."""
+    record = _rewrite_first_record(root_copy)
+    volume = CTRATEPaths(root_copy, "train").volume(record["volume_name"])
+    img = nib.load(volume)
+    arr = np.asarray(img.dataobj).astype(np.float32)
+    arr[:40, :40, :] = np.nan
+    nib.save(nib.Nifti1Image(arr, img.affine), volume)
+    dm = make(root_copy, tiny_model_dir, val_fraction=0.0)
+    split, i = _first_index(dm, record["id"])
+    with pytest.raises(BadSampleError) as err:
+        dm.datasets[split][i]
+    assert str(err.value).startswith(f"dataset/train/{record['patient_id']}/")
+    assert f"{record['volume_name']}: holds NaN or infinite values (51200 of 524288 voxels" in str(err.value)
+    skipping = make(root_copy, tiny_model_dir, val_fraction=0.0, skip_bad_samples=True)
+    assert skipping.datasets[split][i] is None
+    assert skipping.skipped_samples()[split] == [str(err.value)]
+
+
+def test_a_target_longer_than_max_length_is_refused_not_cut(synthetic_root, tiny_model_dir):
+    """SFT used to train on the target's first tokens (no </think>, <answer> or end of turn)."""
+    dataset = make(synthetic_root, tiny_model_dir, max_samples=1, val_fraction=0.0).datasets["train"]
+    sample = dataset[0]
+    total = len(sample["prompt_ids"]) + len(sample["target_ids"])
+    assert dataset.processor.tokenizer.decode(sample["target_ids"]).endswith("</answer><|im_end|>")
+    dataset.max_length = total  # exactly enough: kept whole
+    assert len(dataset[0]["target_ids"]) == len(sample["target_ids"])
+    dataset.max_length = total - 1
+    where = dataset.records[0]["_where"]
+    with pytest.raises(
+        BadSampleError, match=rf"^{re.escape(where)}: prompt \+ target is {total} tokens, over max_length={total - 1}$"
+    ):
+        dataset[0]
+    dataset.skip_bad_samples = True
+    assert dataset[0] is None and list(dataset.skipped.values()) == [
+        f"{where}: prompt + target is {total} tokens, over max_length={total - 1}"
+    ]

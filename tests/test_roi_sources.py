@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -222,3 +223,21 @@ def test_experiment_configs_name_every_source():
     vqa_dirs = [arm.data.get("vqa_dir") for arm in exp.arms]
     assert len(exp.arms) == 4 and len(set(vqa_dirs)) == 4  # one VQA folder per source
     assert all(exp.arm_data(arm)["image_size"] == 56 for arm in exp.arms)  # the replication's settings
+
+
+def test_region_masks_off_the_grid_or_unreadable_are_refused_naming_the_file(root, tmp_path):
+    name = _volume_names(10, 0)[0]
+    folder = tmp_path / "regions" / name.removesuffix(".nii.gz")
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.ones((128, 128, 16), np.uint8), np.eye(4)), folder / "heart.nii.gz")
+    source = MaskROI(regions_dir=str(tmp_path / "regions"), lesions=False)
+    query = _query(root, name, "Cardiomegaly", "heart")
+    for _ in range(2):  # the off-grid mask is not cached for the next question either
+        with pytest.raises(BadSampleError, match=r"heart.nii.gz: mask grid \(128, 128, 16\) differs from the CT"):
+            source.propose(query)
+    noise = np.random.default_rng(0).integers(0, 255, size=SHAPE, dtype=np.uint8)
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), folder / "aorta.nii.gz")
+    data = (folder / "aorta.nii.gz").read_bytes()
+    (folder / "aorta.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadSampleError, match=r"aorta.nii.gz: cannot read NIfTI \(EOFError"):
+        source.propose(_query(root, name, "Arterial wall calcification", "aorta"))

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -74,3 +75,27 @@ def test_a_slice_outside_the_volume_is_still_named(root_copy, tiny_model_dir, tm
     with pytest.raises(BadSampleError, match="field 'slice_index' 999"):
         dataset.image(record)
     assert not list((tmp_path / "slices").rglob("*.npy"))
+
+
+def test_a_bad_volume_is_never_cached_and_a_bad_cached_slice_is_cut_again(root_copy, tiny_model_dir, tmp_path):
+    cache = tmp_path / "slices"
+    dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
+    record = dataset.records[0]
+    good = dataset.hu_slice(record)
+    (stored,) = cache.rglob("*.npy")
+    stored.write_bytes(stored.read_bytes()[:50])  # a truncated entry
+    dataset.volumes._volumes.clear()
+    np.testing.assert_array_equal(dataset.hu_slice(record), good)  # cut again from the volume, and stored again
+    assert np.load(stored).shape == good.shape
+    np.save(stored, np.full(good.shape, np.nan, np.float32))  # an entry of a volume refused today
+    np.testing.assert_array_equal(dataset.hu_slice(record), good)
+
+    volume = dataset.volumes.path(record["volume_name"])
+    img = nib.load(volume)
+    arr = np.asarray(img.dataobj).astype(np.float32)
+    arr[:40, :40, :] = np.nan
+    nib.save(nib.Nifti1Image(arr, img.affine), volume)
+    dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
+    with pytest.raises(BadSampleError, match=f"{record['volume_name']}: holds NaN or infinite values"):
+        dataset.hu_slice(record)
+    assert list(cache.rglob("*.npy")) == [stored]  # the replaced volume's key has no slice

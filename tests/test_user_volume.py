@@ -258,3 +258,54 @@ def test_choose_view_defaults_to_lungs_or_whole_slice():
     assert choose_view(np.zeros((1, 40, 32, 3), np.float32), slice_index=2) == (2, [[0, 0, 40, 32]])
     with pytest.raises(BadSampleError, match="slice index 3 is outside 0..2"):
         choose_view(hu[None], slice_index=3)
+
+
+def test_a_truncated_nifti_names_the_file_though_its_voxels_are_decoded_late(tmp_path):
+    """nib.load reads the header alone; the cut gzip stream only fails when the voxels are decoded."""
+    hu = lps_volume()
+    path = write_nifti(tmp_path / "ct.nii.gz", *stored(hu.astype(np.int16)))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    nib.load(path)  # the header still reads
+    with pytest.raises(BadSampleError, match=r"/ct.nii.gz: cannot read NIfTI \(EOFError: Compressed file ended"):
+        load_user_volume(path)
+    vol = load_user_volume(write_nifti(tmp_path / "whole.nii.gz", *stored(hu.astype(np.int16))))
+    mask = tmp_path / "mask.nii.gz"
+    labels = np.random.default_rng(0).integers(
+        0, 255, size=SHAPE, dtype=np.uint8
+    )  # noise: half the bytes keep the header
+    write_nifti(mask, *stored(labels))
+    data = mask.read_bytes()
+    mask.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadSampleError, match=r"mask.nii.gz: cannot read NIfTI \(EOFError"):
+        load_user_mask(mask, like=vol)
+
+
+def test_x_y_z_1_is_the_3d_volume_for_both_readers(tmp_path):
+    """ANTs and others write a 3D image as (X, Y, Z, 1): the ask reader and the CT-RATE loader both read it as 3D."""
+    from datamodules.ctrate import load_ct_volume
+
+    hu = lps_volume()
+    arr, aff = stored(hu)
+    as_4d = write_nifti(tmp_path / "ct4.nii.gz", arr.astype(np.int16)[..., None], aff)
+    np.testing.assert_array_equal(load_user_volume(as_4d).numpy()[0], hu)
+    row = {
+        "VolumeName": "train_1_a_1.nii.gz",
+        "RescaleSlope": 1,
+        "RescaleIntercept": INTERCEPT,
+        "XYSpacing": f"[{COL_SPACING}, {ROW_SPACING}]",
+        "ZSpacing": SLICE_SPACING,
+        "ImagePositionPatient": ORIGIN_LPS.tolist(),
+        "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+    }
+    np.testing.assert_array_equal(load_ct_volume(as_4d, row).numpy()[0], hu)
+
+
+def test_values_that_are_not_hu_are_refused(tmp_path):
+    hu = lps_volume()
+    hu[:4, :4, :] = np.nan  # outside the field of view, as resampling tools write it
+    with pytest.raises(BadSampleError, match=r"nan.nii.gz: holds NaN or infinite values \(96 of 2880 voxels"):
+        load_user_volume(write_nifti(tmp_path / "nan.nii.gz", *stored(hu)))
+    write_dicom(tmp_path / "series", lps_volume() - INTERCEPT)  # HU shifted by 1024, as if never rescaled: no air
+    with pytest.raises(BadSampleError, match=r"/series: no voxel below -500 HU \(min -16\)"):
+        load_user_volume(tmp_path / "series")
