@@ -1,4 +1,6 @@
-"""Compare evaluation run folders side by side: group by run name, mean ± sample std over seeds.
+"""Compare evaluation run folders side by side: group by run name, mean ± sample std over seeds, and for each pair of
+groups evaluated on the same questions the paired accuracy difference with its 95 % CI and exact p-value
+(``evaluation/paired.py``).
 
 Usage: ``python -m evaluation.compare RUN_DIR [RUN_DIR ...] --out DIR``
 """
@@ -14,10 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.paired import ALPHA, compare_arms
 from evaluation.report import QTYPE_ORDER, as_float, atomic_write_text, fmt, json_safe, markdown_table
 
 METRICS_FILE = "metrics.json"
 INFO_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def _read_json(run_dir: Path, name: str) -> dict[str, Any]:
@@ -139,10 +143,64 @@ def render_comparison(groups: Sequence[Mapping[str, Any]], metric_names: Sequenc
     return "\n".join(lines) + "\n"
 
 
+def _predictions(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run folder {run_dir}: missing {PREDICTIONS_FILE} (expected {path})")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def paired_comparisons(groups: Sequence[Mapping[str, Any]], n_boot: int = 10_000) -> list[dict[str, Any]]:
+    """For each pair of groups (earlier = A, later = B), B − A paired by seed and question (``compare_arms``):
+    ``{"a", "b", "results": {"all" | question type: PairedResult.as_dict()}}``, or ``"skipped": reason`` when
+    the two were not run on common seeds and the same questions."""
+    runs: list[dict[Any, list[dict[str, Any]]] | str] = []
+    for g in groups:
+        try:
+            runs.append({seed: _predictions(d) for seed, d in zip(g["seeds"], g["run_dirs"], strict=True)})
+        except FileNotFoundError as e:
+            runs.append(str(e))
+    out = []
+    for i, first in enumerate(groups):
+        for j in range(i + 1, len(groups)):
+            pair: dict[str, Any] = {"a": first["name"], "b": groups[j]["name"]}
+            a, b = runs[i], runs[j]
+            try:
+                if isinstance(a, str) or isinstance(b, str):
+                    raise ValueError(a if isinstance(a, str) else b)
+                pair["results"] = {k: r.as_dict() for k, r in compare_arms(a, b, n_boot).items()}
+            except ValueError as e:
+                pair["skipped"] = str(e)
+            out.append(pair)
+    return out
+
+
+def render_paired(pairs: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of the paired differences: one row per pair and question type, significant ones marked."""
+    rows = []
+    for pair in pairs:
+        label = f"{pair['b']} − {pair['a']}".replace("|", "\\|")
+        if "skipped" in pair:
+            rows.append([label, "–", "–", "–", "–", f"not paired: {pair['skipped']}"])
+            continue
+        for qtype, r in pair["results"].items():
+            ci = f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}]"
+            mark = "*" if r["significant"] else ""
+            p = f"{r['p_value']:.2g}"
+            rows.append([label, qtype, f"{fmt(r['difference'], signed=True)}{mark}", ci, p, str(r["n_seeds"])])
+    lines = markdown_table(["B − A", "questions", "Δ accuracy", "95 % CI", "p", "seeds"], rows)
+    note = (
+        f"\n\\* p < {ALPHA}: exact paired sign-flip test over questions (McNemar's exact test with one seed); CI: "
+        "bootstrap over seeds and questions (evaluation/paired.py). Seeds pair by their number, questions by id.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
 def write_comparison(
     run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, metric_names: Sequence[str] | None = None
 ) -> Path:
-    """Write comparison.md, comparison.json (aggregated groups) and comparison.png into ``out_dir``, each atomically.
+    """Write comparison.md, comparison.json (aggregated groups), paired.json (``paired_comparisons``) and
+    comparison.png into ``out_dir``, each atomically.
 
     Returns the path of comparison.md.
     """
@@ -160,7 +218,11 @@ def write_groups(
     rows = [{"name": g["name"], "metrics": {m: (s["mean"], s["std"]) for m, s in g["metrics"].items()}} for g in groups]
     png = plot_comparison(rows, out_dir / "comparison.png")
     atomic_write_text(out_dir / "comparison.json", json.dumps(json_safe(list(groups)), indent=2) + "\n")
+    pairs = paired_comparisons(groups)
+    atomic_write_text(out_dir / "paired.json", json.dumps(json_safe(pairs), indent=2) + "\n")
     md = "# Run comparison\n\n" + render_comparison(groups, metric_names) + f"\n![Run comparison]({png.name})\n"
+    if pairs:
+        md += "\n## Paired differences\n\n" + render_paired(pairs)
     return atomic_write_text(out_dir / "comparison.md", md)
 
 
@@ -196,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error(str(e))  # a usage problem, not a crash: message + exit code 2, no traceback
     md_path = write_groups(groups, args.out)
     print_comparison(groups)
+    pairs = json.loads((args.out / "paired.json").read_text(encoding="utf-8"))
+    if pairs:
+        print(render_paired(pairs))
     print(f"wrote {md_path}")
     return md_path
 

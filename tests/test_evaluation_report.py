@@ -253,7 +253,12 @@ def test_write_comparison_files(tmp_path, run_dirs):
     out = tmp_path / "cmp"
     md_path = write_comparison(run_dirs, out)
     assert md_path == out / "comparison.md"
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "comparison.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.json",
+        "comparison.md",
+        "comparison.png",
+        "paired.json",
+    ]
     assert "| sft_zoom | 0.850 ± 0.050 (n=3)" in md_path.read_text()
     assert "![Run comparison](comparison.png)" in md_path.read_text()
     groups = json.loads((out / "comparison.json").read_text())  # strict JSON: NaN stored as null
