@@ -135,7 +135,9 @@ def check_geometry(row: Mapping[str, Any]) -> None:
 def hu_problems(volume: torch.Tensor | np.ndarray) -> list[str]:
     """Why a volume's values do not look like CT in HU (empty when they do). Two passes (min, max), no copy:
     both propagate NaN, and an infinity is its own min or max."""
-    low, high = (float(volume.min()), float(volume.max())) if volume.size else (0.0, 0.0)
+    if (volume.numel() if isinstance(volume, torch.Tensor) else volume.size) == 0:
+        return ["holds no voxels"]
+    low, high = float(volume.min()), float(volume.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         return ["holds NaN or infinite values"]
     out = []
