@@ -171,3 +171,35 @@ def test_reset_clears_the_text_scores_too():
     metrics.reset()
     metrics.update([row("yes", "yes", id="b")])  # reasoning copied verbatim: BLEU 1 unless the old pair stayed
     assert first < 0.5 and metrics.compute()["bleu"] == pytest.approx(1.0)
+
+
+def test_lettered_options_and_letter_gold_are_read_as_the_options_they_denote():
+    """OmniMedVQA-style options ("A. Yes") and a letter gold ("A"): the row is correct and detection sees yes/no
+    (before, "A" was compared with "A. Yes" as text, and neither counted as a yes)."""
+    lettered = ("A. Yes", "B. No")
+    rows = [
+        prediction_row(said("A"), meta(truth="A", options=lettered, id="a")),  # true positive
+        prediction_row(said("Yes"), meta(truth="B", options=lettered, id="b")),  # false positive
+        prediction_row(said("B. No"), meta(truth="A", options=lettered, id="c")),  # false negative
+    ]
+    assert [r["correct"] for r in rows] == [True, False, False] and rows[0]["answer"] == "A. Yes"
+    assert all(r["valid"] for r in rows)
+    metric = AbnormalityDetection(LABELS)
+    metric.update(rows)
+    nodule = metric.compute()["per_abnormality"]["Lung nodule"]
+    assert (nodule["precision"], nodule["recall"], nodule["support"]) == (0.5, 0.5, 2)
+
+
+def test_empty_answer_is_never_correct_and_never_a_yes():
+    rows = [
+        prediction_row(said(""), meta(qtype="location", truth="", options=(), id="a")),
+        prediction_row(said("\u200b"), meta(truth="yes", options=(), id="b")),
+        prediction_row("<answer>yes</answer><answer>no</answer>", meta(truth="no", id="c")),
+    ]
+    assert [(r["correct"], r["valid"]) for r in rows] == [(False, False), (False, False), (True, False)]
+    accuracy = VQAAccuracy(QUESTION_TYPES)
+    accuracy.update(rows)
+    assert accuracy.compute()["accuracy"] == pytest.approx(1 / 3) and accuracy.compute()["validity_rate"] == 0.0
+    metric = AbnormalityDetection(LABELS)
+    metric.update(rows[1:2])
+    assert metric.compute()["per_abnormality"]["Lung nodule"]["recall"] == 0.0

@@ -368,7 +368,7 @@ def test_a_completion_built_from_an_option_is_judged_that_option(
     options: list[str], think: str, data: st.DataObject
 ) -> None:
     """``<think>…</think><answer>{option}</answer>`` is correct for that option only, when the options are what the
-    reader accepts (distinct, non-empty answers). Letters: tests/test_answer_matching.py."""
+    reader accepts (distinct, non-empty answers). Letters: test_every_convention_of_an_option_is_that_option."""
     i = data.draw(st.integers(0, len(options) - 1))
     completion = f"<think>{think}</think><answer>{options[i]}</answer>"
     assert match_option(options[i], options) == options[i]
@@ -376,6 +376,53 @@ def test_a_completion_built_from_an_option_is_judged_that_option(
     assert accuracy_reward([completion], [options[i]], [options]) == [1.0]
     assert format_reward([completion]) == [1.0]
     assert validity_reward([completion], [options]) == [1.0]
+
+
+def _not_letter_like(text: str) -> bool:
+    """Text no one would read as an option letter: not one character, not "(…", not a character then ")", "." or
+    ":" (an option whose text looks like a letter is ambiguous in the letter convention by nature)."""
+    norm = normalize_answer(text)
+    return len(norm) > 1 and not norm.startswith("(") and norm[1] not in ").:"
+
+
+# Letters, digits, punctuation, spaces, marks and invisible characters, Turkish and German letters among them.
+BODY = st.text(st.characters(categories=["L", "M", "N", "P", "Zs", "Cf"]) | st.sampled_from("İıŞşĞğß"), max_size=15)
+BODIES = st.lists(BODY.filter(_not_letter_like), min_size=1, max_size=6, unique_by=normalize_answer)
+
+
+def _forms(letter: str, body: str, lettered: bool) -> list[str]:
+    """Every way to write one option: its letter, letter and text (three separators), its text; cased and with an
+    invisible character; the option as written first."""
+    forms = [
+        letter,
+        f"({letter.lower()})",
+        f"{letter})",
+        f"{letter}. {body}",
+        f"({letter}) {body}",
+        f"{letter}: {body}",
+    ]
+    forms += [body, body.upper(), f"{body}\u200b", f"\ufeff{letter.lower()}"]
+    return [f"{letter}. {body}" if lettered else body, *forms]
+
+
+@PURE
+@given(bodies=BODIES, lettered=st.booleans(), data=st.data())
+def test_every_convention_of_an_option_is_that_option(bodies: list[str], lettered: bool, data: st.DataObject) -> None:
+    """Plain options or lettered ones ("C. x", letters in any order): a gold answer written as its letter, letter
+    and text, or text alone matches a model answer written any of those ways for the same option, and no other
+    option's; the reader (which resolves with option_index too) accepts every such gold."""
+    n = len(bodies)
+    letters = data.draw(st.permutations("ABCDEF"[:n])) if lettered else list("ABCDEF"[:n])
+    options = [f"{x}. {b}" for x, b in zip(letters, bodies, strict=True)] if lettered else bodies
+    assert _distinct_answers(options)
+    i, j = data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, n - 1))
+    gold = data.draw(st.sampled_from(_forms(letters[i], bodies[i], lettered)))
+    assert option_index(gold, options) == i
+    for said in _forms(letters[j], bodies[j], lettered):
+        completion = f"<think>r</think><answer>{said}</answer>"
+        assert is_correct(completion, gold, options) == (i == j), said
+        assert accuracy_reward([completion], [gold], [options]) == [float(i == j)]
+        assert validity_reward([completion + f"<answer>{said}</answer>"], [options]) == [1.0]
 
 
 # ------------------------------------------------------------------------------------------------ rewards

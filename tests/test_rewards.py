@@ -16,6 +16,7 @@ ABNORMALITIES = ["Lung nodule", "Cardiomegaly", "Emphysema", "Hiatal hernia"]
 LUNGS = ["left lung", "right lung"]
 LEFT_LOBES = ["left upper lobe", "left lower lobe"]
 SIZES = ["small (<5 mm)", "medium (5–10 mm)", "large (>10 mm)"]
+LETTERED = ["A. Cardiomegaly", "B. Emphysema", "C. Lung nodule"]  # OmniMedVQA / PMC-VQA / Med-R1 convention
 
 
 def ans(text: str) -> str:
@@ -58,6 +59,26 @@ def ans(text: str) -> str:
         (ans("medium"), "medium (5–10 mm)", SIZES, 0.0),  # the model is told to answer verbatim
         (ans("Left upper lobe"), "left upper lobe", [], 1.0),  # open question: normalised text
         (ans("left lower lobe"), "left upper lobe", [], 0.0),
+        # Empty answers never score, whatever the gold (the reader refuses an empty gold; this is the second guard).
+        (ans(""), "", [], 0.0),
+        (ans("\u200b"), "  ", [], 0.0),
+        # Unicode equivalents of the gold.
+        (ans("yes\u200b"), "yes", YES_NO, 1.0),
+        (ans("yes\u200b"), "yes", [], 1.0),
+        (ans("SAĞ AKCİĞER"), "sağ akciğer", [], 1.0),
+        (ans("Ｙｅｓ"), "yes", YES_NO, 1.0),
+        # Letter convention: the gold is compared as the option it denotes (was 0 for a gold "B").
+        (ans("B"), "B", LETTERED, 1.0),
+        (ans("(b)"), "B", LETTERED, 1.0),
+        (ans("B. Emphysema"), "B", LETTERED, 1.0),
+        (ans("emphysema"), "B", LETTERED, 1.0),
+        (ans("B"), "B. Emphysema", LETTERED, 1.0),
+        (ans("B"), "Emphysema", LETTERED, 1.0),
+        (ans("A"), "B", LETTERED, 0.0),
+        (ans("A. Emphysema"), "B", LETTERED, 0.0),
+        (ans("B"), "B", ABNORMALITIES, 1.0),  # a letter gold among plain options: option B, Cardiomegaly
+        (ans("Cardiomegaly"), "B", ABNORMALITIES, 1.0),
+        (ans("Emphysema"), "B", ABNORMALITIES, 0.0),
     ],
 )
 def test_accuracy_reward(completion, answer, options, expected):
@@ -146,6 +167,19 @@ def test_format_reward_defaults_to_think_and_rejects_unknown_formats():
         (ans("positive"), [], "presence", 1.0),
         (ans("probably"), [], "presence", 0.0),
         (ans("yes <think>x</think>"), [], "location", 0.0),  # tag inside the answer
+        (ans("B"), LETTERED, "abnormality", 1.0),
+        (ans("Emphysema"), LETTERED, "abnormality", 1.0),
+        (ans("D"), LETTERED, "abnormality", 0.0),
+        (ans("\u200b"), [], "location", 0.0),  # invisible only: empty
+        # Several answer blocks: valid only when they agree (was 1.0 for "yes" then "no": the last was judged).
+        ("<answer>yes</answer><answer>no</answer>", YES_NO, "presence", 0.0),
+        ("<answer>yes</answer><answer>no</answer>", [], "presence", 0.0),
+        ("<answer>left lung</answer><answer>right lung</answer>", [], "location", 0.0),
+        ("<answer>maybe</answer><answer>yes</answer>", YES_NO, "presence", 0.0),  # an inadmissible block
+        ("<answer></answer><answer>yes</answer>", YES_NO, "presence", 0.0),
+        ("<answer>B</answer><answer>B. Emphysema</answer>", LETTERED, "abnormality", 1.0),  # the same option
+        ("<answer>Yes</answer><answer>present</answer>", YES_NO, "presence", 1.0),
+        ("<answer>Left lung</answer><answer>left lung.</answer>", [], "location", 1.0),
     ],
 )
 def test_validity_reward(completion, options, question_type, expected):
