@@ -30,7 +30,9 @@ def prediction_row(completion: str, meta: Mapping[str, Any], p_yes: float | None
     """One question's outcome: the question, the model's reasoning and answer, the truth, and how it scored.
 
     ``answer`` is the option the model chose (or its raw answer text when that is no option, None without an
-    ``<answer>``); ``valid`` is ``rewards.validity``'s verdict and ``formatted`` ``rewards.format``'s.
+    ``<answer>``) and ``truth`` the option the gold answer denotes, both as the option is written, so a gold "B"
+    and a model's "Emphysema" both read "B. Emphysema" (plots and reports compare them as text);
+    ``valid`` is ``rewards.validity``'s verdict and ``formatted`` ``rewards.format``'s.
     """
     options = list(meta["options"])
     raw = extract_answer(completion)
@@ -42,7 +44,7 @@ def prediction_row(completion: str, meta: Mapping[str, Any], p_yes: float | None
         "question_type": meta["question_type"],
         "question": meta["question"],
         "options": options,
-        "truth": meta["answer"],
+        "truth": (match_option(meta["answer"], options) or meta["answer"]) if options else meta["answer"],
         "completion": completion,
         "reasoning": think.group(1).strip() if think else None,
         "reference_reasoning": meta.get("reasoning"),

@@ -90,19 +90,18 @@ def normalize_answer(text: str) -> str:
     return norm
 
 
-def _letters_and_texts(options: Sequence[str]) -> tuple[list[str | None], list[str]]:
-    """Each option's letter and its normalised text without that letter.
+def _letters_and_texts(keys: Sequence[str]) -> tuple[list[str | None], list[str]]:
+    """Each option's letter and its normalised text without that letter, from the options' normalised ``keys``.
 
     Options all written with distinct letters ("A. Cardiomegaly", "B. Emphysema": the convention of OmniMedVQA,
     PMC-VQA, Med-R1) keep their own letters; otherwise option i has letter i ("a", "b", …; None past "z") and its
     whole text.
     """
-    keys = [normalize_answer(o) for o in options]
     parsed = [_LETTER_RE.fullmatch(k) for k in keys]
     letters = [m[1] if m and m[2] else None for m in parsed]
     if keys and all(letters) and len(set(letters)) == len(letters):
         return letters, [normalize_answer(m[2]) for m in parsed if m]
-    return [chr(ord("a") + i) if i < 26 else None for i in range(len(options))], keys
+    return [chr(ord("a") + i) if i < 26 else None for i in range(len(keys))], list(keys)
 
 
 def option_index(answer: str | None, options: Sequence[str]) -> int | None:
@@ -120,7 +119,7 @@ def option_index(answer: str | None, options: Sequence[str]) -> int | None:
     keys = [normalize_answer(o) for o in options]
     if norm in keys:
         return keys.index(norm)
-    letters, texts = _letters_and_texts(options)
+    letters, texts = _letters_and_texts(keys)
     letter = _LETTER_RE.fullmatch(norm)
     if letter and letter[1] in letters:
         i = letters.index(letter[1])
@@ -142,7 +141,7 @@ def answer_text(answer: str | None, options: Sequence[str]) -> str | None:
         norm = normalize_answer(answer) if answer is not None else ""
         return norm or None
     i = option_index(answer, options)
-    return None if i is None else _letters_and_texts(options)[1][i]
+    return None if i is None else _letters_and_texts([normalize_answer(o) for o in options])[1][i]
 
 
 def same_answer(first: str | None, second: str | None, options: Sequence[str]) -> bool:
