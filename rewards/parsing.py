@@ -73,7 +73,7 @@ def normalize_answer(text: str) -> str:
     non-whitespace control characters) are dropped; the text gets Unicode's compatibility caseless fold
     (NFKD ∘ casefold ∘ NFKD ∘ casefold ∘ NFD, so "ﬁ", "Ｙｅｓ", "e" + U+0301 and "ß" match "fi", "yes", "é",
     "ss"); every i, whether dotted, dotless or from "İ", becomes "i" (a fold that knows no language cannot
-    pair Turkish I/ı and İ/i with English I/i otherwise; no answer pair differs by that dot alone); then NFC,
+    pair Turkish I/ı and İ/i with English I/i otherwise, and answers that differ by that dot alone are rare); then NFC,
     dashes to "-", whitespace collapsed, surrounding punctuation/markdown stripped, yes/no synonyms mapped to
     yes/no. Accents stay: "ş" and "s" are different letters. Idempotent; "" when nothing is left.
     """
