@@ -9,7 +9,6 @@ prints one line and exits with status 2; ``--debug`` shows its traceback.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -48,11 +47,14 @@ def one_line(message: str) -> str:
     return " ".join(line for line in lines if line and not line.startswith(_NOISE))
 
 
+_debug = False  # set by run(--debug): usage errors raise with their traceback
+
+
 class ArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, whose usage errors are one line (``error: …``) instead of the whole usage above it."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+        if not self.exit_on_error or _debug:
             super().error(message, ex)
         prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
         sys.stderr.write(f"error: {one_line(message)} (options: {prog} --help)\n")
@@ -244,12 +246,12 @@ def run(args: list[str] | None = None) -> int:
     """``main`` as a program: 0 on success; an input error printed as one line (``error: …``) and status 2,
     its traceback only after ``--debug``; bugs raise as usual."""
     debug = "--debug" in (sys.argv if args is None else args)
-    if debug:
-        os.environ["JSONARGPARSE_DEBUG"] = "1"  # usage errors raise, with their traceback
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv = [a for a in sys.argv if a != "--debug"]
     else:
         args = [a for a in args if a != "--debug"]
+    global _debug
+    _debug = debug
     try:
         main(args)
     except INPUT_ERRORS as error:
@@ -257,6 +259,8 @@ def run(args: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return INPUT_ERROR_EXIT
+    finally:
+        _debug = False
     return 0
 
 

@@ -1,0 +1,133 @@
+"""`cli.py` as a user meets it: debug runs leave nothing behind, input errors are one line, `ask --help`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_user_volume import lps_volume, write_dicom
+
+from cli import main, run
+
+ROOT = Path(__file__).resolve().parents[1]
+SFT, EVAL = str(ROOT / "configs" / "sft.yaml"), str(ROOT / "configs" / "eval.yaml")
+
+
+def write(path: Path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_fast_dev_run_leaves_nothing_behind(tmp_path, synthetic_root, tiny_model_dir):
+    """No checkpoint, config.yaml, log, evaluation folder or predictions file: the next real run finds the
+    folders as they were (a fit would refuse a folder holding a debug run's last.ckpt)."""
+    run_dir = tmp_path / "runs"
+    data = {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 4}
+    sft = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
+        "data": {**data, "batch_size": 2, "eval_batch_size": 2},
+        "trainer": {
+            "enable_progress_bar": False,
+            "default_root_dir": str(run_dir / "sft"),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir)}},
+            "callbacks": [
+                {
+                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "sft" / "ckpt"), "monitor": "val/accuracy", "mode": "max"},
+                },
+                {
+                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "sft" / "ckpt"), "save_top_k": 0, "save_last": True},
+                },
+            ],
+        },
+    }
+    fitted = main(
+        ["fit", "--config", SFT, "--config", write(tmp_path / "sft.yaml", sft), "--trainer.fast_dev_run", "1"]
+    )
+    assert fitted.trainer.global_step == 1
+    evaluation = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 2}},
+        "data": data,
+        "trainer": {
+            "enable_progress_bar": False,
+            "callbacks": [
+                {
+                    "class_path": "evaluation.callbacks.EvaluationReport",
+                    "init_args": {"out_dir": str(run_dir / "eval")},
+                },
+                {
+                    "class_path": "evaluation.callbacks.PredictionWriter",
+                    "init_args": {"path": str(run_dir / "predict" / "predictions.jsonl")},
+                },
+            ],
+        },
+    }
+    cfg = write(tmp_path / "eval.yaml", evaluation)
+    for command in ("test", "predict"):
+        main([command, "--config", EVAL, "--config", cfg, "--trainer.fast_dev_run", "1"])
+    assert [p for p in run_dir.rglob("*") if p.is_file()] == []
+
+
+def test_input_errors_are_one_line_and_a_nonzero_exit(tmp_path, synthetic_root, tiny_model_dir, capsys):
+    """A DICOM folder with a missing slice, a volume that does not exist, a value a module refuses: one line
+    naming the problem, exit status 2, no traceback (``--debug`` gives it back)."""
+    gap = tmp_path / "series"
+    write_dicom(gap, lps_volume())[3].unlink()
+    overlay = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 2}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "image_size": 56},
+    }
+    ask = ["ask", "--config", EVAL, "--config", write(tmp_path / "o.yaml", overlay), "--question", "Nodule?"]
+
+    assert run([*ask, "--volume", str(gap)]) == 2
+    err = capsys.readouterr().err  # the model's loading bar may come first
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {gap}: uneven slice spacing, 5 mm between IM100.dcm and IM102.dcm where the rest are 2.5 mm "
+        "(missing slices?)"
+    )
+    assert run([*ask, "--volume", str(tmp_path / "nowhere.nii.gz")]) == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"error: {tmp_path / 'nowhere.nii.gz'}: file or folder not found"
+    )
+    with pytest.raises(SystemExit) as done:  # refused by the parser, which exits itself
+        run([*ask, "--volume", str(gap), "--model.init_args.sdpa_backends", '["fastest"]'])
+    assert done.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith('error: Parser key "model": ')
+    assert 'Parser key "sdpa_backends": Expected a typing.Literal' in err[0] and "Got value: fastest" in err[0]
+
+    try:
+        run(["--debug", *ask, "--volume", str(gap)])
+    except Exception as error:  # noqa: BLE001 - the point is which error comes back
+        assert type(error).__name__ == "BadSampleError"
+    else:
+        raise AssertionError("--debug should re-raise the input error")
+
+
+def test_a_malformed_config_value_is_one_line_from_the_program(tmp_path):
+    """jsonargparse's report (the whole usage, then the error on two lines) becomes one line, status 2."""
+    cmd = [sys.executable, "cli.py", "fit", "--config", SFT, "--trainer.max_steps", "many"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert lines == [
+        "error: Parser key \"trainer.max_steps\": Expected a <class 'int'>. Got value: many "
+        "(options: cli.py fit --help)"
+    ]
+    assert "usage:" not in done.stderr
+
+
+def test_ask_help_shows_its_own_arguments_first(capsys):
+    try:
+        main(["ask", "--help"])
+    except SystemExit as done:
+        assert done.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.index("--volume VOLUME") < out.index("--trainer.accelerator")
+    usage = out[: out.index("\n\n")]
+    assert usage.split()[4:8] == ["--volume", "VOLUME", "--question", "QUESTION"]
