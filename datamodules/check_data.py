@@ -9,12 +9,15 @@ file, line and field; only, nothing stops at the first problem: an unreadable fi
 on. The checks:
 
 - ``csv``: each split's metadata and labels CSV (and reports CSV, when present) exist, have the columns
-  ``read_split`` requires, and every row has a unique, well-formed VolumeName and usable geometry / 0-1 labels;
+  ``read_split`` requires, and every row has a unique, well-formed VolumeName of that split and usable geometry /
+  0-1 labels;
 - ``volumes``: every volume in the metadata is on disk, ``load_ct_volume`` reads it, its values are finite and its
   HU range is plausible (``AIR_HU``, ``MIN_HU``, ``MAX_HU``), and its lesion mask, if any, lies on its grid;
 - ``vqa``: ``<vqa_dir>/<split>.jsonl`` lines are well-formed, name a volume of that split's metadata and its patient;
-- ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``);
-- ``patients``: no patient in two splits, neither in CT-RATE's metadata nor in the VQA files.
+- ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``).
+
+No patient can be in two splits: a patient id is its split plus its number (``train_12``), every table lists only
+volumes of its own split, and every VQA record's ``patient_id`` and ``split`` are those of its volume and file.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from datamodules.ctrate import (
     load_ct_volume,
     lps_grid,
     mask_grid_of,
-    patient_id,
     read_csv_checked,
 )
 from datamodules.data_checks import AIR_HU as AIR_HU  # the HU checks, also under their old names here
@@ -65,7 +67,7 @@ from datamodules.data_checks import (
 from datamodules.data_checks import hu_problems as hu_problems
 from datamodules.vqa_records import read_vqa_jsonl
 
-CHECKS = ("csv", "volumes", "vqa", "roi", "patients")
+CHECKS = ("csv", "volumes", "vqa", "roi")
 _MAX_VOLUMES_SEED = 0  # the --max_volumes sample is the same on every run
 
 
@@ -146,7 +148,9 @@ class _Checker:
         for line, name, message in sorted(problems, key=lambda p: p[0]):  # stable: a line's fields in check order
             self.add("csv", path, message, line, name)
 
-    def read_csv(self, path: Path, required: Sequence[str]) -> tuple[pd.DataFrame, list[int], list[bool]] | None:
+    def read_csv(
+        self, path: Path, required: Sequence[str], split: str
+    ) -> tuple[pd.DataFrame, list[int], list[bool]] | None:
         """One CSV read as ``read_table`` reads it: the frame, each row's line and whether its VolumeName can be used.
 
         Its missing columns and the ``read_table`` problems (VolumeName missing, malformed or listed again) are
@@ -163,7 +167,7 @@ class _Checker:
         if "VolumeName" not in df.columns:
             return df, lines, [False] * len(df)
         names = df["VolumeName"].tolist()
-        problems = name_problems(names, lines) + duplicate_problems(names, lines)
+        problems = name_problems(names, lines, split) + duplicate_problems(names, lines)
         self.add_csv(path, problems)
         bad = {line for line, _, _ in problems}
         return df, lines, [line not in bad for line in lines]
@@ -172,7 +176,7 @@ class _Checker:
         """Metadata, labels and reports CSVs of a split; returns what the metadata holds for the later checks."""
         paths = CTRATEPaths(self.data_dir, split)
         meta = _SplitMeta()
-        read = self.read_csv(paths.metadata_csv, GEOMETRY_COLUMNS)
+        read = self.read_csv(paths.metadata_csv, GEOMETRY_COLUMNS, split)
         if read is not None:
             meta.readable = True
             df, lines, usable = read
@@ -188,7 +192,7 @@ class _Checker:
                     meta.bad_geometry.add(name)
             self.add_csv(paths.metadata_csv, geometry)
 
-        read = self.read_csv(paths.labels_csv, CTRATE_LABELS)
+        read = self.read_csv(paths.labels_csv, CTRATE_LABELS, split)
         if read is not None:
             df, lines, usable = read
             problems = label_problems(df, lines, CTRATE_LABELS)
@@ -197,7 +201,7 @@ class _Checker:
                 problems += unknown_problems(names, lines, set(meta.rows), display_path(paths.metadata_csv))
             self.add_csv(paths.labels_csv, problems)
         if paths.reports_csv.is_file():  # optional, as for read_split
-            self.read_csv(paths.reports_csv, REPORT_COLUMNS)
+            self.read_csv(paths.reports_csv, REPORT_COLUMNS, split)
         return meta
 
     def volumes(self, metas: dict[str, _SplitMeta], max_volumes: int | None) -> None:
@@ -258,14 +262,15 @@ class _Checker:
                     self.bad_volumes.add(name)
         return self.shapes[name]
 
-    def vqa(self, split: str, path: Path, meta: _SplitMeta) -> list[dict[str, Any]]:
-        """Lines of one VQA file, then each good record's volume, patient and ROI against that split's data."""
+    def vqa(self, split: str, path: Path, meta: _SplitMeta) -> None:
+        """Lines of one VQA file (patient and split included: ``read_vqa_jsonl``), then each good record's volume
+        and ROI against that split's data."""
         try:
-            records, problems = read_vqa_jsonl(path, skip_bad=True)
+            records, problems = read_vqa_jsonl(path, skip_bad=True, split=split)
         except Exception as e:  # a missing file, bytes that are not UTF-8, ...: the file is one problem
             message = str(e).removeprefix(f"{path}: ") if isinstance(e, BadSampleError) else f"{type(e).__name__}: {e}"
             self.add("vqa", path, message)
-            return []
+            return
         self.problems += [_vqa_problem(p) for p in problems]
         for record in records:
             where, line = _where(record)
@@ -276,11 +281,7 @@ class _Checker:
                 message = f"{name!r} is not in {display_path(CTRATEPaths(self.data_dir, split).metadata_csv)}"
                 self.add("vqa", where, message, line, "volume_name")
                 continue
-            if record["patient_id"] != patient_id(name):
-                message = f"{record['patient_id']!r} differs from the patient of {name!r}, {patient_id(name)!r}"
-                self.add("vqa", where, message, line, "patient_id")
             self.roi(record, self.shape(split, name, meta))
-        return records
 
     def roi(self, record: dict[str, Any], shape: tuple[int, int, int] | None) -> None:
         """The checks ``CTVQADataset.image`` makes: slice within the depth, boxes inside the axial slice."""
@@ -295,38 +296,6 @@ class _Checker:
         for box in record["roi"]:
             if box[2] > width or box[3] > height:
                 self.add("roi", where, f"{box} is outside the {width}×{height} slice of {name}", line, "roi")
-
-    def patients(self, metas: dict[str, _SplitMeta], vqa: dict[str, tuple[Path, list[dict[str, Any]]]]) -> None:
-        """No patient in two splits: CT-RATE's metadata (patient from VolumeName) and the VQA files' patient_id."""
-        splits = list(metas)
-        for i, first in enumerate(splits):
-            for second in splits[i + 1 :]:
-                in_csv = {s: [(patient_id(n), line) for n, line in metas[s].lines.items()] for s in (first, second)}
-                csvs = {s: CTRATEPaths(self.data_dir, s).metadata_csv for s in (first, second)}
-                self.overlap(csvs[first], in_csv[first], csvs[second], in_csv[second], "VolumeName")
-                if first in vqa and second in vqa:
-                    in_vqa = {s: [(r["patient_id"], _where(r)[1]) for r in vqa[s][1]] for s in (first, second)}
-                    self.overlap(vqa[first][0], in_vqa[first], vqa[second][0], in_vqa[second], "patient_id")
-
-    def overlap(
-        self,
-        first: Path,
-        first_patients: list[tuple[str, int]],
-        second: Path,
-        second_patients: list[tuple[str, int]],
-        name: str,
-    ) -> None:
-        """Each patient of ``second`` also in ``first`` ((patient, line) pairs), once, at its first line there."""
-        seen: dict[str, int] = {}
-        for pid, line in first_patients:
-            seen.setdefault(pid, line)
-        shared: dict[str, list[int]] = {}
-        for pid, line in second_patients:
-            if pid in seen:
-                shared.setdefault(pid, []).append(line)
-        for pid, lines in shared.items():
-            message = f"patient {pid!r} is also in {display_path(first)} (line {seen[pid]}); {len(lines)} line(s) here"
-            self.add("patients", second, message, lines[0], name)
 
 
 def check_data(
@@ -350,12 +319,9 @@ def check_data(
     metas = {split: checker.csvs(split) for split in splits}
     checker.volumes(metas, max_volumes)
     vqa_root = default_vqa_dir(data_dir, vqa_dir)
-    vqa: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
     if vqa_root is not None:
         for split in splits:
-            path = vqa_root / f"{split}.jsonl"
-            vqa[split] = (path, checker.vqa(split, path, metas[split]))
-    checker.patients(metas, vqa)
+            checker.vqa(split, vqa_root / f"{split}.jsonl", metas[split])
     return sorted(checker.problems, key=lambda p: CHECKS.index(p.check))  # stable: file order within a check
 
 

@@ -355,7 +355,7 @@ class CTVQADataModule(L.LightningDataModule):
 
     def _records(self, split: str) -> list[dict[str, Any]]:
         path = self._vqa_dir() / f"{split}.jsonl"
-        records, problems = read_vqa_jsonl(path, skip_bad=self.hparams.skip_bad_samples)
+        records, problems = read_vqa_jsonl(path, skip_bad=self.hparams.skip_bad_samples, split=split)
         if problems:
             log.warning("%s: skipped %d bad line(s); first: %s", path, len(problems), problems[0])
         if self.hparams.question_types:

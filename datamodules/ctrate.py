@@ -155,23 +155,24 @@ def read_csv_checked(path: str | Path, required_columns: Sequence[str]) -> pd.Da
     return df
 
 
-def read_table(path: str | Path, required_columns: Sequence[str]) -> tuple[pd.DataFrame, list[int]]:
+def read_table(path: str | Path, required_columns: Sequence[str], split: str) -> tuple[pd.DataFrame, list[int]]:
     """A CT-RATE table keyed by VolumeName, and each row's CSV line; every row's ``WHERE`` says ``<file>:<line>``.
 
     Raises ``BadSampleError`` naming file, line and field for a VolumeName that is missing, names no CT-RATE
-    volume, or is listed again (a join on it would double that volume's rows), as ``check_data`` reports them.
+    volume of ``split``, or is listed again (a join on it would double that volume's rows), as ``check_data``
+    reports them.
     """
     df = read_csv_checked(path, ("VolumeName", *required_columns))
     lines = row_lines(path, len(df))
     names = df["VolumeName"].tolist()
-    raise_csv(path, name_problems(names, lines) + duplicate_problems(names, lines))
+    raise_csv(path, name_problems(names, lines, split) + duplicate_problems(names, lines))
     df[WHERE] = [f"{display_path(path)}:{line}" for line in lines]
     return df, lines
 
 
 def read_metadata(root: str | Path, split: str) -> dict[str, dict[str, Any]]:
     """A split's metadata rows by VolumeName (with ``WHERE``); geometry is checked per volume, when it is loaded."""
-    frame, _ = read_table(CTRATEPaths(Path(root), split).metadata_csv, GEOMETRY_COLUMNS)
+    frame, _ = read_table(CTRATEPaths(Path(root), split).metadata_csv, GEOMETRY_COLUMNS, split)
     return {row["VolumeName"]: row for row in frame.to_dict(orient="records")}
 
 
@@ -183,14 +184,14 @@ def read_split(root: str | Path, split: str) -> pd.DataFrame:
     tables, a label that is not 0 or 1, or a labelled volume without a metadata row.
     """
     paths = CTRATEPaths(Path(root), split)
-    meta, _ = read_table(paths.metadata_csv, GEOMETRY_COLUMNS)
-    labels, lines = read_table(paths.labels_csv, CTRATE_LABELS)
+    meta, _ = read_table(paths.metadata_csv, GEOMETRY_COLUMNS, split)
+    labels, lines = read_table(paths.labels_csv, CTRATE_LABELS, split)
     raise_csv(paths.labels_csv, label_problems(labels, lines, CTRATE_LABELS))
     table = display_path(paths.metadata_csv)
     raise_csv(paths.labels_csv, unknown_problems(labels["VolumeName"].tolist(), lines, set(meta["VolumeName"]), table))
     df = labels.drop(columns=[WHERE]).merge(meta, on="VolumeName", how="left")
     if paths.reports_csv.is_file():
-        reports, _ = read_table(paths.reports_csv, REPORT_COLUMNS)
+        reports, _ = read_table(paths.reports_csv, REPORT_COLUMNS, split)
         df = df.merge(reports[list(REPORT_COLUMNS)], on="VolumeName", how="left")
     return df.sort_values("VolumeName").reset_index(drop=True)
 

@@ -212,8 +212,10 @@ def duplicate_problems(keys: Sequence[Any], lines: Sequence[int], field: str = "
     return out
 
 
-def name_problems(keys: Sequence[Any], lines: Sequence[int]) -> list[CSVProblem]:
-    """VolumeNames that name no CT-RATE volume of a known split (the loaders find files and splits by name)."""
+def name_problems(keys: Sequence[Any], lines: Sequence[int], split: str | None = None) -> list[CSVProblem]:
+    """VolumeNames that name no CT-RATE volume of a known split (the loaders find files and splits by name), or,
+    with ``split``, a volume of another split than the table's (its row would override that split's own row, and
+    its patient would sit in two splits)."""
     out = []
     for key, line in zip(keys, lines, strict=True):
         m = VOLUME_NAME_RE.match(key) if isinstance(key, str) else None
@@ -223,6 +225,10 @@ def name_problems(keys: Sequence[Any], lines: Sequence[int]) -> list[CSVProblem]
             out.append((line, "VolumeName", f"{key!r} does not match '<split>_<patient>_<scan>_<recon>.nii.gz'"))
         elif m.group(1) not in SPLITS:
             out.append((line, "VolumeName", f"{key!r}: split {m.group(1)!r} is not one of {SPLITS}"))
+        elif split is not None and m.group(1) != split:
+            out.append(
+                (line, "VolumeName", f"{key!r} is a volume of split {m.group(1)!r}, not of this table's {split!r}")
+            )
     return out
 
 

@@ -86,6 +86,16 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
             f"{where}: field 'volume_name' {record['volume_name']!r} is not '<split>_<patient>_<scan>_<recon>.nii.gz' "
             f"with split one of {', '.join(SPLITS)}"
         )
+    # The datamodule splits train/validation by patient_id and tests on another CT-RATE split: a record whose
+    # patient or split disagrees with its volume would put one patient on both sides of a split.
+    split, patient = name.group(1), f"{name.group(1)}_{int(name.group(2))}"
+    if record["patient_id"] != patient:
+        raise BadSampleError(
+            f"{where}: field 'patient_id' {record['patient_id']!r} is not the patient of {record['volume_name']!r}, "
+            f"{patient!r}"
+        )
+    if record["split"] != split:
+        raise BadSampleError(f"{where}: field 'split' {record['split']!r} is not the split of its volume, {split!r}")
     if record["slice_index"] < 0:
         raise BadSampleError(f"{where}: field 'slice_index' {record['slice_index']} is negative")
     boxes = record["roi"]
@@ -100,14 +110,17 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
     return record
 
 
-def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+def read_vqa_jsonl(
+    path: str | Path, skip_bad: bool = False, split: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of a VQA JSONL file, checked field by field.
 
     Returns (records, problems). A bad line raises ``BadSampleError`` naming file, line and field, unless
     ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``. Besides each
     field's type: ids are unique in the file; the answer is not empty and, with options, denotes one of them by
     text, letter or both (``rewards.parsing.option_index``); options are distinct as answers; a presence
-    answer is yes or no.
+    answer is yes or no; ``patient_id`` and ``split`` are those of ``volume_name``, and with ``split`` given, every
+    record is of that CT-RATE split (a ``valid`` volume in ``train.jsonl`` would train on test patients).
     """
     path = Path(path)
     if not path.is_file():
@@ -133,6 +146,10 @@ def read_vqa_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[dict[
                 except (ValueError, RecursionError) as e:  # an integer over 4300 digits, arrays nested too deep
                     raise BadSampleError(f"{where}: not valid JSON ({e})") from e
                 record = _check_record(record, where)
+                if split is not None and record["split"] != split:
+                    raise BadSampleError(
+                        f"{where}: field 'split' {record['split']!r} is not this file's split {split!r}"
+                    )
                 # Unique ids: distributed evaluation gathers rows by id (policy.gather_rows), so a repeat would
                 # silently stand in for a different question.
                 if (first := first_line.get(record["id"])) is not None:

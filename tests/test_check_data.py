@@ -22,7 +22,6 @@ from datamodules.ctrate import (
     VolumeCache,
     display_path,
     load_ct_volume,
-    patient_id,
     read_metadata,
     read_split,
 )
@@ -124,8 +123,9 @@ def test_every_planted_problem_is_reported_in_one_run(small_root: Path) -> None:
         ("vqa", "vqa/train.jsonl", 6, "volume_name"),
         ("roi", "vqa/train.jsonl", 4, "roi"),
         ("roi", "vqa/train.jsonl", 5, "slice_index"),
-        ("patients", "dataset/metadata/validation_metadata.csv", 4, "VolumeName"),
-        ("patients", "vqa/valid.jsonl", valid_lines, "patient_id"),
+        # A train volume in the validation tables: refused by the same checks the loaders apply.
+        ("csv", "dataset/metadata/validation_metadata.csv", 4, "VolumeName"),
+        ("vqa", "vqa/valid.jsonl", valid_lines, "split"),
     }
     assert _keys(problems, small_root) == expected
     text = {(p.check, Path(p.path).name, p.line): p.message for p in problems}
@@ -135,7 +135,8 @@ def test_every_planted_problem_is_reported_in_one_run(small_root: Path) -> None:
     assert "not valid JSON" in text["vqa", "train.jsonl", 2]
     assert "128×128 slice" in text["roi", "train.jsonl", 4]
     assert "32 slices" in text["roi", "train.jsonl", 5]
-    assert repr(patient_id(names["t4"])) in text["patients", "validation_metadata.csv", 4]
+    assert "is a volume of split 'train', not of this table's 'valid'" in text["csv", "validation_metadata.csv", 4]
+    assert "is not this file's split 'valid'" in text["vqa", "valid.jsonl", valid_lines]
 
 
 def test_command_line_reports_and_fails(small_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,7 +144,7 @@ def test_command_line_reports_and_fails(small_root: Path, capsys: pytest.Capture
     assert cd.main(["--data_dir", str(small_root), "--splits", "train", "valid"]) == 1
     out = capsys.readouterr().out
     assert f"{small_root / 'vqa' / 'train.jsonl'}:4: field 'roi': [100, 100, 200, 120] is outside" in out
-    assert "summary: csv 3, volumes 3, vqa 3, roi 2, patients 2; 13 problem(s)" in out
+    assert "summary: csv 4, volumes 3, vqa 4, roi 2; 13 problem(s)" in out
 
 
 def test_unreadable_files_are_problems_not_crashes(small_root: Path) -> None:
@@ -278,6 +279,7 @@ PLANTS: dict[str, tuple[Callable[[Path, str], None], str]] = {
     "reports listed twice": (_repeat("reports_csv"), "reports_csv"),
     "metadata listed twice": (_repeat("metadata_csv"), "metadata_csv"),
     "malformed VolumeName": (_set("reports_csv", 1, "VolumeName", "not-a-volume"), "reports_csv"),
+    "volume of another split": (_set("reports_csv", 1, "VolumeName", "valid_1_a_1.nii.gz"), "reports_csv"),
     "label without metadata": (_unknown_label_row, "labels_csv"),
     "mask off the grid": (_mask_off_grid, "mask"),
 }

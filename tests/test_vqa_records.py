@@ -147,3 +147,25 @@ def test_collator_left_pads_and_supervises_only_the_answer():
 
 def test_collator_all_skipped_gives_empty_batch():
     assert VQACollator(pad_token_id=0)([None, None]) == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "split", "message"),
+    [
+        ({"patient_id": "train_2"}, None, "field 'patient_id' 'train_2' is not the patient of 'train_1_a_1.nii.gz'"),
+        ({"split": "valid"}, None, "field 'split' 'valid' is not the split of its volume, 'train'"),
+        (
+            {"split": "valid", "patient_id": "valid_1", "volume_name": "valid_1_a_1.nii.gz"},
+            "train",
+            "field 'split' 'valid' is not this file's split 'train'",
+        ),
+    ],
+)
+def test_a_record_cannot_put_its_patient_in_another_split(tmp_path, fields, split, message):
+    """The datamodule splits by patient_id and reads each CT-RATE split's own file: a record whose patient or split
+    disagrees with its volume (or file) would put one patient on both sides."""
+    path = _write(tmp_path, [_with_id(1), _with_id(2, **fields)])
+    with pytest.raises(BadSampleError, match=f"line 2: {message}"):
+        read_vqa_jsonl(path, split=split)
+    records, problems = read_vqa_jsonl(path, skip_bad=True, split=split)
+    assert [r["id"] for r in records] == ["q-1"] and len(problems) == 1
