@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from datamodules.ct_vqa import CTVQADataModule
-from lightning_modules.checkpointing import ResumableCheckpoint
+from lightning_modules.checkpointing import ResumableCheckpoint, load_checkpoint
 from lightning_modules.faults import FaultCounter, TrainingFault
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.sft import SFTModule
@@ -78,7 +78,7 @@ def test_sft_stops_after_n_faults_in_a_row_with_a_finite_checkpoint(tmp_path, sy
     module = FaultySFT(nan_loss_steps={2, 3, 4}, model_path=str(tiny_model_dir), max_consecutive_faults=3)
     with pytest.raises(TrainingFault, match="3 steps in a row were skipped"):
         trainer(tmp_path, 8).fit(module, datamodule=data(synthetic_root, tiny_model_dir))
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert saved["global_step"] == 4  # the last good checkpoint, written before the fault that stopped the run
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
     assert saved["faults"] == {"total": 2, "consecutive": 2}
@@ -102,7 +102,7 @@ def test_grpo_skips_rollouts_without_usable_rewards_then_stops(tmp_path, synthet
     with pytest.raises(TrainingFault, match="reward nan_reward raised or returned NaN on every completion"):
         trainer(tmp_path, 6).fit(module, datamodule=data(synthetic_root, tiny_model_dir))
     assert module.faults.total == 3
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert saved["global_step"] == 2 and saved["faults"]["consecutive"] == 2
     first = GRPOModule(model_path=str(tiny_model_dir), **small)
     first.configure_model()

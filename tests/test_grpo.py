@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from cli import main
 from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.checkpointing import ResumableCheckpoint as ModelCheckpoint
+from lightning_modules.checkpointing import load_checkpoint
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.model_loading import LoRASpec, load_model
 from lightning_modules.rollout import completion_logits, repeat_prompts
@@ -224,7 +225,7 @@ def test_resume_restores_policy_optimizer_scheduler_and_rng(tmp_path, synthetic_
     module = GRPOModule(model_path=str(tiny_model_dir), **SMALL)
     first.fit(module, datamodule=data)
     last = tmp_path / "ckpt" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(last)
 
     probe = _Resumed()
     again = trainer(tmp_path, 4, callbacks=[probe, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)])

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from lightning import seed_everything
+
+from lightning_modules.checkpointing import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_sigkill_then_resume_logs_the_uninterrupted_run(
     assert victim.returncode == -signal.SIGKILL
 
     # What the crash left: a complete last.ckpt from before it, nothing half-written under a real name.
-    checkpoint = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run / "ckpt" / "last.ckpt")
     assert 0 < checkpoint["global_step"] <= kill_after + 1
     assert "rng_states" in checkpoint
 
@@ -175,7 +176,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     killed = subprocess.run([sys.executable, str(script), str(ckpt), "kill"], env=env, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (ckpt / ".last.ckpt.partial").read_bytes() == b"half a checkpoint"  # the write it died in
-    assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    assert load_checkpoint(ckpt / "last.ckpt")["global_step"] == 2
 
     resumed = subprocess.run(
         [sys.executable, str(script), str(ckpt), "resume"], env=env, capture_output=True, text=True
@@ -183,7 +184,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "finished at step 5" in resumed.stdout
     assert not (ckpt / ".last.ckpt.partial").exists()
-    assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5
+    assert load_checkpoint(ckpt / "last.ckpt")["global_step"] == 5
 
 
 def test_one_seed_fixes_the_loss_curve_and_reaches_data_order_and_sampling(tmp_path, synthetic_root, tiny_model_dir):

@@ -13,6 +13,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from cli import main
 from datamodules.collate import IGNORE_INDEX
 from datamodules.ct_vqa import CTVQADataModule
+from lightning_modules.checkpointing import load_checkpoint
 from lightning_modules.faults import all_finite, gradients_finite
 from lightning_modules.sft import SFTModule
 
@@ -73,7 +74,7 @@ def test_fit_resume_export(tmp_path, synthetic_root, tiny_model_dir):
     reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
     module = SFTModule(model_path=str(tiny_model_dir), build_embedded_if_missing=False)
     module.configure_model()
-    module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+    module.load_state_dict(load_checkpoint(last)["state_dict"])
     module.eval()
     data = CTVQADataModule(data_dir=str(synthetic_root), processor_path=str(out), max_samples=4, num_workers=0)
     data.setup("fit")
