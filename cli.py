@@ -19,7 +19,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
-from lightning_modules.checkpointing import UnsafeCheckpointError, best_checkpoint, unsafe_checkpoint_error
+from lightning_modules.checkpoint_selection import best_checkpoint
+from lightning_modules.checkpointing import UnsafeCheckpointError, unsafe_checkpoint_error
 from lightning_modules.export import export_hf_model
 
 INPUT_ERROR_EXIT = 2  # argparse's status for a usage error
@@ -76,7 +77,8 @@ class Trainer(L.Trainer):
         if not hasattr(model, "model") or "model_path" not in model.hparams:
             raise ConfigError(f"export writes a Hugging Face model directory; {type(model).__name__} has none")
         path = export_hf_model(model, ckpt_path, out_dir)
-        print(f"exported {type(model).__name__} from {ckpt_path or 'its initial weights'} to {path}")
+        source = ckpt_path or f"its initial weights ({model.hparams.get('model_path', 'built in')})"
+        print(f"exported {type(model).__name__} from {source} to {path}")
         return path
 
     def ask(
@@ -124,8 +126,9 @@ class Trainer(L.Trainer):
         """``last``/``best`` → that checkpoint of the config's checkpoint callbacks, on disk; a path unchanged.
 
         ``last``: the newest ``last*.ckpt`` in their folders (as Lightning picks it). ``best``: the best checkpoint
-        on disk by a monitoring callback's metric and mode (``checkpointing.best_checkpoint``): Lightning knows
-        ``best`` only inside the process that trained, and another checkpoint's record of it may be stale.
+        on disk by a monitoring callback's metric and mode (``checkpoint_selection.best_checkpoint``): Lightning knows
+        ``best`` only inside the process that trained, and another checkpoint's record of it may be stale; None
+        when the recorded starting model is at least as good (``start_candidate``): the model's initial weights.
 
         Raises:
             ConfigError: no checkpoint callback with a folder (and, for ``best``, a monitor) in the config.
@@ -138,7 +141,8 @@ class Trainer(L.Trainer):
             monitored = [cb for cb in callbacks if cb.monitor]
             if not monitored:
                 raise ConfigError("--ckpt_path best needs a checkpoint callback with a dirpath and a monitor")
-            return str(best_checkpoint(monitored[0].dirpath, monitored[0].monitor, monitored[0].mode))
+            best = best_checkpoint(monitored[0].dirpath, monitored[0].monitor, monitored[0].mode)
+            return None if best is None else str(best)  # None: the starting model beat every checkpoint
         folders = sorted({Path(cb.dirpath) for cb in callbacks if cb.save_last})
         if not folders:
             raise ConfigError("--ckpt_path last needs a checkpoint callback with a dirpath and save_last: true")

@@ -135,6 +135,8 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
                         "filename": "best-{step}",
                         "monitor": "val/accuracy",
                         "mode": "max",
+                        # GRPO starts from a trained model: its export is never worse on validation than that start.
+                        "start_candidate": arm.stage == "grpo",
                     },
                 },
                 {  # the resume point of an interrupted arm
@@ -186,6 +188,8 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
     base = exp.stages[arm.stage]["config"]
     fit = _write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
     log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
+    if arm.stage == "grpo":  # the starting model's validation score: `best` below is the start unless beaten
+        cli(["validate", "--config", base, "--config", fit])
     cli(["fit", "--config", base, "--config", fit, "--ckpt_path", "last"])  # an interrupted arm resumes
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
     evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir))

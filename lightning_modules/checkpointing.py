@@ -61,40 +61,6 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     return load_checkpoint(path / _METADATA_FILENAME if path.is_dir() else path, mmap=not path.is_dir())
 
 
-def recorded_score(path: str | Path, monitor: str) -> float | None:
-    """The ``monitor`` value a top-k checkpoint was saved with, as its saving callback recorded it in the
-    checkpoint itself (``best_k_models``); None for a checkpoint no callback monitoring ``monitor`` saved."""
-    path = Path(path)
-    for state in checkpoint_metadata(path).get("callbacks", {}).values():
-        if not isinstance(state, dict) or state.get("monitor") != monitor:
-            continue
-        for saved, score in (state.get("best_k_models") or {}).items():
-            # Recorded as written (often absolute): match by name, the run folder may have moved.
-            if Path(saved).name == path.name and score is not None:
-                return float(score)
-    return None
-
-
-def best_checkpoint(dirpath: str | Path, monitor: str, mode: str) -> Path:
-    """The best checkpoint on disk in ``dirpath`` by ``monitor`` (``mode`` ``max`` or ``min``).
-
-    Looked up among the files themselves, each scored by its own record, and not in another checkpoint's record
-    of them (``last.ckpt``'s can name a file a later save replaced). Sharded checkpoint folders count as files.
-
-    Raises:
-        FileNotFoundError: no checkpoint in ``dirpath`` was saved for ``monitor``.
-    """
-    folder = Path(dirpath)
-    candidates = [p for p in folder.glob(f"*{ModelCheckpoint.FILE_EXTENSION}") if not p.name.startswith(".")]
-    scores = {p: s for p in sorted(candidates) if (s := recorded_score(p, monitor)) is not None}
-    if not scores:
-        raise FileNotFoundError(
-            f"{folder}: no checkpoint was saved as best by {monitor!r} (no validation yet?); use --ckpt_path last"
-        )
-    pick = max if mode == "max" else min
-    return pick(scores, key=scores.__getitem__)
-
-
 def rng_states() -> dict[str, Any]:
     """The global RNG states (torch, numpy, python, CUDA) as plain types that load under ``weights_only``."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -155,9 +121,32 @@ class ResumableCheckpoint(ModelCheckpoint):
       record of the callbacks (which best files exist) is never older than the files in the folder.
     * Under ``fast_dev_run`` nothing is written and nothing refused: a debug run leaves no trace.
 
+    * With ``start_candidate: true`` (and a ``monitor``), a ``validate`` run of the starting model (no
+      ``--ckpt_path``) records its score in ``start.json``: ``best`` is then the starting model unless a checkpoint
+      beats it (``checkpoint_selection.best_checkpoint``), so a stage that made the model worse is not exported.
+
     Use it with ``every_n_train_steps`` and ``save_last: true`` for the resume point, and as usual with
     ``monitor`` for the best checkpoints.
     """
+
+    def __init__(self, *args: Any, start_candidate: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if start_candidate and (self.monitor is None or self.dirpath is None):
+            raise ValueError("ResumableCheckpoint: start_candidate needs a monitor and a dirpath")
+        self.start_candidate = start_candidate
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """In a ``validate`` run of the starting model, record its score as the start (see the class docstring)."""
+        super().on_validation_end(trainer, pl_module)
+        starting = trainer.state.fn == "validate" and trainer.ckpt_path is None
+        if not (self.start_candidate and starting) or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is not None and trainer.is_global_zero:
+            from lightning_modules.checkpoint_selection import record_start
+
+            path = record_start(self.dirpath, self.monitor, float(score), pl_module.hparams.get("model_path"))
+            log.info("recorded the starting model's %s = %.4g in %s", self.monitor, float(score), path)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -17,7 +17,8 @@ import yaml
 
 from cli import main, run
 from datamodules.synthetic_ctrate import make_phantom
-from lightning_modules.checkpointing import UnsafeCheckpointError, best_checkpoint, load_checkpoint
+from lightning_modules.checkpoint_selection import best_checkpoint
+from lightning_modules.checkpointing import UnsafeCheckpointError, load_checkpoint
 from lightning_modules.export import load_checkpoint_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -261,3 +262,47 @@ def test_evaluator_checkpoint_round_trips(tmp_path, synthetic_root, tiny_model_d
     again = main(["test", "--config", EVAL, "--config", cfg, "--ckpt_path", str(tmp_path / "evaluator.ckpt")])
     assert type(again.model).__name__ == "VQAEvaluator"
     assert own(again.model.hparams) == own(first.model.hparams) and again.model.hparams.max_new_tokens == 3
+
+
+def test_the_starting_model_is_best_unless_a_checkpoint_beats_it(sft_run, tmp_path, caplog):
+    from lightning_modules.checkpoint_selection import record_start, recorded_score
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    best = ckpt / "best-step=4.ckpt"
+    best.write_bytes((sft_run[0] / "ckpt" / "best-step=4.ckpt").read_bytes())
+    score = recorded_score(best, "train/lr")
+    start_model = load_checkpoint(best)["hyper_parameters"]["model_path"]
+    record_start(ckpt, "train/lr", score, start_model)
+    assert best_checkpoint(ckpt, "train/lr", "max") is None  # a tie: the fit did not beat its start
+    assert "no gain over the starting model on validation" in caplog.text
+    assert best_checkpoint(ckpt, "train/lr", "min") is None
+    record_start(ckpt, "train/lr", score - 1e-6, start_model)
+    assert best_checkpoint(ckpt, "train/lr", "max") == best
+    record_start(ckpt, "train/lr", score + 1.0, "another/model")  # another run's start: not this fit's
+    assert best_checkpoint(ckpt, "train/lr", "max") == best
+
+
+def test_validate_of_the_starting_model_records_its_score(tmp_path, synthetic_root, tiny_model_dir):
+    kind = "lightning_modules.checkpointing.ResumableCheckpoint"
+    candidate = {"dirpath": str(tmp_path / "ckpt"), "monitor": "val/accuracy", "mode": "max", "start_candidate": True}
+    config = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 4},
+        "trainer": {
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+            "logger": False,
+            "callbacks": [{"class_path": kind, "init_args": candidate}],
+        },
+    }
+    config["model"]["init_args"]["max_new_tokens"] = 4
+    validated = main(["validate", "--config", SFT, "--config", write(tmp_path / "sft.yaml", config)])
+    record = json.loads((tmp_path / "ckpt" / "start.json").read_text())
+    accuracy = float(validated.trainer.callback_metrics["val/accuracy"])
+    assert record == {"monitor": "val/accuracy", "score": accuracy, "model_path": str(tiny_model_dir)}
+    with pytest.raises(ValueError, match="start_candidate needs a monitor"):
+        main(["validate", "--config", SFT, "--config", write(tmp_path / "bad.yaml", config),
+              "--trainer.callbacks+=lightning_modules.checkpointing.ResumableCheckpoint",
+              "--trainer.callbacks.start_candidate=true"])  # fmt: skip
