@@ -4,7 +4,12 @@ Writes exactly the layout ``datamodules/ctrate.py`` reads for real data; volumes
 CT-RATE downloads are (int16 stored values, intercept -1024, identity header affine, true geometry only
 in the metadata CSV), so the real loader is what turns them into HU/LPS.
 
+Two scanners image the phantoms (``SCANNERS``): A, the default, and B, a distribution shift for testing (thinner
+slices, more noise, a sharp reconstruction kernel, a HU calibration offset, its own manufacturer in the metadata).
+With one seed both image the same patients (anatomy, findings, reports, labels): only acquisition differs.
+
     python -m datamodules.synthetic_ctrate --out data/synthetic-ctrate --n 200 --seed 0
+    python -m datamodules.synthetic_ctrate --out data/synthetic-ctrate-B --n 200 --seed 0 --scanner B
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from datamodules.ctrate import CTRATE_LABELS, REPORT_COLUMNS, CTRATEPaths
 
 SHAPE = (128, 128, 32)  # (X, Y, Z) in LPS index order: i -> Left, j -> Posterior, k -> Superior
-XY_SPACING, Z_SPACING = 2.5, 5.0
+XY_SPACING, Z_SPACING = 2.5, 5.0  # mm; Z_SPACING is the phantom's slab thickness (and scanner A's slices)
 INTERCEPT = -1024
 PREVALENCE = 0.42
 METADATA_COLUMNS = (
@@ -42,6 +48,35 @@ METADATA_COLUMNS = (
     "RescaleIntercept",
     "RescaleSlope",
 )
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """How one synthetic scanner images a phantom (HU in, HU out), and what its metadata says about it."""
+
+    manufacturer: str
+    model: str
+    slice_thickness: float
+    """mm, contiguous (= ZSpacing); divides the phantom's Z_SPACING slabs, so thin slices stay exact."""
+    noise_std: float
+    """HU, white noise per voxel before the reconstruction kernel."""
+    kernel_sharpening: float
+    """In-plane reconstruction kernel, as an unsharp mask ``hu + s·(hu − G(hu))`` with a 1-voxel Gaussian G (0: A's
+    plain one): a sharp, lung-style kernel whose edges overshoot and whose noise grows and anticorrelates."""
+    hu_offset: float
+    """HU, calibration offset added to every voxel (air and water read this much higher)."""
+
+    @property
+    def slices_per_slab(self) -> int:
+        return round(Z_SPACING / self.slice_thickness)
+
+
+SCANNERS: dict[str, Scanner] = {
+    "A": Scanner("SYNTHETIC", "Phantom-128", Z_SPACING, noise_std=12.0, kernel_sharpening=0.0, hu_offset=0.0),
+    # A sharp kernel rather than a soft one: it sharpens 1-voxel findings (calcified specks, 2.5 mm nodules) where a
+    # soft one would blur them into the lung beside them, so every finding stays visible. The noise ends at ~24 HU.
+    "B": Scanner("SYNTHETIC-B", "Phantom-B64", Z_SPACING / 2, noise_std=14.0, kernel_sharpening=0.8, hu_offset=25.0),
+}
 
 
 @dataclass
@@ -107,8 +142,15 @@ def _regions(
     return out
 
 
-def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
-    """Chest phantom in HU (LPS) with randomly present findings and their lesion masks."""
+def make_phantom(rng: np.random.Generator, findings: bool = True, scanner: str = "A") -> Phantom:
+    """Chest phantom in HU (LPS) with randomly present findings and their lesion masks, as ``scanner`` images it.
+
+    Arrays are (X, Y, Z) with Z = 32 slices of 5 mm on scanner A (``SHAPE``), 64 of 2.5 mm on B. The anatomy and
+    findings are drawn before acquisition, so one ``rng`` state gives the same patient on every scanner.
+    Raises ``ValueError`` for an unknown scanner.
+    """
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner {scanner!r} is not one of {', '.join(SCANNERS)}")
     nx, ny, nz = SHAPE
     i, j, k = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
     s = rng.uniform(0.95, 1.05)
@@ -139,7 +181,7 @@ def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
     if big_heart:
         ph.lesions.append(Lesion("Cardiomegaly", "Cardiomegaly: the cardiac silhouette is enlarged.", heart))
     if not findings:
-        return _finish(ph, rng)
+        return _finish(ph, rng, SCANNERS[scanner])
     free = lungs.copy()  # aerated lung not yet used by a lesion
 
     if rng.random() < PREVALENCE * 0.6:
@@ -221,44 +263,56 @@ def make_phantom(rng: np.random.Generator, findings: bool = True) -> Phantom:
         hu[specks] = 450.0
         text = "Coronary artery wall calcifications along the anterior heart border."
         ph.lesions.append(Lesion("Coronary artery wall calcification", text, specks))
-    return _finish(ph, rng)
+    return _finish(ph, rng, SCANNERS[scanner])
 
 
-def _finish(ph: Phantom, rng: np.random.Generator) -> Phantom:
-    ph.hu = np.clip(ph.hu + rng.normal(0.0, 12.0, SHAPE).astype(np.float32), -1024, 3071)
+def _finish(ph: Phantom, rng: np.random.Generator, scanner: Scanner) -> Phantom:
+    """Acquire the phantom: slices, noise, reconstruction kernel, calibration offset (A: noise only, as before)."""
     ph.lesions = [les for les in ph.lesions if les.mask.any()]
+    n = scanner.slices_per_slab
+    if n != 1:  # each 5 mm slab is uniform along Z, so its thin slices are exact copies: masks stay true
+        ph.hu, ph.lungs = np.repeat(ph.hu, n, axis=2), np.repeat(ph.lungs, n, axis=2)
+        ph.lesions = [Lesion(les.label, les.text, np.repeat(les.mask, n, axis=2)) for les in ph.lesions]
+        ph.regions = {name: np.repeat(mask, n, axis=2) for name, mask in ph.regions.items()}
+    hu = ph.hu + rng.normal(0.0, scanner.noise_std, ph.hu.shape).astype(np.float32)
+    if scanner.kernel_sharpening:
+        # In-plane only: a reconstruction kernel filters each slice; Z resolution is the slice's own.
+        hu += scanner.kernel_sharpening * (hu - ndimage.gaussian_filter(hu, sigma=(1.0, 1.0, 0), mode="nearest"))
+    ph.hu = np.clip(hu + np.float32(scanner.hu_offset), -1024, 3071)
     return ph
 
 
-def _report(ph: Phantom) -> dict[str, str]:
+def _report(ph: Phantom, scanner: Scanner) -> dict[str, str]:
     sentences = [les.text for les in ph.lesions] or ["Lungs are clear. Heart size is normal."]
     present = [name for name, v in ph.labels.items() if v]
     return {
         "ClinicalInformation_EN": "Not given.",
-        "Technique_EN": f"Non-contrast chest CT, {Z_SPACING:g} mm axial sections.",
+        "Technique_EN": f"Non-contrast chest CT, {scanner.slice_thickness:g} mm axial sections.",
         "Findings_EN": " ".join(sentences),
         "Impressions_EN": ("; ".join(present) + ".") if present else "No acute cardiopulmonary abnormality.",
     }
 
 
-def _metadata(name: str, rng: np.random.Generator) -> dict[str, object]:
-    nx, ny, nz = SHAPE
-    # Origin = centre of voxel (0, 0, 0) in DICOM LPS mm; the body sits around the isocentre.
-    origin = [-(nx - 1) / 2 * XY_SPACING, -(ny - 1) / 2 * XY_SPACING, -float(rng.integers(100, 200))]
+def _metadata(name: str, rng: np.random.Generator, scanner: Scanner) -> dict[str, object]:
+    nx, ny, _ = SHAPE
+    # Origin = centre of voxel (0, 0, 0) in DICOM LPS mm; the body sits around the isocentre. A thin first slice
+    # lies in the lower part of the first slab, so its centre is below the slab's.
+    z0 = -float(rng.integers(100, 200)) - (Z_SPACING - scanner.slice_thickness) / 2
+    origin = [-(nx - 1) / 2 * XY_SPACING, -(ny - 1) / 2 * XY_SPACING, z0]
     return {
         "VolumeName": name,
-        "Manufacturer": "SYNTHETIC",
-        "ManufacturerModelName": "Phantom-128",
+        "Manufacturer": scanner.manufacturer,
+        "ManufacturerModelName": scanner.model,
         "PatientSex": str(rng.choice(["M", "F"])),
         "PatientAge": f"{int(rng.integers(30, 85)):03d}Y",
         "PatientPosition": "HFS",
-        "SliceThickness": Z_SPACING,
+        "SliceThickness": scanner.slice_thickness,
         "Rows": ny,
         "Columns": nx,
         "ImagePositionPatient": str(origin),
         "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
         "XYSpacing": f"[{XY_SPACING}, {XY_SPACING}]",
-        "ZSpacing": Z_SPACING,
+        "ZSpacing": scanner.slice_thickness,
         "RescaleIntercept": INTERCEPT,
         "RescaleSlope": 1,
     }
@@ -281,8 +335,11 @@ def _volume_names(n: int, seed: int) -> list[str]:
     return names
 
 
-def generate(out: Path, n: int, seed: int = 0) -> None:
-    """Write ``n`` synthetic CT-RATE volumes with metadata, reports, labels and ReXGroundingCT masks."""
+def generate(out: Path, n: int, seed: int = 0, scanner: str = "A") -> None:
+    """Write ``n`` synthetic CT-RATE volumes with metadata, reports, labels and ReXGroundingCT masks, imaged by
+    ``scanner`` (a key of ``SCANNERS``; ``ValueError`` for another)."""
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner {scanner!r} is not one of {', '.join(SCANNERS)}")
     out = Path(out)
     rows: dict[str, dict[str, list[dict]]] = {s: {"meta": [], "rep": [], "lab": []} for s in ("train", "valid")}
     grounding: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
@@ -290,7 +347,7 @@ def generate(out: Path, n: int, seed: int = 0) -> None:
         rng = np.random.default_rng([seed, idx])
         split = name.split("_")[0]
         paths = CTRATEPaths(out, split)
-        ph = make_phantom(rng)
+        ph = make_phantom(rng, scanner=scanner)
         raw = np.round(ph.hu - INTERCEPT).astype(np.int16)  # stored values, as raw downloads hold them
         vpath = paths.volume(name)
         vpath.parent.mkdir(parents=True, exist_ok=True)
@@ -299,8 +356,8 @@ def generate(out: Path, n: int, seed: int = 0) -> None:
             rpath = paths.region_mask(name, structure)
             rpath.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), rpath)
-        rows[split]["meta"].append(_metadata(name, rng))
-        rows[split]["rep"].append({"VolumeName": name, **_report(ph)})
+        rows[split]["meta"].append(_metadata(name, rng, SCANNERS[scanner]))
+        rows[split]["rep"].append({"VolumeName": name, **_report(ph, SCANNERS[scanner])})
         rows[split]["lab"].append({"VolumeName": name, **ph.labels})
         if ph.lesions:
             mpath = paths.lesion_mask(name)
@@ -328,9 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/synthetic-ctrate"))
     parser.add_argument("--n", type=int, default=200, help="number of volumes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scanner", choices=sorted(SCANNERS), default="A", help="A: default; B: shifted scanner")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    generate(args.out, args.n, args.seed)
+    generate(args.out, args.n, args.seed, args.scanner)
     labels = pd.concat(pd.read_csv(CTRATEPaths(args.out, s).labels_csv) for s in ("train", "valid"))
     print(f"wrote {len(labels)} volumes to {args.out} in {time.perf_counter() - start:.1f} s")
     for name in CTRATE_LABELS:
