@@ -1,13 +1,15 @@
 """Small-scale replication of MedReason-R1's ablation on the embedded default, in one command.
 
 For every seed, each arm of ``configs/experiments/replication.yaml`` is trained with the normal configs (SFT or
-GRPO, through ``cli.py``'s own entry point), exported, and evaluated on the test split with
-``configs/eval.yaml``; then all run folders go into one comparison report (mean ± std over seeds).
+GRPO, through ``cli.py``'s own entry point), exported, and evaluated with ``configs/eval.yaml`` on each of the
+spec's ``evaluations`` (default: the test split); then each evaluation's run folders go into one comparison report
+(mean ± std over seeds, paired differences between arms). A GRPO arm validates its starting model first, and its
+export is that start unless GRPO beat it on validation (``ResumableCheckpoint(start_candidate)``).
 
     python -m experiments.replicate --config configs/experiments/replication.yaml
     python -m experiments.replicate --config configs/experiments/replication.yaml --smoke   # a minute: tiny budgets
 
-Everything an arm ran with is written next to its results (``<out>/seed<s>/<arm>/{fit,eval}.yaml``), and a
+Everything an arm ran with is written next to its results (``<out>/seed<s>/<arm>/{fit,eval-*}.yaml``), and a
 finished arm is skipped when the command is run again, so an interrupted experiment resumes where it stopped.
 """
 
@@ -63,6 +65,23 @@ class Experiment:
     arms: list[Arm]
     init_model: dict[str, Any]
     report_metrics: list[str] | None = None  # comparison columns (default: evaluation.compare's headline)
+    # Test sets every arm is evaluated on: name -> data overrides. "test" (else the first) is the main one, with
+    # run folders in seed<s>/eval/ and its comparison in comparison/; another in seed<s>/eval-<name>/ and
+    # comparison-<name>/.
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: {"test": {}})
+
+    @property
+    def main_evaluation(self) -> str:
+        return "test" if "test" in self.evaluations else next(iter(self.evaluations))
+
+    def eval_dir(self, seed: int, evaluation: str) -> Path:
+        """Where one evaluation's run folders of one seed go."""
+        main = evaluation == self.main_evaluation
+        return self.out_dir / f"seed{seed}" / ("eval" if main else f"eval-{evaluation}")
+
+    def comparison_dir(self, evaluation: str) -> Path:
+        main = evaluation == self.main_evaluation
+        return self.out_dir / ("comparison" if main else f"comparison-{evaluation}")
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -102,6 +121,7 @@ def load_experiment(paths: list[str], smoke: bool) -> Experiment:
         arms=arms,
         init_model=spec.get("init_model", {}),
         report_metrics=spec.get("report_metrics"),
+        evaluations=spec.get("evaluations") or {"test": {}},
     )
     for arm in arms:
         if arm.init_from:
@@ -156,17 +176,17 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
     return deep_merge(stage.get("overrides", {}), arm.overrides, run)
 
 
-def _eval_overlay(exp: Experiment, arm: Arm, seed: int, seed_dir: Path, arm_dir: Path) -> dict[str, Any]:
+def _eval_overlay(exp: Experiment, arm: Arm, seed: int, evaluation: str, arm_dir: Path) -> dict[str, Any]:
     run = {
         "seed_everything": seed,
         "model": {"init_args": {"model_path": str(arm_dir / "model")}},
-        "data": exp.arm_data(arm),
+        "data": deep_merge(exp.arm_data(arm), exp.evaluations[evaluation]),  # the arm's settings, that test set
         "trainer": {
             "default_root_dir": str(arm_dir),  # not the eval folder: only run folders belong there
             "callbacks": [
                 {
                     "class_path": "evaluation.callbacks.EvaluationReport",
-                    "init_args": {"out_dir": str(seed_dir / "eval"), "name": arm.name},
+                    "init_args": {"out_dir": str(exp.eval_dir(seed, evaluation)), "name": arm.name},
                 }
             ],
         },
@@ -174,15 +194,16 @@ def _eval_overlay(exp: Experiment, arm: Arm, seed: int, seed_dir: Path, arm_dir:
     return deep_merge(exp.stages["eval"].get("overrides", {}), run)
 
 
-def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
-    """Train, export and evaluate one arm for one seed; returns its evaluation run folder. Skips finished arms."""
+def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
+    """Train, export and evaluate one arm for one seed; returns its run folder per evaluation. Skips finished arms."""
     from cli import main as cli
 
     seed_dir = exp.out_dir / f"seed{seed}"
-    arm_dir, eval_dir = seed_dir / arm.name, seed_dir / "eval" / arm.name
+    arm_dir = seed_dir / arm.name
+    eval_dirs = {evaluation: exp.eval_dir(seed, evaluation) / arm.name for evaluation in exp.evaluations}
     if (arm_dir / DONE).is_file():
         log.info("seed %d, %s: done before, skipped", seed, arm.name)
-        return eval_dir
+        return eval_dirs
     start = time.perf_counter()
     model_path = seed_dir / arm.init_from / "model" if arm.init_from else _init_model(exp, seed_dir, seed)
     base = exp.stages[arm.stage]["config"]
@@ -192,12 +213,15 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
         cli(["validate", "--config", base, "--config", fit])
     cli(["fit", "--config", base, "--config", fit, "--ckpt_path", "last"])  # an interrupted arm resumes
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
-    evaluation = _write_yaml(arm_dir / "eval.yaml", _eval_overlay(exp, arm, seed, seed_dir, arm_dir))
-    cli(["test", "--config", exp.stages["eval"]["config"], "--config", evaluation])
+    for evaluation in exp.evaluations:
+        overlay = _eval_overlay(exp, arm, seed, evaluation, arm_dir)
+        config = _write_yaml(arm_dir / f"eval-{evaluation}.yaml", overlay)
+        cli(["test", "--config", exp.stages["eval"]["config"], "--config", config])
     seconds = time.perf_counter() - start
-    atomic_write_text(arm_dir / DONE, json.dumps({"seconds": round(seconds, 1), "eval": str(eval_dir)}) + "\n")
+    done = {"seconds": round(seconds, 1), "eval": {k: str(v) for k, v in eval_dirs.items()}}
+    atomic_write_text(arm_dir / DONE, json.dumps(done) + "\n")
     log.info("seed %d, %s: finished in %.0f s", seed, arm.name, seconds)
-    return eval_dir
+    return eval_dirs
 
 
 def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
@@ -210,8 +234,8 @@ def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
     return path
 
 
-def run(exp: Experiment) -> tuple[Path, list[dict[str, Any]]]:
-    """Every arm for every seed, then the comparison report; returns ``comparison.md``'s path and the groups."""
+def run(exp: Experiment) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """Every arm for every seed, then one comparison report per evaluation: {evaluation: (comparison.md, groups)}."""
     from evaluation.compare import aggregate, load_run, write_groups
 
     run_dirs = [run_arm(exp, arm, seed) for seed in exp.seeds for arm in exp.arms]
@@ -220,10 +244,13 @@ def run(exp: Experiment) -> tuple[Path, list[dict[str, Any]]]:
         for seed in exp.seeds
         for arm in exp.arms
     }
-    groups = aggregate([load_run(d) for d in run_dirs])
-    report = write_groups(groups, exp.out_dir / "comparison", metric_names=exp.report_metrics)
-    (exp.out_dir / "comparison" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
-    return report, groups
+    reports = {}
+    for evaluation in exp.evaluations:
+        groups = aggregate([load_run(d[evaluation]) for d in run_dirs])
+        reports[evaluation] = (write_groups(groups, exp.comparison_dir(evaluation), exp.report_metrics), groups)
+    main_report = reports[exp.main_evaluation][0]
+    (main_report.parent / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    return reports
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -233,12 +260,14 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     exp = load_experiment(args.config, args.smoke)
-    report, groups = run(exp)
+    reports = run(exp)
     from evaluation.compare import print_comparison
 
-    print_comparison(groups, exp.report_metrics)
-    print(f"comparison report: {report}")
-    return report
+    for evaluation, (report, groups) in reports.items():
+        print(f"== {evaluation}")
+        print_comparison(groups, exp.report_metrics)
+        print(f"comparison report: {report}")
+    return reports[exp.main_evaluation][0]
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ def test_smoke_run(tmp_path, synthetic_root):
                 "data": {"data_dir": str(synthetic_root), "synthetic": None},
                 "init_model": {"hidden_size": 32, "num_layers": 1},
                 "smoke": {"out_dir": str(tmp_path / "out")},
+                # A second test set: its own run folders and comparison (here the first 4 test questions).
+                "evaluations": {"test": {}, "few": {"max_samples": 4}},
             }
         )
     )
@@ -51,6 +53,15 @@ def test_smoke_run(tmp_path, synthetic_root):
     assert grpo_fit["model"]["init_args"]["model_path"].endswith("seed0/sft_zoom/model")
     comparison = json.loads((tmp_path / "out" / "comparison" / "comparison.json").read_text())
     assert comparison
+    few = json.loads((tmp_path / "out" / "seed0" / "eval-few" / "sft_zoom" / "run.json").read_text())
+    assert (
+        few["num_samples"]
+        == 4
+        < json.loads((tmp_path / "out" / "seed0" / "eval" / "sft_zoom" / "run.json").read_text())["num_samples"]
+    )
+    assert "sft_zoom_grpo" in (tmp_path / "out" / "comparison-few" / "comparison.md").read_text()
+    grpo_ckpt = tmp_path / "out" / "seed0" / "sft_zoom_grpo" / "checkpoints"
+    assert json.loads((grpo_ckpt / "start.json").read_text())["monitor"] == "val/accuracy"  # its start was validated
 
     again = main(["--config", SPEC, "--config", str(overlay), "--smoke"])  # finished arms are skipped
     assert again.read_text() == table
