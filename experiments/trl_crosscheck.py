@@ -111,6 +111,7 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
         )
     if not isinstance(cli.model, GRPOModule):
         raise ValueError(f"{paths}: model is {type(cli.model).__name__}; the cross-check needs a GRPOModule config")
+    config["seed_everything"] = cli.config["seed_everything"]  # as LightningCLI resolved it (true: a drawn seed)
     return cli.model, cli.datamodule, cli.trainer, config
 
 
@@ -138,7 +139,7 @@ def grpo_settings(module: Any, datamodule: Any, trainer: Any, config: dict[str, 
         )
     return dict(
         **common.hf_device_arguments(accelerator, precision),
-        seed=config.get("seed_everything") or 0,
+        seed=config["seed_everything"],
         max_steps=steps,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=completions // micro,
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.out_dir)
     module, datamodule, trainer, config = load_stage(args.config, args.model_path)
     summary = train_trl(module, datamodule, trainer, config, out_dir)
-    seed = config.get("seed_everything") or 0
+    seed = config["seed_everything"]
     data = deep_merge(config.get("data", {}), *args.eval_data_overrides)
     runs = {args.name: evaluate(args.eval_config, data, seed, out_dir / "model", out_dir, args.name)}
     if args.eval_start:
