@@ -42,7 +42,12 @@ def build_messages(question: str, options: Sequence[str], system_prompt: str) ->
 
 
 def target_text(reasoning: str, answer: str, prompt_format: PromptFormat) -> str:
-    """The assistant turn the SFT stage teaches (the end-of-turn token is appended by the collator)."""
-    if prompt_format == "think":
+    """The assistant turn the SFT stage teaches (the end-of-turn token is appended by the collator).
+
+    An answer-only question (empty ``reasoning``) teaches ``<answer>…</answer>`` alone, under ``think`` too: an empty
+    ``<think></think>`` is the no-reasoning shortcut the format reward refuses (rewards/format.py), and teaching it
+    would train the very completion GRPO then penalises; with no block, SFT teaches only what the label holds.
+    """
+    if prompt_format == "think" and reasoning.strip():
         return f"<think>{reasoning}</think><answer>{answer}</answer>"
     return f"<answer>{answer}</answer>"

@@ -24,8 +24,10 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "slice_index": (int,),
     "roi": (list,),
     "roi_source": (str,),
-    "reasoning": (str,),
 }
+# Optional fields -> (accepted types, value when missing). Reasoning: questions that carry only a final answer are
+# what GRPO learns from (answer-only data, issue 17); the builder writes a trace for every question it makes.
+_OPTIONAL: dict[str, tuple[tuple[type, ...], Any]] = {"reasoning": ((str,), "")}
 
 
 def _check_answer(record: dict[str, Any], where: str) -> None:
@@ -72,6 +74,10 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
         value = record[name]
         if not isinstance(value, types) or (int in types and isinstance(value, bool)):
             raise BadSampleError(f"{where}: field '{name}' should be {types[0].__name__}, got {value!r}")
+    for name, (types, default) in _OPTIONAL.items():
+        value = record.setdefault(name, default)
+        if not isinstance(value, types):
+            raise BadSampleError(f"{where}: field '{name}' should be {types[0].__name__}, got {value!r}")
     if record["question_type"] not in QUESTION_TYPES:
         raise BadSampleError(
             f"{where}: field 'question_type' {record['question_type']!r} is not one of {', '.join(QUESTION_TYPES)}"
@@ -116,7 +122,8 @@ def read_vqa_jsonl(
     """Records of a VQA JSONL file, checked field by field.
 
     Returns (records, problems). A bad line raises ``BadSampleError`` naming file, line and field, unless
-    ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``. Besides each
+    ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``. ``reasoning`` is
+    optional (missing: ``""``, an answer-only question); a trace that is there is kept as written. Besides each
     field's type: ids are unique in the file; the answer is not empty and, with options, denotes one of them by
     text, letter or both (``rewards.parsing.option_index``); options are distinct as answers; a presence
     answer is yes or no; ``patient_id`` and ``split`` are those of ``volume_name``, and with ``split`` given, every

@@ -7,6 +7,7 @@ import torch
 
 from datamodules.collate import IGNORE_INDEX, VQACollator
 from datamodules.ctrate import BadSampleError
+from datamodules.prompts import target_text
 from datamodules.vqa_records import read_vqa_jsonl
 
 GOOD = {
@@ -65,6 +66,9 @@ def test_reads_good_records(tmp_path):
         (json.dumps({**GOOD, "options": ["yes", "no", " ** "]}), "field 'options' holds ' ** '"),
         (json.dumps({**GOOD, "options": [], "answer": "maybe"}), "field 'answer' 'maybe' is not yes or no"),
         (json.dumps({**GOOD, "abnormality": ["Lung nodule"]}), "field 'abnormality' should be str or null"),
+        # Optional, but a trace that is there must be text.
+        (json.dumps({**GOOD, "reasoning": None}), "field 'reasoning' should be str, got None"),
+        (json.dumps({**GOOD, "reasoning": ["r"]}), "field 'reasoning' should be str"),
     ],
 )
 def test_bad_line_names_file_line_and_field(tmp_path, line, fragment):
@@ -72,6 +76,27 @@ def test_bad_line_names_file_line_and_field(tmp_path, line, fragment):
     with pytest.raises(BadSampleError) as err:
         read_vqa_jsonl(path)
     assert f"{path} line 2" in str(err.value) and fragment in str(err.value)
+
+
+def test_reasoning_is_optional_and_kept_where_given(tmp_path):
+    """Answer-only questions (what GRPO learns from) have no trace; a question that has one keeps it."""
+    no_trace = json.dumps({k: v for k, v in GOOD.items() if k != "reasoning"} | {"id": "q-2"})
+    records, problems = read_vqa_jsonl(_write(tmp_path, [_with_id(1, reasoning="left lower lobe, round"), no_trace]))
+    assert problems == [] and [r["reasoning"] for r in records] == ["left lower lobe, round", ""]
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "prompt_format", "target"),
+    [
+        ("round opacity", "think", "<think>round opacity</think><answer>yes</answer>"),
+        # No trace: no empty <think></think> (the shortcut the format reward refuses), just the answer.
+        ("", "think", "<answer>yes</answer>"),
+        ("  ", "think", "<answer>yes</answer>"),
+        ("round opacity", "no_think", "<answer>yes</answer>"),
+    ],
+)
+def test_target_text_with_and_without_reasoning(reasoning, prompt_format, target):
+    assert target_text(reasoning, "yes", prompt_format) == target
 
 
 def test_skip_bad_counts_and_keeps_the_rest(tmp_path):
