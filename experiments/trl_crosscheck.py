@@ -3,7 +3,7 @@
     pip install -r benchmarks/requirements.txt   # trl, datasets
     python -m experiments.trl_crosscheck --config configs/grpo.yaml [--config overlay.yaml ...] \
         --model_path DIR --out_dir runs/trl_crosscheck [--eval_config configs/eval.yaml] \
-        [--eval_data_overrides '{max_samples: 40}'] [--eval_start]
+        [--eval_data_overrides '{max_samples: 40}'] [--evaluation NAME '{data overrides}' ...] [--eval_start]
 
 The GRPO config is parsed by ``cli.py``'s own LightningCLI (configs merged in order, ``--model_path`` last), so
 every default is ours. The training rows are our datamodule's train split, rendered by our ``CTVQADataset``
@@ -16,8 +16,9 @@ TRL as ``optimizers``: HF's warmup starts at 0 and keeps biases and norms out of
 TRL's result is saved as a Hugging Face model directory at ``<out_dir>/model`` and evaluated with
 ``cli.py test --config <eval_config>`` on the GRPO config's data settings (plus ``--eval_data_overrides``), in
 the run folder ``<out_dir>/eval/trl_grpo`` (``--eval_start``: also ``<out_dir>/eval/start``) that
-``python -m evaluation.compare`` reads beside our arms' run folders. TRL exports its last step; our arms
-export their best validation checkpoint, so compare them with a start-inclusive or last-step selection.
+``python -m evaluation.compare`` reads beside our arms' run folders; ``--evaluation NAME DATA`` adds test sets
+(e.g. the shifted scanner), in ``<out_dir>/eval-NAME/`` as ``experiments.replicate`` lays them out. TRL exports
+its last step; our arms export their best validation checkpoint: compare like with like (say so where not).
 
 How each of our settings reaches TRL (ours → ``GRPOConfig`` / ``GRPOTrainer``):
 
@@ -294,8 +295,8 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     }
 
 
-def evaluate(eval_config: str, data: dict[str, Any], seed: int, model_dir: Path, out_dir: Path, name: str) -> Path:
-    """``cli.py test`` of ``model_dir`` with ``data``, into the run folder ``out_dir/eval/<name>``."""
+def evaluate(eval_config: str, data: dict[str, Any], seed: int, model_dir: Path, eval_dir: Path, name: str) -> Path:
+    """``cli.py test`` of ``model_dir`` with ``data``, into the run folder ``eval_dir/<name>``."""
     from cli import main as cli
 
     overlay = {
@@ -303,18 +304,26 @@ def evaluate(eval_config: str, data: dict[str, Any], seed: int, model_dir: Path,
         "model": {"init_args": {"model_path": str(model_dir)}},
         "data": data,
         "trainer": {
-            "default_root_dir": str(out_dir),  # not the eval folder: only run folders belong there
+            "default_root_dir": str(eval_dir.parent),  # not the eval folder: only run folders belong there
             "callbacks": [
                 {
                     "class_path": "evaluation.callbacks.EvaluationReport",
-                    "init_args": {"out_dir": str(out_dir / "eval"), "name": name},
+                    "init_args": {"out_dir": str(eval_dir), "name": name},
                 }
             ],
         },
     }
     with _own_argv():
-        cli(["test", "--config", eval_config, "--config", _write_yaml(out_dir / f"eval_{name}.yaml", overlay)])
-    return out_dir / "eval" / name
+        cli(
+            [
+                "test",
+                "--config",
+                eval_config,
+                "--config",
+                _write_yaml(eval_dir.parent / f"{eval_dir.name}_{name}.yaml", overlay),
+            ]
+        )
+    return eval_dir / name
 
 
 def _overrides(text: str) -> dict[str, Any]:
@@ -335,6 +344,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--eval_data_overrides", type=_overrides, action="append", default=[], help="data settings for evaluation"
     )
+    parser.add_argument(
+        "--evaluation",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "DATA"),
+        help="a test set: name and data overrides (YAML); default 'test' only. As experiments.replicate: 'test' "
+        "writes <out_dir>/eval/, any other <out_dir>/eval-NAME/",
+    )
     parser.add_argument("--name", default="trl_grpo", help="the evaluation run folder's name")
     parser.add_argument("--eval_start", action="store_true", help="also evaluate the starting model (run 'start')")
     args = parser.parse_args(argv)
@@ -342,18 +359,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     module, datamodule, trainer, config = load_stage(args.config, args.model_path)
     summary = train_trl(module, datamodule, trainer, config, out_dir)
     seed = config["seed_everything"]
-    data = deep_merge(config.get("data", {}), *args.eval_data_overrides)
-    runs = {args.name: evaluate(args.eval_config, data, seed, out_dir / "model", out_dir, args.name)}
-    if args.eval_start:
-        runs["start"] = evaluate(args.eval_config, data, seed, Path(args.model_path), out_dir, "start")
-    summary["eval"] = {name: str(path) for name, path in runs.items()}
-    summary["accuracy"] = {
-        name: json.loads((path / "metrics.json").read_text()).get("accuracy") for name, path in runs.items()
-    }
+    models = {args.name: out_dir / "model", **({"start": Path(args.model_path)} if args.eval_start else {})}
+    summary["eval"], summary["accuracy"] = {}, {}
+    for evaluation, overrides in [(n, _overrides(d)) for n, d in args.evaluation or [("test", "{}")]]:
+        data = deep_merge(config.get("data", {}), *args.eval_data_overrides, overrides)
+        eval_dir = out_dir / ("eval" if evaluation == "test" else f"eval-{evaluation}")
+        for name, model_dir in models.items():
+            run = evaluate(args.eval_config, data, seed, model_dir, eval_dir, name)
+            summary["eval"][f"{evaluation}/{name}"] = str(run)
+            summary["accuracy"][f"{evaluation}/{name}"] = json.loads((run / "metrics.json").read_text())["accuracy"]
     common.save(summary, out_dir / "summary.json")
     print(
         f"TRL GRPO: {summary['rollouts_with_our_prompts']}/{summary['rollouts']} rollouts on our prompts; "
-        f"test accuracy {summary['accuracy']}; summary: {out_dir / 'summary.json'}"
+        f"accuracy {summary['accuracy']}; summary: {out_dir / 'summary.json'}"
     )
     return summary
 

@@ -84,7 +84,8 @@ def test_trl_smoke_run_is_evaluated_by_our_evaluator(tmp_path, overlay, tiny_mod
     pytest.importorskip("trl")
     out = tmp_path / "out"
     argv = ["--config", GRPO, "--config", _write(tmp_path, overlay), "--model_path", str(tiny_model_dir)]
-    summary = main([*argv, "--out_dir", str(out), "--eval_data_overrides", "{max_samples: 4}"])
+    tests = ["--evaluation", "test", "{}", "--evaluation", "two", "{max_samples: 2}"]
+    summary = main([*argv, "--out_dir", str(out), "--eval_data_overrides", "{max_samples: 4}", *tests])
     assert summary["rollouts"] == summary["rollouts_with_our_prompts"] == 2
     assert summary["prompt_ids_identical"] is True
     # Our schedule, not HF's: configs/grpo.yaml's 5 warmup steps capped at the run's 2, the first at 1/3 of the
@@ -97,3 +98,7 @@ def test_trl_smoke_run_is_evaluated_by_our_evaluator(tmp_path, overlay, tiny_mod
     assert metrics["n/presence"] + metrics["n/abnormality"] == 4
     assert json.loads((run / "run.json").read_text())["name"] == "trl_grpo"
     assert (out / "model" / "model.safetensors").is_file()
+    # A second test set: its own folder beside eval/, as experiments.replicate lays them out.
+    two = json.loads((out / "eval-two" / "trl_grpo" / "metrics.json").read_text())
+    assert two["n/presence"] + two.get("n/abnormality", 0) == 2
+    assert set(summary["accuracy"]) == {"test/trl_grpo", "two/trl_grpo"}
