@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import VQACollator
-from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice, read_metadata
+from datamodules.ctrate import BadSampleError, CTRATEPaths, VolumeCache, axial_slice, read_metadata
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.roi_sources import ROISource
 from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip, world
@@ -39,6 +40,26 @@ class SyntheticData:
 
     n: int = 240
     seed: int | None = None  # None: the run's seed_everything
+    scanner: Literal["A", "B"] = "A"  # B: the shifted scanner (datamodules/synthetic_ctrate.py SCANNERS)
+
+
+@dataclass
+class AnnotationSubset:
+    """One part of the training split, divided by patient for the annotation-efficiency experiment: the
+    ``annotated`` patients' questions keep their reasoning traces, the ``answers_only`` ones' keep only their answers.
+
+    The division is a seeded shuffle of the sorted training patients (the datamodule's seed), so the two parts of one
+    seed are disjoint and together are the training split; validation and test are never divided.
+    """
+
+    part: Literal["annotated", "answers_only"]
+    fraction: float = 0.2  # share of training patients whose questions keep their reasoning traces
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"annotation.fraction {self.fraction} is not strictly between 0 and 1")
+        if self.part not in ("annotated", "answers_only"):
+            raise ValueError(f"annotation.part {self.part!r} is not 'annotated' or 'answers_only'")
 
 
 @dataclass
@@ -51,17 +72,34 @@ class ZoomSpec:
 
 
 def generate_if_missing(root: Path, synthetic: SyntheticData | None) -> None:
-    """Write a synthetic CT-RATE at ``root`` when ``synthetic`` is set and ``root`` holds no ``dataset/`` yet."""
-    if (root / "dataset").is_dir() or synthetic is None:
-        return
-    from datamodules.synthetic_ctrate import generate
+    """Write a synthetic CT-RATE at ``root`` when ``synthetic`` is set and ``root`` holds no ``dataset/`` yet.
 
-    log.info("generating synthetic CT-RATE at %s", root)
-    generate(root, n=synthetic.n, seed=resolve_seed(synthetic.seed))
+    Raises ``BadSampleError`` when ``root`` already holds a synthetic set of another scanner, naming the metadata
+    CSV line: a scanner-B run pointed at a scanner-A folder would otherwise test on the wrong scanner unawares.
+    """
+    if synthetic is None:
+        return
+    from datamodules.synthetic_ctrate import SCANNERS, generate
+
+    if (root / "dataset").is_dir():
+        path = CTRATEPaths(root, "train").metadata_csv
+        if path.is_file():
+            makers = {s.manufacturer: name for name, s in SCANNERS.items()}
+            with path.open(encoding="utf-8") as f:
+                row = next(csv.DictReader(f), {})
+            found = makers.get(row.get("Manufacturer", ""))
+            if found is not None and found != synthetic.scanner:
+                raise BadSampleError(
+                    f"{path.name}:2: field 'Manufacturer': {row['Manufacturer']!r} is scanner {found}'s, but "
+                    f"synthetic.scanner is {synthetic.scanner!r}; point data_dir at a folder per scanner"
+                )
+        return
+    log.info("generating synthetic CT-RATE (scanner %s) at %s", synthetic.scanner, root)
+    generate(root, n=synthetic.n, seed=resolve_seed(synthetic.seed), scanner=synthetic.scanner)
 
 
 # Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
-torch.serialization.add_safe_globals([SyntheticData, ZoomSpec])
+torch.serialization.add_safe_globals([SyntheticData, ZoomSpec, AnnotationSubset])
 
 
 @contextmanager
@@ -235,7 +273,8 @@ class CTVQADataset(Dataset):
 
 
 def _split_patients(patients: Sequence[str], val_fraction: float, seed: int) -> set[str]:
-    """Patients for validation: a seeded shuffle of the sorted ids, so the split is stable across runs."""
+    """The first ``val_fraction`` of a seeded shuffle of the sorted ids (at least one when the fraction is positive),
+    so the split is stable across runs: validation patients, or the annotated ones of the training split."""
     ordered = sorted(set(patients))
     random.Random(seed).shuffle(ordered)
     n_val = max(1, round(len(ordered) * val_fraction)) if val_fraction > 0 else 0
@@ -268,6 +307,10 @@ class CTVQADataModule(L.LightningDataModule):
         seed: seed of the validation split and the training order; null follows the run's ``seed_everything``
             (as does ``synthetic.seed``), so one seed in the config fixes data, sampling and dropout.
         predict_split: the split ``cli.py predict`` answers (``test`` is CT-RATE's valid split).
+        annotation: train on one part of the training split only (``AnnotationSubset``): ``annotated``, its
+            questions with their reasoning traces, or ``answers_only``, the other patients' questions with their
+            reasoning dropped (SFT then teaches ``<answer>…</answer>`` alone; GRPO needs only the answer). Null: the
+            whole training split as it is.
         roi_source: where the VQA files' boxes come from (datamodules/roi_sources.py; default lesion masks with
             anatomy for the rest). The VQA files are built with it when ``vqa_dir`` holds none yet; files built
             with another source are refused, so point ``vqa_dir`` at a folder per source.
@@ -299,6 +342,7 @@ class CTVQADataModule(L.LightningDataModule):
         seed: int | None = None,
         predict_split: Stage = "test",
         roi_source: ROISource | None = None,
+        annotation: AnnotationSubset | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -306,10 +350,12 @@ class CTVQADataModule(L.LightningDataModule):
             synthetic = SyntheticData(**synthetic)
         if isinstance(zoom, dict):
             zoom = ZoomSpec(**zoom)
+        if isinstance(annotation, dict):
+            annotation = AnnotationSubset(**annotation)
         # The source is an object with caches: it lives on the module, not in checkpoints' hyperparameters.
         self.save_hyperparameters(ignore=["roi_source"])
         self.roi_source = roi_source
-        self.hparams.synthetic, self.hparams.zoom = synthetic, zoom
+        self.hparams.synthetic, self.hparams.zoom, self.hparams.annotation = synthetic, zoom, annotation
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
         self.processor: Any = None
@@ -368,7 +414,7 @@ class CTVQADataModule(L.LightningDataModule):
         train_records = self._records("train")
         val_patients = _split_patients([r["patient_id"] for r in train_records], self.hparams.val_fraction, self.seed)
         splits = {
-            "train": [r for r in train_records if r["patient_id"] not in val_patients],
+            "train": self._annotation_part([r for r in train_records if r["patient_id"] not in val_patients]),
             "val": [r for r in train_records if r["patient_id"] in val_patients],
             "test": self._records("valid"),
         }
@@ -378,6 +424,27 @@ class CTVQADataModule(L.LightningDataModule):
                 records = records[: self.hparams.max_samples]
             self.datasets[name] = self.dataset_for(records, metadata)
         log.info("CT-VQA samples: %s", {k: len(v) for k, v in self.datasets.items()})
+
+    def _annotation_part(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The training records of ``annotation``'s part (all of them when it is null); ``answers_only`` ones are
+        copies with an empty reasoning. Raises ``BadSampleError`` when the part would hold no patient."""
+        spec = self.hparams.annotation
+        if spec is None:
+            return records
+        patients = sorted({r["patient_id"] for r in records})
+        annotated = _split_patients(patients, spec.fraction, self.seed)
+        keep = [r for r in records if (r["patient_id"] in annotated) == (spec.part == "annotated")]
+        if not keep:
+            raise BadSampleError(
+                f"{self._vqa_dir() / 'train.jsonl'}: annotation.fraction={spec.fraction} leaves no {spec.part} "
+                f"patient among the {len(patients)} training patients"
+            )
+        log.info(
+            "annotation %s: %d of %d training patients", spec.part, len({r["patient_id"] for r in keep}), len(patients)
+        )
+        if spec.part == "answers_only":
+            keep = [{**r, "reasoning": ""} for r in keep]
+        return keep
 
     def dataset_for(
         self, records: list[dict[str, Any]], metadata: dict[str, dict[str, Any]] | None = None

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from datamodules.collate import IGNORE_INDEX
-from datamodules.ct_vqa import CTVQADataModule, SyntheticData, ZoomSpec
+from datamodules.ct_vqa import CTVQADataModule, SyntheticData, ZoomSpec, generate_if_missing
 from datamodules.ctrate import BadSampleError, CTRATEPaths
 
 
@@ -181,3 +181,15 @@ def test_a_target_longer_than_max_length_is_refused_not_cut(synthetic_root, tiny
     assert dataset[0] is None and list(dataset.skipped.values()) == [
         f"{where}: prompt + target is {total} tokens, over max_length={total - 1}"
     ]
+
+
+def test_synthetic_scanner_b_is_generated_and_a_folder_of_the_other_scanner_refused(tmp_path, synthetic_root):
+    generate_if_missing(tmp_path / "b", SyntheticData(n=2, seed=0, scanner="B"))
+    meta = pd.read_csv(CTRATEPaths(tmp_path / "b", "train").metadata_csv)
+    assert set(meta["Manufacturer"]) == {"SYNTHETIC-B"} and set(meta["ZSpacing"]) == {2.5}
+    generate_if_missing(tmp_path / "b", SyntheticData(n=2, seed=0, scanner="B"))  # its own scanner: kept as is
+    generate_if_missing(synthetic_root, SyntheticData(scanner="A"))
+    with pytest.raises(
+        BadSampleError, match=r"train_metadata\.csv:2: field 'Manufacturer': 'SYNTHETIC' is scanner A's"
+    ):
+        generate_if_missing(synthetic_root, SyntheticData(scanner="B"))
