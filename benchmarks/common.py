@@ -181,3 +181,30 @@ def save(results: dict[str, Any], path: str | Path) -> None:
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(json_safe(results), indent=2) + "\n")
+
+
+def prompts_identical(model_dir: Path, rows: list[dict[str, Any]]) -> bool:
+    """Whether TRL's way of tokenising a row (chat template + processor, image filled in) gives our prompt ids."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from lightning_modules.model_loading import load_processor
+
+    processor = load_processor(model_dir)
+    for row in rows:
+        messages = prepare_multimodal_messages(row["prompt"], images=[row["image"]])
+        ids = processor.apply_chat_template(
+            conversation=[messages], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"][0]
+        if list(ids) != row["our_prompt_ids"]:
+            return False
+    return True
+
+
+def suppressed_ids(model_dir: Path, full_length: bool) -> list[int]:
+    """The tokens our sampler never emits (special tokens), plus the end tokens when forcing full length."""
+    from lightning_modules.model_loading import load_model, load_processor
+    from lightning_modules.rollout import end_token_ids, special_token_ids
+
+    tokenizer = load_processor(model_dir).tokenizer
+    ends = end_token_ids(load_model(model_dir), tokenizer)
+    return sorted(set(special_token_ids(tokenizer, keep=ends)) | (set(ends) if full_length else set()))

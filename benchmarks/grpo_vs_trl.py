@@ -91,23 +91,6 @@ def render_prompts(model_dir: Path, data_dir: Path, prompts: int) -> list[dict[s
     return rows
 
 
-def prompts_identical(model_dir: Path, rows: list[dict[str, Any]]) -> bool:
-    """Whether TRL's way of tokenising a row (chat template + processor, image filled in) gives our prompt ids."""
-    from trl.data_utils import prepare_multimodal_messages
-
-    from lightning_modules.model_loading import load_processor
-
-    processor = load_processor(model_dir)
-    for row in rows:
-        messages = prepare_multimodal_messages(row["prompt"], images=[row["image"]])
-        ids = processor.apply_chat_template(
-            conversation=[messages], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"][0]
-        if list(ids) != row["our_prompt_ids"]:
-            return False
-    return True
-
-
 def _summary(times: list[float], lengths: list[float], completions_per_step: int, warmup: int) -> dict[str, Any]:
     """Throughput over the steps after ``warmup``; ``times`` are the wall-clock ends of each step."""
     timed = len(times) - warmup
@@ -322,16 +305,6 @@ def run_trl(
     return result
 
 
-def suppressed_ids(model_dir: Path, full_length: bool) -> list[int]:
-    """The tokens our sampler never emits (special tokens), plus the end tokens when forcing full length."""
-    from lightning_modules.model_loading import load_model, load_processor
-    from lightning_modules.rollout import end_token_ids, special_token_ids
-
-    tokenizer = load_processor(model_dir).tokenizer
-    ends = end_token_ids(load_model(model_dir), tokenizer)
-    return sorted(set(special_token_ids(tokenizer, keep=ends)) | (set(ends) if full_length else set()))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
@@ -374,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = render_prompts(model_dir, data_dir, n_prompts)
     if len(rows) < n_prompts:
         raise SystemExit(f"{data_dir} has {len(rows)} training questions; the run needs {n_prompts}")
-    same_prompts = prompts_identical(model_dir, rows)
+    same_prompts = common.prompts_identical(model_dir, rows)
     shared = dict(
         generations=args.generations,
         max_new_tokens=args.max_new_tokens,
@@ -402,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         run_trl,
         model_dir=str(model_dir),
         rows=rows,
-        suppress_token_ids=suppressed_ids(model_dir, full_length),
+        suppress_token_ids=common.suppressed_ids(model_dir, full_length),
         out_dir=os.path.join(args.workdir, "trl-grpo-out"),
         **shared,
     )

@@ -129,7 +129,7 @@ def load_experiment(paths: list[str], smoke: bool) -> Experiment:
     return exp
 
 
-def _write_yaml(path: Path, config: dict[str, Any]) -> str:
+def write_yaml(path: Path, config: dict[str, Any]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return str(path)
@@ -207,7 +207,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
     start = time.perf_counter()
     model_path = seed_dir / arm.init_from / "model" if arm.init_from else _init_model(exp, seed_dir, seed)
     base = exp.stages[arm.stage]["config"]
-    fit = _write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
+    fit = write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
     log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
     if arm.stage == "grpo":  # the starting model's validation score: `best` below is the start unless beaten
         cli(["validate", "--config", base, "--config", fit])
@@ -215,7 +215,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
     for evaluation in exp.evaluations:
         overlay = _eval_overlay(exp, arm, seed, evaluation, arm_dir)
-        config = _write_yaml(arm_dir / f"eval-{evaluation}.yaml", overlay)
+        config = write_yaml(arm_dir / f"eval-{evaluation}.yaml", overlay)
         cli(["test", "--config", exp.stages["eval"]["config"], "--config", config])
     seconds = time.perf_counter() - start
     done = {"seconds": round(seconds, 1), "eval": {k: str(v) for k, v in eval_dirs.items()}}

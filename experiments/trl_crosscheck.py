@@ -65,7 +65,7 @@ from typing import Any
 import yaml
 
 from benchmarks import common
-from experiments.replicate import _write_yaml, deep_merge
+from experiments.replicate import deep_merge, write_yaml
 
 # Settings a cross-check cannot reproduce in TRL: (hparam, value that is fine, why).
 REFUSED = [
@@ -242,7 +242,6 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from benchmarks.grpo_vs_trl import prompts_identical, suppressed_ids
     from lightning_modules.attention import set_sdpa_backends
     from lightning_modules.model_loading import load_model, load_processor, save_model_dir, unwrap_base
     from lightning_modules.schedules import warmup_cosine
@@ -254,7 +253,7 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     ours, theirs = rollout_prompts(datamodule, settings["max_steps"] // hp.num_iterations)
     rows = training_rows(datamodule.datasets["train"], [i for batch in theirs for i in batch])
     fields = [k for k in rows[0] if k not in ("prompt", "image", "our_prompt_ids")]
-    same_ids = prompts_identical(Path(hp.model_path), rows)
+    same_ids = common.prompts_identical(Path(hp.model_path), rows)
     set_sdpa_backends(hp.sdpa_backends)
     model = load_model(
         hp.model_path,
@@ -272,7 +271,7 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
         reward_funcs=[trl_reward(f, fields, hp.reward_errors, hp.max_new_tokens) for f in module.reward_funcs],
         args=GRPOConfig(
             output_dir=str(out_dir / "trl"),
-            generation_kwargs={"suppress_tokens": suppressed_ids(Path(hp.model_path), full_length=False)},
+            generation_kwargs={"suppress_tokens": common.suppressed_ids(Path(hp.model_path), full_length=False)},
             **settings,
         ),
         train_dataset=Dataset.from_list([{k: v for k, v in r.items() if k != "our_prompt_ids"} for r in rows]),
@@ -320,7 +319,7 @@ def evaluate(eval_config: str, data: dict[str, Any], seed: int, model_dir: Path,
                 "--config",
                 eval_config,
                 "--config",
-                _write_yaml(eval_dir.parent / f"{eval_dir.name}_{name}.yaml", overlay),
+                write_yaml(eval_dir.parent / f"{eval_dir.name}_{name}.yaml", overlay),
             ]
         )
     return eval_dir / name
