@@ -3,6 +3,7 @@
 #               (fits resume from their last checkpoint: an interrupted demo picks up where it stopped)
 #   make test   install, then the test suite
 #   make replicate  the paper's ablation at small scale (not part of demo)
+#   make annotation  does GRPO learn from answer-only questions? cold start + GRPO vs answer-only SFT, two test sets
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
 #   make bench  throughput and memory against TRL and the Hugging Face Trainer, side by side (benchmarks/README.md)
 #   make bench-gpu  the same on one GPU in bf16
@@ -10,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate roi-sources bench bench-gpu lint clean
+.PHONY: install demo test replicate annotation trl-crosscheck roi-sources bench bench-gpu lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -36,6 +37,11 @@ test: install
 # The paper's ablation at small scale (README, "Replication"): about 45 min on 2 CPU cores.
 replicate: install
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml
+
+# GRPO on answer-only questions after a small annotated warm-up, against SFT on the same answers (README,
+# "Annotation efficiency"): 4 arms x 3 seeds, tested on scanner A and on the shifted scanner B.
+annotation: install
+	$(PY) -m experiments.replicate --config configs/experiments/annotation_efficiency.yaml
 
 # Zoom boxes without manual masks (README, "ROI proposal"): the ROI classifier, how often each source's box
 # finds the true lesion, and SFT accuracy with each source's boxes.
