@@ -12,6 +12,7 @@ import logging
 import pickle
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -232,18 +233,20 @@ class CLI(LightningCLI):
                 callback.config_yaml = text
 
 
-def main(args: list[str] | None = None) -> CLI:
+def main(args: list[str] | dict[str, Any] | None = None, **cli_kwargs: Any) -> CLI:
+    """The project's LightningCLI on ``args`` (command-line words, or a config dict); ``cli_kwargs`` override
+    LightningCLI's arguments (``run=False`` builds the classes without running a command)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return CLI(
-        datamodule_class=L.LightningDataModule,
-        subclass_mode_data=True,
-        trainer_class=Trainer,
-        subclass_mode_model=True,
-        parser_class=ArgumentParser,
-        save_config_callback=DebugRunSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    settings: dict[str, Any] = {
+        "datamodule_class": L.LightningDataModule,
+        "subclass_mode_data": True,
+        "trainer_class": Trainer,
+        "subclass_mode_model": True,
+        "parser_class": ArgumentParser,
+        "save_config_callback": DebugRunSaveConfig,
+        "save_config_kwargs": {"overwrite": True},
+    }
+    return CLI(**{**settings, **cli_kwargs}, args=args)
 
 
 def run(args: list[str] | None = None) -> int:

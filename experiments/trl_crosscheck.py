@@ -90,9 +90,8 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
 
     Raises ValueError for a config whose model is not ``GRPOModule``.
     """
-    import lightning as L
 
-    from cli import CLI, ArgumentParser, Trainer
+    from cli import main as cli_main
     from lightning_modules.grpo import GRPOModule
 
     config: dict[str, Any] = {}
@@ -100,16 +99,7 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
         config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
     config = deep_merge(config, {"model": {"init_args": {"model_path": model_path}}})
     with _own_argv():
-        cli = CLI(
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_data=True,
-            trainer_class=Trainer,
-            subclass_mode_model=True,
-            parser_class=ArgumentParser,
-            save_config_callback=None,
-            run=False,
-            args=config,
-        )
+        cli = cli_main(config, run=False, save_config_callback=None)
     if not isinstance(cli.model, GRPOModule):
         raise ValueError(f"{paths}: model is {type(cli.model).__name__}; the cross-check needs a GRPOModule config")
     config["seed_everything"] = cli.config["seed_everything"]  # as LightningCLI resolved it (true: a drawn seed)
