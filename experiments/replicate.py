@@ -3,8 +3,9 @@
 For every seed, each arm of ``configs/experiments/replication.yaml`` is trained with the normal configs (SFT or
 GRPO, through ``cli.py``'s own entry point), exported, and evaluated with ``configs/eval.yaml`` on each of the
 spec's ``evaluations`` (default: the test split); then each evaluation's run folders go into one comparison report
-(mean ± std over seeds, paired differences between arms). A GRPO arm validates its starting model first, and its
-export is that start unless GRPO beat it on validation (``ResumableCheckpoint(start_candidate)``).
+(mean ± std over seeds, paired differences between arms). An arm that starts from another arm's model (GRPO after
+SFT) validates that start first, and its export is the start unless training beat it on validation
+(``ResumableCheckpoint(start_candidate)``).
 
     python -m experiments.replicate --config configs/experiments/replication.yaml
     python -m experiments.replicate --config configs/experiments/replication.yaml --smoke   # a minute: tiny budgets
@@ -155,8 +156,8 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
                         "filename": "best-{step}",
                         "monitor": "val/accuracy",
                         "mode": "max",
-                        # GRPO starts from a trained model: its export is never worse on validation than that start.
-                        "start_candidate": arm.stage == "grpo",
+                        # An arm that continues another's model exports that start unless it beat it on validation.
+                        "start_candidate": arm.init_from is not None,
                     },
                 },
                 {  # the resume point of an interrupted arm
@@ -209,7 +210,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
     base = exp.stages[arm.stage]["config"]
     fit = write_yaml(arm_dir / "fit.yaml", _fit_overlay(exp, arm, seed, arm_dir, model_path))
     log.info("seed %d, %s: %s from %s", seed, arm.name, arm.stage, model_path)
-    if arm.stage == "grpo":  # the starting model's validation score: `best` below is the start unless beaten
+    if arm.init_from is not None:  # the starting model's validation score: `best` below is the start unless beaten
         cli(["validate", "--config", base, "--config", fit])
     cli(["fit", "--config", base, "--config", fit, "--ckpt_path", "last"])  # an interrupted arm resumes
     cli(["export", "--config", base, "--config", fit, "--ckpt_path", "best", "--out_dir", str(arm_dir / "model")])
