@@ -262,11 +262,12 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     exp = load_experiment(args.config, args.smoke)
     reports = run(exp)
-    from evaluation.compare import print_comparison
+    from evaluation.compare import print_comparison, render_paired
 
     for evaluation, (report, groups) in reports.items():
         print(f"== {evaluation}")
         print_comparison(groups, exp.report_metrics)
+        print(render_paired(json.loads((report.parent / "paired.json").read_text())))
         print(f"comparison report: {report}")
     return reports[exp.main_evaluation][0]
 
