@@ -21,13 +21,18 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
+# The demo is MedReason-R1's claim at small scale: SFT on the 20 % of training patients whose questions carry
+# reasoning traces, then GRPO on the other 80 %, which carry only their answers (configs/annotation/).
+SFT := --config configs/sft.yaml --config configs/annotation/sft_cold_start.yaml
+GRPO := --config configs/grpo.yaml --config configs/annotation/grpo_answers_only.yaml
+
 demo: install
-	$(PY) cli.py fit --config configs/sft.yaml --ckpt_path last
-	$(PY) cli.py export --config configs/sft.yaml --ckpt_path best --out_dir artifacts/sft-model
+	$(PY) cli.py fit $(SFT) --ckpt_path last
+	$(PY) cli.py export $(SFT) --ckpt_path best --out_dir artifacts/sft-model
 	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/sft-model
-	$(PY) cli.py validate --config configs/grpo.yaml
-	$(PY) cli.py fit --config configs/grpo.yaml --ckpt_path last
-	$(PY) cli.py export --config configs/grpo.yaml --ckpt_path best --out_dir artifacts/grpo-model
+	$(PY) cli.py validate $(GRPO)
+	$(PY) cli.py fit $(GRPO) --ckpt_path last
+	$(PY) cli.py export $(GRPO) --ckpt_path best --out_dir artifacts/grpo-model
 	$(PY) cli.py test --config configs/eval.yaml --model.init_args.model_path artifacts/grpo-model
 	$(PY) -m evaluation.compare runs/eval/sft-model runs/eval/grpo-model --out runs/eval/comparison
 

@@ -22,6 +22,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ["grpo_qwen2.5vl_3b_fsdp.yaml"],
         ["grpo_qwen2.5vl_3b_fsdp.yaml", "grpo_vllm.yaml"],
         ["roi_classifier.yaml"],
+        ["sft.yaml", "annotation/sft_cold_start.yaml"],
+        ["grpo.yaml", "annotation/grpo_answers_only.yaml"],
     ],
 )
 def test_config_parses(files, capsys):
