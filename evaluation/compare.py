@@ -190,8 +190,9 @@ def render_paired(pairs: Sequence[Mapping[str, Any]]) -> str:
             rows.append([label, qtype, f"{fmt(r['difference'], signed=True)}{mark}", ci, p, str(r["n_seeds"])])
     lines = markdown_table(["B − A", "questions", "Δ accuracy", "95 % CI", "p", "seeds"], rows)
     note = (
-        f"\n\\* p < {ALPHA}: exact paired sign-flip test over questions (McNemar's exact test with one seed); CI: "
-        "bootstrap over seeds and questions (evaluation/paired.py). Seeds pair by their number, questions by id.\n"
+        f"\n\\* p < {ALPHA} and a 95 % CI that excludes 0. p: exact paired sign-flip test over questions (McNemar's "
+        "exact test with one seed); CI: bootstrap over seeds and questions (evaluation/paired.py), so it also covers "
+        "seed-to-seed variation. Seeds pair by their number, questions by id.\n"
     )
     return "\n".join(lines) + "\n" + note
 

@@ -43,8 +43,9 @@ class PairedResult:
 
     @property
     def significant(self) -> bool:
-        """p below ``ALPHA`` (0.05)."""
-        return self.p_value < ALPHA
+        """p below ``ALPHA`` (0.05) and a CI that excludes 0. The test takes questions as the unit on these seeds;
+        the CI also covers how much the difference moves from seed to seed. A method-level claim needs both."""
+        return self.p_value < ALPHA and (self.ci_low > 0 or self.ci_high < 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "significant": self.significant}
