@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.ctrate import SPLITS, VOLUME_NAME_RE, BadSampleError
+from datamodules.ctrate import SPLITS, VOLUME_NAME_RE, BadSampleError, patient_id
 from rewards.parsing import answer_text, normalize_answer
 
 QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
@@ -94,7 +94,7 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
         )
     # The datamodule splits train/validation by patient_id and tests on another CT-RATE split: a record whose
     # patient or split disagrees with its volume would put one patient on both sides of a split.
-    split, patient = name.group(1), f"{name.group(1)}_{int(name.group(2))}"
+    split, patient = name.group(1), patient_id(record["volume_name"])
     if record["patient_id"] != patient:
         raise BadSampleError(
             f"{where}: field 'patient_id' {record['patient_id']!r} is not the patient of {record['volume_name']!r}, "

@@ -70,17 +70,17 @@ def best_checkpoint(dirpath: str | Path, monitor: str, mode: str) -> Path | None
     of them (``last.ckpt``'s can name a file a later save replaced). Sharded checkpoint folders count as files.
 
     Raises:
-        FileNotFoundError: no checkpoint in ``dirpath`` was saved for ``monitor``, and no start was recorded.
+        FileNotFoundError: no checkpoint in ``dirpath`` was saved for ``monitor`` (a start alone is not enough).
     """
     folder = Path(dirpath)
     candidates = [p for p in folder.glob(f"*{ModelCheckpoint.FILE_EXTENSION}") if not p.name.startswith(".")]
     scores = {p: s for p in sorted(candidates) if (s := recorded_score(p, monitor)) is not None}
-    best = (max if mode == "max" else min)(scores, key=scores.__getitem__) if scores else None
-    start = start_score(folder, monitor, _model_path(best)) if best is not None else None
-    if best is None:
+    if not scores:
         raise FileNotFoundError(
             f"{folder}: no checkpoint was saved as best by {monitor!r} (no validation yet?); use --ckpt_path last"
         )
+    best = (max if mode == "max" else min)(scores, key=scores.__getitem__)
+    start = start_score(folder, monitor, _model_path(best))
     if start is not None and not (scores[best] > start if mode == "max" else scores[best] < start):
         log.warning(
             "no gain over the starting model on validation: %s %.4g at the start, %.4g at best (%s); "
