@@ -20,9 +20,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
-from lightning_modules.checkpoint_selection import best_checkpoint
-from lightning_modules.checkpointing import UnsafeCheckpointError, unsafe_checkpoint_error
-from lightning_modules.export import export_hf_model
+from training.checkpoint_files import UnsafeCheckpointError, unsafe_checkpoint_error
+from training.checkpoint_selection import best_checkpoint
+from training.export import export_hf_model
 
 INPUT_ERROR_EXIT = 2  # argparse's status for a usage error
 
@@ -113,8 +113,8 @@ class Trainer(L.Trainer):
             abnormality: the CT-RATE label the question is about; with no roi, roi_mask or slice_index, the
                 datamodule's ``roi_source`` (e.g. the ROI classifier's CAM) proposes where to zoom.
         """
-        from lightning_modules.export import load_checkpoint_file
-        from lightning_modules.inference import ask
+        from inference.ask import ask
+        from training.checkpoint_files import load_checkpoint_file
 
         ckpt_path = self.checkpoint_file(ckpt_path)
         model.configure_model()

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_modules.grpo_loss import policy_loss  # noqa: E402
+from rl.loss import policy_loss  # noqa: E402
 
 
 class _Accelerator:

@@ -38,7 +38,7 @@ def prepare(
     """
     from datamodules.synthetic_ctrate import generate
     from datamodules.vqa_builder import build_vqa
-    from lightning_modules.embedded_model import build_embedded_model
+    from models.embedded import build_embedded_model
 
     workdir = Path(workdir)
     name = "tiny-qwen2.5-vl" if (hidden_size, num_layers) == (128, 4) else f"qwen2.5-vl-h{hidden_size}-l{num_layers}"
@@ -55,7 +55,8 @@ def bench_datamodule(model_dir: str | Path, data_dir: str | Path, batch_size: in
     """The CT-VQA data module with configs/sft.yaml's image settings (lung window, inset zoom, 112 px, think
     prompts), seed 0, and no worker processes unless ``overrides`` say otherwise (a worker's memory would not count
     in the measured process's peak RSS)."""
-    from datamodules.ct_vqa import CTVQADataModule, ZoomSpec
+    from datamodules.ct_vqa import CTVQADataModule
+    from datamodules.vqa_dataset import ZoomSpec
 
     settings = dict(
         data_dir=str(data_dir),
@@ -177,7 +178,8 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
 
 def save(results: dict[str, Any], path: str | Path) -> None:
     """Write the raw numbers next to the printed table (JSON), atomically."""
-    from evaluation.report import atomic_write_text, json_safe
+    from common.files import atomic_write_text
+    from evaluation.report import json_safe
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(json_safe(results), indent=2) + "\n")
@@ -187,7 +189,7 @@ def prompts_identical(model_dir: Path, rows: list[dict[str, Any]]) -> bool:
     """Whether TRL's way of tokenising a row (chat template + processor, image filled in) gives our prompt ids."""
     from trl.data_utils import prepare_multimodal_messages
 
-    from lightning_modules.model_loading import load_processor
+    from datamodules.processor import load_processor
 
     processor = load_processor(model_dir)
     for row in rows:
@@ -202,8 +204,9 @@ def prompts_identical(model_dir: Path, rows: list[dict[str, Any]]) -> bool:
 
 def suppressed_ids(model_dir: Path, full_length: bool) -> list[int]:
     """The tokens our sampler never emits (special tokens), plus the end tokens when forcing full length."""
-    from lightning_modules.model_loading import load_model, load_processor
-    from lightning_modules.rollout import end_token_ids, special_token_ids
+    from datamodules.processor import load_processor
+    from models.loading import load_model
+    from rl.rollout import end_token_ids, special_token_ids
 
     tokenizer = load_processor(model_dir).tokenizer
     ends = end_token_ids(load_model(model_dir), tokenizer)

@@ -228,14 +228,14 @@ class _Materialized:
 @contextlib.contextmanager
 def _pool_threads() -> Iterator[None]:
     """Samples made on torch's whole intra-op pool inside the block, as before ``one_intra_op_thread`` (baseline)."""
-    from datamodules import ct_vqa
+    from datamodules import vqa_dataset
 
-    one_thread = ct_vqa.one_intra_op_thread
-    ct_vqa.one_intra_op_thread = contextlib.nullcontext
+    one_thread = vqa_dataset.one_intra_op_thread
+    vqa_dataset.one_intra_op_thread = contextlib.nullcontext
     try:
         yield
     finally:
-        ct_vqa.one_intra_op_thread = one_thread
+        vqa_dataset.one_intra_op_thread = one_thread
 
 
 def fit_wait(

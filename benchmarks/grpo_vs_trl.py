@@ -131,7 +131,7 @@ def run_ours(
     import torch
 
     from lightning_modules.grpo import GRPOModule
-    from lightning_modules.model_loading import LoRASpec
+    from models.loading import LoRASpec
     from rewards.accuracy import accuracy_reward
     from rewards.format import format_reward
     from rewards.validity import validity_reward
@@ -279,14 +279,14 @@ def run_trl(
     if lora:
         from peft import LoraConfig
 
-        from lightning_modules.model_loading import DEFAULT_LORA_TARGETS
+        from models.loading import DEFAULT_LORA_TARGETS
 
         names = "|".join(DEFAULT_LORA_TARGETS)
         peft_config = LoraConfig(
             r=LORA["r"],
             lora_alpha=LORA["alpha"],
             lora_dropout=LORA["dropout"],
-            # As lightning_modules/model_loading.py: the language model's projections, not the vision tower's.
+            # As models/loading.py: the language model's projections, not the vision tower's.
             target_modules=rf"^(?!.*visual).*\.({names})$",
         )
     timer = Timer()

@@ -19,7 +19,6 @@ from monai.transforms import Compose, Resized, SpatialPadd
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from datamodules.ct_vqa import SyntheticData, _split_patients, generate_if_missing
 from datamodules.ctrate import (
     CTRATE_LABELS,
     VolumeCache,
@@ -29,6 +28,8 @@ from datamodules.ctrate import (
 )
 from datamodules.samplers import ResumableSampler, resume_skip
 from datamodules.seeding import resolve_seed
+from datamodules.splits import split_patients
+from datamodules.synthetic import SyntheticData, generate_if_missing
 from datamodules.transforms import HUWindowd
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class CTSliceDataModule(L.LightningDataModule):
             return
         train = read_split(self.root, "train")
         patients = train["VolumeName"].map(patient_id)
-        val_patients = _split_patients(list(patients), self.hparams.val_fraction, resolve_seed(self.hparams.seed))
+        val_patients = split_patients(list(patients), self.hparams.val_fraction, resolve_seed(self.hparams.seed))
         splits = {
             "train": train[~patients.isin(val_patients)],
             "val": train[patients.isin(val_patients)],

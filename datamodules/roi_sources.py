@@ -5,7 +5,8 @@ A source proposes, for one volume and one abnormality, an axial slice and the bo
 - ``MaskROI``: masks the user already has. The finding's lesion mask (ReXGroundingCT) when there is one, else
   organ/region segmentations (TotalSegmentator's per-structure files by default) of the place the report names.
 - ``AnatomyROI``: lung fields, heart and mediastinum found from HU alone; the report's location words pick the part.
-- ``CAMROI``: class activation maps of the weakly supervised slice classifier (lightning_modules/roi_classifier.py).
+- ``CAMROI`` (in ``lightning_modules/roi_classifier.py``, beside the classifier that makes its maps): class
+  activation maps of the weakly supervised slice classifier.
 
 Boxes are ``[x0, y0, x1, y1]`` display pixels of ``axial_slice(volume, slice_index)``, exclusive ends. Every
 proposal goes through ``check_proposal`` (slice in the volume, boxes inside the slice, never empty), and records
@@ -14,7 +15,6 @@ say which source made their box (``roi_source``).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -302,48 +302,3 @@ class AnatomyROI(ROISource):
             self._cache = (query.volume_name, {r: region_proposal(m, self.name, r) for r, m in masks.items()})
         proposals = self._cache[1]
         return proposals[query.region] or proposals["lungs"]
-
-
-class CAMROI(ROISource):
-    """Class activation maps of a trained ROI classifier (``python cli.py fit --config configs/roi_classifier.yaml``):
-    the slice it scores highest for the abnormality and the box around that map's peak. Needs no report words.
-
-    Args:
-        checkpoint: the classifier's Lightning checkpoint.
-        threshold: share of the map's peak that bounds the box.
-        device: where the classifier runs.
-    """
-
-    name = "cam"
-
-    def __init__(self, checkpoint: str, threshold: float = 0.5, device: str = "cpu") -> None:
-        self.checkpoint = checkpoint
-        self.threshold = threshold
-        self._device = device  # where it runs does not change the boxes: not part of describe()
-        self._module: Any = None
-        self._maps: tuple[str, Any] = ("", None)  # one volume's slice logits and maps, for its other labels
-
-    def propose(self, query: ROIQuery) -> ROIProposal | None:
-        if self._module is None:
-            from lightning_modules.roi_classifier import ROIClassifierModule
-
-            if not Path(self.checkpoint).is_file():
-                raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
-            self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self._device).eval()
-        # The volume stays on the CPU: slices are rendered there and only the images go to the device.
-        if self._maps[0] != query.volume_name:
-            self._maps = (query.volume_name, self._module.volume_maps(query.volume))
-        k, box = self._module.propose(query.volume, query.label, self.threshold, maps=self._maps[1])
-        return ROIProposal(int(k), [list(box)], self.name, "cam")
-
-    def describe(self) -> dict[str, Any]:
-        """Also the checkpoint's SHA-256: a retrained classifier at the same path makes other boxes."""
-        info = super().describe()
-        path = Path(self.checkpoint)
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            info["checkpoint_sha256"] = digest.hexdigest()
-        return info

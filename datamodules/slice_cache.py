@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write_bytes
 from datamodules.ctrate import WHERE, VolumeCache
-from evaluation.report import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 # Raise when the loader's checks change what it refuses: slices cut under older checks are then cut again.

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from common.files import atomic_write_text
 from datamodules.ctrate import (
     CTRATE_LABELS,
     SPLITS,
@@ -59,7 +60,6 @@ from datamodules.ctrate import (
     read_split,
 )
 from datamodules.roi_sources import MaskROI, ROIProposal, ROIQuery, ROISource, check_proposal, main_lesion, region_of
-from evaluation.report import atomic_write_text
 
 VQA_KEYS = (
     "id",

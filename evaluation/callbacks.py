@@ -13,8 +13,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from evaluation.report import atomic_write_text, json_safe
-from evaluation.run_folder import file_sha256, write_run
+from common.files import atomic_write_text, file_sha256
+from evaluation.report import json_safe
+from evaluation.run_folder import write_run
 
 
 def run_info(trainer: L.Trainer, module: L.LightningModule, name: str, split: str) -> dict[str, Any]:

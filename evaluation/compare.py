@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
 from evaluation.paired import ALPHA, compare_arms
-from evaluation.report import QTYPE_ORDER, as_float, atomic_write_text, fmt, json_safe, markdown_table
+from evaluation.report import QTYPE_ORDER, as_float, fmt, json_safe, markdown_table
 
 METRICS_FILE = "metrics.json"
 INFO_FILE = "run.json"

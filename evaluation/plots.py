@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from common.files import atomic_path
 
 # Headless: evaluation runs on cluster nodes without a display; select the backend before pyplot loads.
 matplotlib.use("Agg")
@@ -26,21 +27,14 @@ COMPARISON_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "auroc", "format_
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG via a temp file in the same folder + ``os.replace`` so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Save ``fig`` as PNG atomically (:func:`common.files.atomic_path`): readers never see half a file."""
     try:
-        # Explicit format: the temp suffix is not .png, so matplotlib cannot infer it.
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            # Explicit format: the temp suffix is not .png, so matplotlib cannot infer it.
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
+    return Path(path)
 
 
 def _qtype_key(qtype: str) -> tuple[int, str]:

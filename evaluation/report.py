@@ -1,10 +1,9 @@
-"""Markdown report for one evaluation run folder, plus the atomic file writes shared by the run writer."""
+"""Markdown report for one evaluation run folder, and the number formatting the other reports share."""
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,31 +17,6 @@ PLOT_TITLES: dict[str, str] = {
     "calibration": "Calibration of P(yes) on presence questions",
     "comparison": "Run comparison",
 }
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    A crash or a concurrent reader never sees a half-written file; same folder so the rename stays on one filesystem.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def json_safe(value: Any) -> Any:

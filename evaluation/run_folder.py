@@ -18,22 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
 from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_confusion_matrices
-from evaluation.report import atomic_write_text, json_safe, render_report
+from evaluation.report import json_safe, render_report
 
 ROW_KEYS_DROPPED = ("padding",)
-
-
-def file_sha256(path: str | Path) -> str | None:
-    """Hex digest of a file's bytes (None when it does not exist): pins the exact data a number came from."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ids_sha256(ids: Sequence[str]) -> str:

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from evaluation.report import atomic_write_text
+from common.files import atomic_write_text
 
 log = logging.getLogger("experiments.replicate")
 DONE = "done.json"
-CHECKPOINT = "lightning_modules.checkpointing.ResumableCheckpoint"
+CHECKPOINT = "training.checkpointing.ResumableCheckpoint"
 
 
 def deep_merge(base: dict[str, Any], *overlays: dict[str, Any] | None) -> dict[str, Any]:
@@ -227,7 +227,7 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
 
 def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
     """The seed's initial tiny model: every arm of a seed starts from the same weights (a paired comparison)."""
-    from lightning_modules.embedded_model import build_embedded_model
+    from models.embedded import build_embedded_model
 
     path = seed_dir / "init-model"
     if not (path / "config.json").is_file():

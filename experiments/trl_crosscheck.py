@@ -232,9 +232,10 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from lightning_modules.attention import set_sdpa_backends
-    from lightning_modules.model_loading import load_model, load_processor, save_model_dir, unwrap_base
-    from lightning_modules.schedules import warmup_cosine
+    from datamodules.processor import load_processor
+    from models.attention import set_sdpa_backends
+    from models.loading import load_model, save_model_dir, unwrap_base
+    from training.schedules import warmup_cosine
 
     hp = module.hparams
     settings = grpo_settings(module, datamodule, trainer, config)

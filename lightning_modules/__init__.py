@@ -1,1 +1,1 @@
-"""LightningModules (training step logic) and the model loading they share."""
+"""The LightningModules: SFT, GRPO, evaluation, the ROI classifier, and the policy base they share."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lightning_modules.attention import SdpaBackend
-from lightning_modules.model_loading import LoRASpec
 from lightning_modules.policy import PolicyModule
+from models.attention import SdpaBackend
+from models.loading import LoRASpec
 
 
 class VQAEvaluator(PolicyModule):
@@ -24,7 +24,7 @@ class VQAEvaluator(PolicyModule):
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
         sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
-            efficient, math: cuDNN attention re-plans every new shape (``lightning_modules/attention.py``).
+            efficient, math: cuDNN attention re-plans every new shape (``models/attention.py``).
     """
 
     def __init__(

@@ -19,9 +19,16 @@ from rich.table import Table
 from torchmetrics import MeanMetric
 
 from datamodules.seeding import resolve_seed
-from lightning_modules.attention import SdpaBackend
-from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
-from lightning_modules.grpo_loss import (
+from lightning_modules.policy import PolicyModule
+from models.attention import SdpaBackend
+from models.embedded import ensure_model_dir
+from models.loading import LoRASpec
+from rewards.accuracy import accuracy_reward
+from rewards.format import format_reward
+from rewards.parsing import is_correct
+from rewards.scoring import reward_name, score_completions
+from rewards.validity import validity_reward
+from rl.loss import (
     Advantages,
     Aggregation,
     ImportanceSamplingLevel,
@@ -34,9 +41,7 @@ from lightning_modules.grpo_loss import (
     token_logps_and_entropy,
     weighted_reward,
 )
-from lightning_modules.model_loading import LoRASpec, ensure_model_dir
-from lightning_modules.policy import PolicyModule
-from lightning_modules.rollout import (
+from rl.rollout import (
     Rollout,
     SamplingConfig,
     chunked_head_logps,
@@ -45,12 +50,8 @@ from lightning_modules.rollout import (
     grouped_forward,
     sample_completions,
 )
-from lightning_modules.vllm_rollout import VLLMRollout
-from rewards.accuracy import accuracy_reward
-from rewards.format import format_reward
-from rewards.parsing import is_correct
-from rewards.scoring import reward_name, score_completions
-from rewards.validity import validity_reward
+from rl.vllm_rollout import VLLMRollout
+from training.faults import FaultCounter, all_finite, gradients_finite
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -108,7 +109,7 @@ class GRPOModule(PolicyModule):
             rewards, is skipped (no update), logged and counted (``train/skipped_steps``); this many in a row stop
             the run (0: never stop).
         rollout_engine: what samples the completions; null = our decode loop (``rollout.sample_completions``),
-            or ``lightning_modules.vllm_rollout.VLLMRollout`` when vLLM is installed (needs ``data.keep_images``).
+            or ``rl.vllm_rollout.VLLMRollout`` when vLLM is installed (needs ``data.keep_images``).
             Only the sampled tokens come from the engine: log-probs, loss and updates are the same.
     """
 

@@ -9,13 +9,15 @@ import lightning as L
 import torch
 
 from datamodules.ctrate import CTRATE_LABELS
+from datamodules.processor import load_processor
 from datamodules.vqa_records import QUESTION_TYPES
+from evaluation.answers import first_token_id, generate_answers, prediction_rows, print_results
 from evaluation.metrics import DiagnosisMetrics, VQAAccuracy
-from lightning_modules.attention import set_sdpa_backends
-from lightning_modules.model_loading import ensure_model_dir, load_model, load_processor
-from lightning_modules.rollout import end_token_ids, special_token_ids
-from lightning_modules.schedules import warmup_cosine
-from lightning_modules.vqa_eval import first_token_id, generate_answers, prediction_rows, print_results
+from models.attention import set_sdpa_backends
+from models.embedded import ensure_model_dir
+from models.loading import load_model
+from rl.rollout import end_token_ids, special_token_ids
+from training.schedules import warmup_cosine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,7 +58,7 @@ class PolicyModule(L.LightningModule):
         if reference:
             model.requires_grad_(False).eval()
         if getattr(self, "device_mesh", None) is not None:
-            from lightning_modules.sharding import shard_model
+            from models.sharding import shard_model
 
             dtype = DTYPES[self.hparams.fsdp_param_dtype] if self.hparams.fsdp_param_dtype else None
             shard_model(model, self.device_mesh["data_parallel"], param_dtype=dtype)

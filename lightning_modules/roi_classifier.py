@@ -5,6 +5,7 @@ labels only; its class activation maps (CAMs) give, per abnormality, the slice a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -14,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import CatMetric
 
+from common.files import file_sha256
 from datamodules.ct_slices import SliceRenderer
-from datamodules.ctrate import CTRATE_LABELS, bbox_of, label_components
+from datamodules.ctrate import CTRATE_LABELS, BadSampleError, bbox_of, label_components
+from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource
 from evaluation.metrics import auroc_or_nan
 
 Pooling = Literal["lse", "max", "mean"]
@@ -217,3 +220,42 @@ class ROIClassifierModule(L.LightningModule):
         side = max(height, width)
         cam = F.interpolate(cam.float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
         return k, box_from_map(cam[:height, :width].cpu().numpy(), threshold)
+
+
+class CAMROI(ROISource):
+    """Class activation maps of a trained ROI classifier (``python cli.py fit --config configs/roi_classifier.yaml``):
+    the slice it scores highest for the abnormality and the box around that map's peak. Needs no report words.
+
+    Args:
+        checkpoint: the classifier's Lightning checkpoint.
+        threshold: share of the map's peak that bounds the box.
+        device: where the classifier runs.
+    """
+
+    name = "cam"
+
+    def __init__(self, checkpoint: str, threshold: float = 0.5, device: str = "cpu") -> None:
+        self.checkpoint = checkpoint
+        self.threshold = threshold
+        self._device = device  # where it runs does not change the boxes: not part of describe()
+        self._module: Any = None
+        self._maps: tuple[str, Any] = ("", None)  # one volume's slice logits and maps, for its other labels
+
+    def propose(self, query: ROIQuery) -> ROIProposal | None:
+        if self._module is None:
+            if not Path(self.checkpoint).is_file():
+                raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
+            self._module = ROIClassifierModule.load_from_checkpoint(self.checkpoint, map_location=self._device).eval()
+        # The volume stays on the CPU: slices are rendered there and only the images go to the device.
+        if self._maps[0] != query.volume_name:
+            self._maps = (query.volume_name, self._module.volume_maps(query.volume))
+        k, box = self._module.propose(query.volume, query.label, self.threshold, maps=self._maps[1])
+        return ROIProposal(int(k), [list(box)], self.name, "cam")
+
+    def describe(self) -> dict[str, Any]:
+        """Also the checkpoint's SHA-256: a retrained classifier at the same path makes other boxes."""
+        info = super().describe()
+        digest = file_sha256(self.checkpoint)
+        if digest is not None:
+            info["checkpoint_sha256"] = digest
+        return info

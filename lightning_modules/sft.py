@@ -7,10 +7,10 @@ from typing import Any, Literal
 import torch
 
 from datamodules.collate import IGNORE_INDEX
-from lightning_modules.attention import SdpaBackend
-from lightning_modules.faults import FaultCounter, all_finite, gradients_finite
-from lightning_modules.model_loading import LoRASpec
 from lightning_modules.policy import PolicyModule
+from models.attention import SdpaBackend
+from models.loading import LoRASpec
+from training.faults import FaultCounter, all_finite, gradients_finite
 
 
 class SFTModule(PolicyModule):
@@ -27,7 +27,7 @@ class SFTModule(PolicyModule):
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
         sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
-            efficient, math: cuDNN attention re-plans every new shape (``lightning_modules/attention.py``).
+            efficient, math: cuDNN attention re-plans every new shape (``models/attention.py``).
         max_consecutive_faults: a step whose loss or gradient is not finite is skipped (no update), logged and
             counted (``train/skipped_steps``); this many in a row stop the run (0: never stop).
     """

@@ -24,6 +24,6 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lightning_modules.embedded_model import build_embedded_model
+    from models.embedded import build_embedded_model
 
     return build_embedded_model(tmp_path_factory.mktemp("models") / "tiny-qwen2.5-vl")

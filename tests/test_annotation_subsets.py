@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from datamodules.collate import IGNORE_INDEX
-from datamodules.ct_vqa import AnnotationSubset, CTVQADataModule
+from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
+from datamodules.splits import AnnotationSubset
 
 FRACTION = 0.3
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from cli import main
-from datamodules.ct_vqa import AnnotationSubset
+from datamodules.splits import AnnotationSubset
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.attention import set_sdpa_backends
 from lightning_modules.evaluator import VQAEvaluator
 from lightning_modules.grpo import GRPOModule
+from models.attention import set_sdpa_backends
 
 FLAGS = {
     "flash": torch.backends.cuda.flash_sdp_enabled,
@@ -59,7 +59,7 @@ def test_configure_model_applies_the_modules_setting(tiny_model_dir: Path) -> No
 
 def test_math_only_gives_the_same_logits_on_cpu(tiny_model_dir: Path) -> None:
     """On CPU the switches must not change results: the tests' numbers stay comparable across settings."""
-    from lightning_modules.model_loading import load_model
+    from models.loading import load_model
 
     model = load_model(tiny_model_dir).eval()
     ids = torch.randint(0, 200, (2, 12))

@@ -17,9 +17,8 @@ import yaml
 
 from cli import main, run
 from datamodules.synthetic_ctrate import make_phantom
-from lightning_modules.checkpoint_selection import best_checkpoint
-from lightning_modules.checkpointing import UnsafeCheckpointError, load_checkpoint
-from lightning_modules.export import load_checkpoint_file
+from training.checkpoint_files import UnsafeCheckpointError, load_checkpoint, load_checkpoint_file
+from training.checkpoint_selection import best_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SFT, GRPO, EVAL, ROI = (str(CONFIGS / f"{name}.yaml") for name in ("sft", "grpo", "eval", "roi_classifier"))
@@ -27,7 +26,7 @@ SFT, GRPO, EVAL, ROI = (str(CONFIGS / f"{name}.yaml") for name in ("sft", "grpo"
 
 def callbacks(ckpt: Path, monitor: str, mode: str, every_n_train_steps: int) -> list[dict]:
     """The shipped configs' pair: the best checkpoint by ``monitor``, and ``last.ckpt`` every n steps."""
-    kind = "lightning_modules.checkpointing.ResumableCheckpoint"
+    kind = "training.checkpointing.ResumableCheckpoint"
     best = {"dirpath": str(ckpt), "filename": "best-{step}", "monitor": monitor, "mode": mode}
     last = {"dirpath": str(ckpt), "every_n_train_steps": every_n_train_steps, "save_top_k": 0, "save_last": True}
     return [{"class_path": kind, "init_args": best}, {"class_path": kind, "init_args": last}]
@@ -265,7 +264,7 @@ def test_evaluator_checkpoint_round_trips(tmp_path, synthetic_root, tiny_model_d
 
 
 def test_the_starting_model_is_best_unless_a_checkpoint_beats_it(sft_run, tmp_path, caplog):
-    from lightning_modules.checkpoint_selection import record_start, recorded_score
+    from training.checkpoint_selection import record_start, recorded_score
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -284,7 +283,7 @@ def test_the_starting_model_is_best_unless_a_checkpoint_beats_it(sft_run, tmp_pa
 
 
 def test_validate_of_the_starting_model_records_its_score(tmp_path, synthetic_root, tiny_model_dir):
-    kind = "lightning_modules.checkpointing.ResumableCheckpoint"
+    kind = "training.checkpointing.ResumableCheckpoint"
     candidate = {"dirpath": str(tmp_path / "ckpt"), "monitor": "val/accuracy", "mode": "max", "start_candidate": True}
     config = {
         "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
@@ -304,5 +303,5 @@ def test_validate_of_the_starting_model_records_its_score(tmp_path, synthetic_ro
     assert record == {"monitor": "val/accuracy", "score": accuracy, "model_path": str(tiny_model_dir)}
     with pytest.raises(ValueError, match="start_candidate needs a monitor"):
         main(["validate", "--config", SFT, "--config", write(tmp_path / "bad.yaml", config),
-              "--trainer.callbacks+=lightning_modules.checkpointing.ResumableCheckpoint",
+              "--trainer.callbacks+=training.checkpointing.ResumableCheckpoint",
               "--trainer.callbacks.start_candidate=true"])  # fmt: skip

@@ -35,11 +35,11 @@ def test_fast_dev_run_leaves_nothing_behind(tmp_path, synthetic_root, tiny_model
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir)}},
             "callbacks": [
                 {
-                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "class_path": "training.checkpointing.ResumableCheckpoint",
                     "init_args": {"dirpath": str(run_dir / "sft" / "ckpt"), "monitor": "val/accuracy", "mode": "max"},
                 },
                 {
-                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "class_path": "training.checkpointing.ResumableCheckpoint",
                     "init_args": {"dirpath": str(run_dir / "sft" / "ckpt"), "save_top_k": 0, "save_last": True},
                 },
             ],

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from datamodules.collate import IGNORE_INDEX
-from datamodules.ct_vqa import CTVQADataModule, SyntheticData, ZoomSpec, generate_if_missing
+from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError, CTRATEPaths
+from datamodules.synthetic import SyntheticData, generate_if_missing
+from datamodules.vqa_dataset import ZoomSpec
 
 
 def make(root: Path, model_dir: Path, **kwargs) -> CTVQADataModule:

@@ -1,10 +1,10 @@
-"""The embedded tiny Qwen2.5-VL (lightning_modules/embedded_model.py) and model loading."""
+"""The embedded tiny Qwen2.5-VL (models/embedded.py) and model loading."""
 
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from lightning_modules.embedded_model import QWEN_SPECIAL_TOKENS, build_embedded_model
-from lightning_modules.model_loading import LoRASpec, load_model
+from models.embedded import QWEN_SPECIAL_TOKENS, build_embedded_model
+from models.loading import LoRASpec, load_model
 
 
 def test_loads_with_from_pretrained_and_has_qwen_tokens(tiny_model_dir):

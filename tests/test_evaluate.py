@@ -11,8 +11,8 @@ import yaml
 
 from cli import main
 from datamodules.ct_vqa import CTVQADataModule
+from evaluation.answers import answer_prefix, yes_probabilities
 from lightning_modules.evaluator import VQAEvaluator
-from lightning_modules.vqa_eval import answer_prefix, yes_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = str(ROOT / "configs" / "eval.yaml")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from datamodules.vqa_records import QUESTION_TYPES
+from evaluation.answers import answer_prefix
 from evaluation.metrics import AbnormalityDetection, DiagnosisMetrics, VQAAccuracy, calibration_bins, prediction_row
-from lightning_modules.vqa_eval import answer_prefix
 
 LABELS = ("Lung nodule", "Emphysema", "Cardiomegaly")
 

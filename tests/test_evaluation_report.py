@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from common.files import atomic_write_text
 from evaluation.compare import aggregate, load_run, main, render_comparison, write_comparison
 from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_comparison, plot_confusion_matrices
-from evaluation.report import atomic_write_text, render_report
+from evaluation.report import render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")

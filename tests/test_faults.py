@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from datamodules.ct_vqa import CTVQADataModule
-from lightning_modules.checkpointing import ResumableCheckpoint, load_checkpoint
-from lightning_modules.faults import FaultCounter, TrainingFault
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.sft import SFTModule
 from tests.test_grpo import trainer as grpo_trainer
+from training.checkpoint_files import load_checkpoint
+from training.checkpointing import ResumableCheckpoint
+from training.faults import FaultCounter, TrainingFault
 
 
 class FaultySFT(SFTModule):

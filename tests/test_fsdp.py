@@ -98,7 +98,7 @@ def test_two_process_fsdp2_sharded_checkpoint_is_written_atomically_and_resumes(
         enable_checkpointing=True,
         callbacks=[
             {
-                "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                "class_path": "training.checkpointing.ResumableCheckpoint",
                 "init_args": {"dirpath": str(ckpt), "every_n_train_steps": 1, "save_top_k": 0, "save_last": True},
             }
         ],

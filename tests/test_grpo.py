@@ -12,12 +12,12 @@ from lightning.pytorch.loggers import CSVLogger
 
 from cli import main
 from datamodules.ct_vqa import CTVQADataModule
-from lightning_modules.checkpointing import ResumableCheckpoint as ModelCheckpoint
-from lightning_modules.checkpointing import load_checkpoint
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.model_loading import LoRASpec, load_model
-from lightning_modules.rollout import completion_logits, repeat_prompts
+from models.loading import LoRASpec, load_model
 from rewards.scoring import RewardError
+from rl.rollout import completion_logits, repeat_prompts
+from training.checkpoint_files import load_checkpoint
+from training.checkpointing import ResumableCheckpoint as ModelCheckpoint
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_modules.grpo_loss import (
+from rl.loss import (
     STD_EPS,
     group_advantages,
     nanstd,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from lightning import seed_everything
 
-from lightning_modules.checkpointing import load_checkpoint
+from training.checkpoint_files import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def overlay(tmp_path: Path, name: str, synthetic_root: Path, tiny_model_dir: Pat
             },
             "callbacks": [
                 {
-                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "class_path": "training.checkpointing.ResumableCheckpoint",
                     "init_args": {
                         "dirpath": str(run / "ckpt"),
                         "every_n_train_steps": 2,
@@ -136,7 +136,7 @@ KILL_MID_WRITE = """
 import os, signal, sys
 import lightning as L, torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning_modules.checkpointing import ResumableCheckpoint
+from training.checkpointing import ResumableCheckpoint
 
 class KillMidWrite(TorchCheckpointIO):
     '''Dies by SIGKILL halfway through writing the third checkpoint.'''

@@ -129,8 +129,9 @@ def test_fit_checkpoint_propose(tmp_path, synthetic_root):
         module.propose(volume, "Nodule")
 
     # The same proposal through the ROI source (which keeps a volume's maps for its other labels) and the builder.
-    from datamodules.roi_sources import CAMROI, ROIQuery
+    from datamodules.roi_sources import ROIQuery
     from datamodules.vqa_builder import build_vqa
+    from lightning_modules.roi_classifier import CAMROI
 
     cropped = volume[:, :, :96]  # non-square slices: 96 rows (Y) × 128 columns (X)
     k2, (x0b, y0b, x1b, y1b) = module.propose(cropped, "Cardiomegaly")

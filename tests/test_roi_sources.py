@@ -156,7 +156,8 @@ def test_builder_command_line_takes_a_roi_source(root, tmp_path, capsys):
 
 
 def test_datamodule_builds_vqa_with_its_source_and_refuses_another(root, tmp_path, tiny_model_dir):
-    from datamodules.ct_vqa import CTVQADataModule, SyntheticData
+    from datamodules.ct_vqa import CTVQADataModule
+    from datamodules.synthetic import SyntheticData
 
     vqa_dir = tmp_path / "vqa-regions"
     common = dict(
@@ -178,7 +179,8 @@ def test_datamodule_builds_vqa_with_its_source_and_refuses_another(root, tmp_pat
 
 
 def test_vqa_folders_without_a_finished_build_are_rebuilt_or_refused(root, tmp_path):
-    from datamodules.ct_vqa import CTVQADataModule, SyntheticData
+    from datamodules.ct_vqa import CTVQADataModule
+    from datamodules.synthetic import SyntheticData
 
     legacy = tmp_path / "legacy"
     legacy.mkdir()
@@ -211,9 +213,9 @@ def test_scores_of_sources_against_true_lesions(root, tmp_path):
 
 
 def test_experiment_configs_name_every_source():
-    from datamodules.roi_sources import CAMROI
     from evaluation.roi_proposals import parser
     from experiments.replicate import load_experiment
+    from lightning_modules.roi_classifier import CAMROI
 
     configs = ROOT / "configs" / "experiments"
     p = parser()

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from datamodules.ct_vqa import CTVQADataModule
-from lightning_modules.grpo_loss import token_logps_and_entropy
-from lightning_modules.model_loading import load_model, load_processor
-from lightning_modules.rollout import (
+from datamodules.processor import load_processor
+from models.loading import load_model
+from rl.loss import token_logps_and_entropy
+from rl.rollout import (
     SamplingConfig,
     completion_logits,
     end_token_ids,
@@ -229,7 +230,7 @@ def test_grouped_forward_under_gradient_checkpointing(setup, tiny_model_dir, row
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_chunked_lm_head_gives_the_same_logps_and_gradients(setup, tiny_model_dir, checkpointing):
     """``chunked_head_logps`` over the hidden states equals the full logits path, and keeps less for backward."""
-    from lightning_modules.rollout import chunked_head_logps, grouped_forward
+    from rl.rollout import chunked_head_logps, grouped_forward
 
     batch = setup[2]
     results = []

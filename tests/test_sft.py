@@ -13,9 +13,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from cli import main
 from datamodules.collate import IGNORE_INDEX
 from datamodules.ct_vqa import CTVQADataModule
-from lightning_modules.checkpointing import load_checkpoint
-from lightning_modules.faults import all_finite, gradients_finite
 from lightning_modules.sft import SFTModule
+from training.checkpoint_files import load_checkpoint
+from training.faults import all_finite, gradients_finite
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
 
@@ -113,7 +113,7 @@ def test_saved_configs_hold_no_absolute_paths(tmp_path, synthetic_root, tiny_mod
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/sft"}},
             "callbacks": [
                 {
-                    "class_path": "lightning_modules.checkpointing.ResumableCheckpoint",
+                    "class_path": "training.checkpointing.ResumableCheckpoint",
                     "init_args": {"dirpath": "runs/sft/ckpt", "save_top_k": 0, "save_last": True},
                 }
             ],

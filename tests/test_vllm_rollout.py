@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from datamodules.ct_vqa import CTVQADataModule
+from datamodules.processor import load_processor
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.model_loading import LoRASpec, load_model, load_processor
-from lightning_modules.rollout import SamplingConfig, sample_completions
-from lightning_modules.vllm_rollout import (
+from models.loading import LoRASpec, load_model
+from rl.rollout import SamplingConfig, sample_completions
+from rl.vllm_rollout import (
     VLLMRollout,
     completion_tokens,
     named_weights_for_vllm,

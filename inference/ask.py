@@ -14,13 +14,13 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
+from common.files import atomic_write_bytes, atomic_write_text
 from datamodules.collate import VQACollator
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import CTRATE_LABELS, BadSampleError, axial_slice
 from datamodules.roi_sources import ROIQuery, check_proposal, region_of
 from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
-from evaluation.report import atomic_write_bytes, atomic_write_text
 from lightning_modules.policy import PolicyModule
 from rewards.parsing import extract_answer, match_option
 

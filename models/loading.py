@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedModel, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
+
+from common.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +29,8 @@ class LoRASpec:
 
 
 # Saved in checkpoints' hyperparameters: allow it under torch.load(weights_only=True) when resuming.
-torch.serialization.add_safe_globals([LoRASpec])
-
-
-def ensure_model_dir(model_path: str | Path, build_embedded_if_missing: bool) -> Path:
-    """Return ``model_path``; build the embedded tiny model there first if it is missing and allowed."""
-    path = Path(model_path)
-    if (path / "config.json").is_file():
-        return path
-    if not build_embedded_if_missing:
-        raise FileNotFoundError(
-            f"model directory {path} has no config.json. Point `model_path` at a Hugging Face model directory "
-            "(e.g. a downloaded Qwen2.5-VL-3B-Instruct) or set `build_embedded_if_missing: true`."
-        )
-    from lightning_modules.embedded_model import build_embedded_model
-
-    log.info("building the embedded tiny Qwen2.5-VL at %s", path)
-    return build_embedded_model(path)
-
-
-def load_processor(model_path: str | Path) -> ProcessorMixin:
-    """The model directory's processor (tokenizer, image processor, chat template)."""
-    processor = AutoProcessor.from_pretrained(model_path)
-    # Generation batches are left-padded so every prompt ends where its completion starts.
-    processor.tokenizer.padding_side = "left"
-    return processor
+# Checkpoints written before the renovation pickled it as lightning_modules.model_loading.LoRASpec.
+torch.serialization.add_safe_globals([LoRASpec, (LoRASpec, "lightning_modules.model_loading.LoRASpec")])
 
 
 def load_model(
@@ -102,15 +78,7 @@ def save_model_dir(model: PreTrainedModel, processor: ProcessorMixin, out_dir: s
     Written to a temporary sibling folder and renamed into place, so a crash never leaves a half-written
     model directory that a later run would load.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_path(out_dir, folder=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from evaluation.metrics import prediction_row
 from evaluation.report import fmt
-from lightning_modules.rollout import SamplingConfig, completion_logits, sample_completions
+from rl.rollout import SamplingConfig, completion_logits, sample_completions
 
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 

@@ -399,7 +399,7 @@ def chunked_head_logps(
     instead of keeping them. Same values; the logits' memory is one chunk's."""
     from torch.utils.checkpoint import checkpoint
 
-    from lightning_modules.grpo_loss import token_logps_and_entropy
+    from rl.loss import token_logps_and_entropy
 
     shape = tokens.shape
     flat_hidden, flat_tokens = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -13,52 +11,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from common.files import replace_atomically
+from training.checkpoint_selection import record_start
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint or state file that holds something other than data (e.g. a pickled function): not loaded."""
-
-
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """A checkpoint or state file read as data only (``torch.load(weights_only=True)``) onto the CPU.
-
-    The project types that hyperparameters hold are allow-listed where they are defined (``add_safe_globals``);
-    anything else that would have to be unpickled as code (a function, an arbitrary class) is refused.
-    ``mmap`` maps the tensors instead of reading them (for looking at a checkpoint's metadata only).
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the file needs code to load; the message names it and what it holds.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise unsafe_checkpoint_error(path, error) from None
-
-
-def unsafe_checkpoint_error(path: str | Path, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
-    """torch's refusal of ``path`` under ``weights_only`` (a page of advice) as one line naming what it holds."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
-    return UnsafeCheckpointError(
-        f"{path}: refused to load, it holds code and not only data ({what}); load only checkpoints whose origin "
-        "you trust, saved with plain tensors and types"
-    )
-
-
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """Everything but the weights of a ``.ckpt`` file or of a sharded (FSDP2) checkpoint folder."""
-    path = Path(path)
-    return load_checkpoint(path / _METADATA_FILENAME if path.is_dir() else path, mmap=not path.is_dir())
 
 
 def rng_states() -> dict[str, Any]:
@@ -80,32 +40,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (a file, or every file of a sharded-checkpoint folder, and the folder) to disk."""
-    paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    for p in [*paths, path.parent]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def replace_atomically(partial: Path, final: Path) -> None:
-    """Move a finished ``partial`` checkpoint (file or sharded folder) to ``final`` in one rename."""
-    _fsync(partial)
-    if partial.is_dir() and final.exists():
-        # A folder cannot be renamed over a non-empty one: move the old one aside first. A crash in between
-        # leaves the new checkpoint complete under its partial name and the old one intact beside it.
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, final)
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -143,8 +77,6 @@ class ResumableCheckpoint(ModelCheckpoint):
             return
         score = trainer.callback_metrics.get(self.monitor)
         if score is not None and trainer.is_global_zero:
-            from lightning_modules.checkpoint_selection import record_start
-
             path = record_start(self.dirpath, self.monitor, float(score), pl_module.hparams.get("model_path"))
             log.info("recorded the starting model's %s = %.4g in %s", self.monitor, float(score), path)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from evaluation.report import atomic_write_text
-from lightning_modules.checkpointing import checkpoint_metadata
+from common.files import atomic_write_text
+from training.checkpoint_files import checkpoint_metadata
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,14 @@ It is written to an ordinary Hugging Face model directory (config, safetensors, 
 processor, chat template), so everything downstream loads it with the same ``from_pretrained(path)``
 calls that load a real ``Qwen2.5-VL-3B-Instruct`` directory. Nothing is downloaded.
 
-    python -m lightning_modules.embedded_model --out artifacts/tiny-qwen2.5-vl
+    python -m models.embedded --out artifacts/tiny-qwen2.5-vl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ from transformers import (
 )
 
 from datamodules.ctrate import CTRATE_LABELS
-from lightning_modules.model_loading import save_model_dir
+from models.loading import save_model_dir
+
+log = logging.getLogger(__name__)
 
 # Qwen2.5-VL's own special tokens, in its order, so prompts render exactly as for the real model.
 QWEN_SPECIAL_TOKENS = (
@@ -204,6 +207,20 @@ def build_embedded_model(out: Path, seed: int = 0, hidden_size: int = 128, num_l
     model.generation_config.eos_token_id = [config.text_config.eos_token_id]
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return save_model_dir(model, processor, out)
+
+
+def ensure_model_dir(model_path: str | Path, build_embedded_if_missing: bool) -> Path:
+    """Return ``model_path``; build the embedded tiny model there first if it is missing and allowed."""
+    path = Path(model_path)
+    if (path / "config.json").is_file():
+        return path
+    if not build_embedded_if_missing:
+        raise FileNotFoundError(
+            f"model directory {path} has no config.json. Point `model_path` at a Hugging Face model directory "
+            "(e.g. a downloaded Qwen2.5-VL-3B-Instruct) or set `build_embedded_if_missing: true`."
+        )
+    log.info("building the embedded tiny Qwen2.5-VL at %s", path)
+    return build_embedded_model(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,15 @@
+"""The model's processor, owned by the data side: it renders prompts and images into model inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoProcessor, ProcessorMixin
+
+
+def load_processor(model_path: str | Path) -> ProcessorMixin:
+    """The model directory's processor (tokenizer, image processor, chat template)."""
+    processor = AutoProcessor.from_pretrained(model_path)
+    # Generation batches are left-padded so every prompt ends where its completion starts.
+    processor.tokenizer.padding_side = "left"
+    return processor

@@ -1,0 +1,206 @@
+"""One CT-RATE-VQA record → a zoom-embedded slice image → processor inputs and SFT target ids."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from monai.transforms import Compose, Resized
+from monai.utils import convert_to_tensor
+from torch.utils.data import Dataset
+
+from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
+from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
+from datamodules.slice_cache import SliceCache
+from datamodules.synthetic import _allow_in_checkpoints
+from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ZoomSpec:
+    """Zoom-in embedding settings (see datamodules/transforms.py:ZoomEmbedd)."""
+
+    layout: Literal["inset", "side_by_side"] = "inset"
+    margin: float = 0.5
+    inset_fraction: float = 0.5
+
+
+_allow_in_checkpoints(ZoomSpec)  # saved in the data module's hyperparameters
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Torch ops on one thread inside the block, as in a DataLoader worker (which sets this for its whole life).
+
+    Rendering and encoding a sample use it wherever they run (main process with ``num_workers: 0``, ``cli.py ask``):
+    bilinear resizing rounds differently on one thread and on several (by one float ulp, sometimes a grey level
+    after quantisation), so without it an image depended on num_workers and on the machine's cores. It is also
+    faster: a sample's tensors (a 3×112×112 image) are too small to gain from parallel kernels, and every parallel
+    kernel waits for all threads of the pool, which on a busy machine made a sample 10-30× slower
+    (benchmarks/data_path.py). Decoding a volume, large enough to gain, keeps the pool.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class CTVQADataset(Dataset):
+    """One VQA record → processor inputs for its zoom-embedded slice, plus the SFT target ids.
+
+    Decoded volumes are kept in a small LRU cache because several questions share one volume.
+    """
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        root: Path,
+        processor: Any,
+        metadata: dict[str, dict[str, Any]],
+        windows: Sequence[str],
+        zoom: ZoomSpec | None,
+        image_size: int,
+        prompt_format: PromptFormat,
+        system_prompt: str | None,
+        max_length: int,
+        skip_bad_samples: bool,
+        volume_cache_size: int,
+        keep_images: bool = False,
+        slice_cache_dir: str | Path | None = None,
+    ) -> None:
+        self.records = records
+        self.keep_images = keep_images
+        self.processor = processor
+        self.metadata = metadata
+        self.prompt_format = prompt_format
+        self.system_prompt = system_prompt or system_prompt_for(prompt_format, zoom.layout if zoom else "none")
+        self.max_length = max_length
+        self.skip_bad_samples = skip_bad_samples
+        self.volumes = VolumeCache(root, volume_cache_size)
+        self.slice_cache = SliceCache(slice_cache_dir, self.volumes) if slice_cache_dir else None
+        self.skipped: dict[str, str] = {}  # record id -> problem; a dict so later epochs don't recount
+        steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
+        if zoom is not None:
+            steps.append(
+                ZoomEmbedd(
+                    keys="image",
+                    box_key="roi",
+                    layout=zoom.layout,
+                    margin=zoom.margin,
+                    inset_fraction=zoom.inset_fraction,
+                )
+            )
+        steps.append(Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"))
+        self.transform = Compose(steps)
+        self.end_of_turn = processor.tokenizer.eos_token or "<|im_end|>"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, record: dict[str, Any]) -> torch.Tensor:
+        """The (3, H, W) image in [0, 1] the model sees for this record (also used to save what it saw)."""
+        hu = self.hu_slice(record)
+        height, width = hu.shape
+        for box in record["roi"]:
+            if box[2] > width or box[3] > height:
+                raise BadSampleError(
+                    f"{record['_where']}: field 'roi' {box} is outside the {width}×{height} slice "
+                    f"of {record['volume_name']}"
+                )
+        return self.render(hu, record["roi"])
+
+    def hu_slice(self, record: dict[str, Any]) -> np.ndarray:
+        """The record's axial slice in HU: from the slice cache on disk when there is one, else cut from its
+        (memory-cached) volume."""
+        name = record["volume_name"]
+        meta = self.metadata.get(name)
+        if self.slice_cache is None:
+            return self._cut(record, meta)
+        return self.slice_cache.get(name, meta, record["slice_index"], lambda: self._cut(record, meta))
+
+    def _cut(self, record: dict[str, Any], meta: dict[str, Any] | None) -> np.ndarray:
+        volume = self.volumes.get(record["volume_name"], meta)
+        depth = volume.shape[-1]
+        if not 0 <= record["slice_index"] < depth:
+            raise BadSampleError(
+                f"{record['_where']}: field 'slice_index' {record['slice_index']} is outside the volume's "
+                f"{depth} slices ({record['volume_name']})"
+            )
+        return axial_slice(volume, record["slice_index"])
+
+    def render(self, slice_hu: np.ndarray, roi: list[list[int]]) -> torch.Tensor:
+        """An axial HU slice and its ROI boxes → the windowed, zoom-embedded, resized (3, H, W) image in [0, 1]."""
+        with one_intra_op_thread():
+            data = self.transform({"image": torch.as_tensor(np.asarray(slice_hu, dtype=np.float32)), "roi": roi})
+            # A plain tensor: Resized returns a MetaTensor, whose every later op (here, to_pil) pays for bookkeeping
+            # of metadata that the 2D image does not use (a tenth of a sample's time; same values).
+            return convert_to_tensor(data["image"], track_meta=False).float().clamp(0, 1)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        # Indices past the end are padding from EvenEvalSampler: a repeat, flagged so metrics skip it.
+        record = self.records[index % len(self.records)]
+        try:
+            sample = self._encode(record)
+            sample["meta"]["padding"] = index >= len(self.records)
+            return sample
+        except BadSampleError as e:
+            if not self.skip_bad_samples:
+                raise
+            if record["id"] not in self.skipped:
+                log.warning("skipping bad sample: %s", e)
+            self.skipped[record["id"]] = str(e)
+            return None
+
+    def _encode(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.encode(record, self.image(record))
+
+    def encode(self, record: dict[str, Any], image: torch.Tensor) -> dict[str, Any]:
+        """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
+        messages = build_messages(record["question"], record["options"], self.system_prompt)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pil = to_pil(image)
+        with one_intra_op_thread():
+            enc = self.processor(text=[prompt], images=[pil], return_tensors="pt")
+        target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
+        target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
+        prompt_ids = enc["input_ids"][0]
+        # Cutting the prompt would cut through image tokens or the question, and cutting the target would teach an
+        # answer without its </think>, <answer> or end of turn: refuse either instead.
+        if len(prompt_ids) >= self.max_length:
+            raise BadSampleError(
+                f"{record['_where']}: prompt is {len(prompt_ids)} tokens, over max_length={self.max_length}"
+            )
+        if len(prompt_ids) + len(target_ids) > self.max_length:
+            raise BadSampleError(
+                f"{record['_where']}: prompt + target is {len(prompt_ids) + len(target_ids)} tokens, "
+                f"over max_length={self.max_length}"
+            )
+        meta = {
+            **{k: record[k] for k in ("id", "question_type", "question", "answer", "options", "volume_name")},
+            "abnormality": record.get("abnormality"),  # the label a presence question asks about
+            "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
+            "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
+        }
+        if self.keep_images:
+            meta["image"] = pil
+        return {
+            "prompt_ids": prompt_ids,
+            "mm_token_type_ids": enc["mm_token_type_ids"][0],
+            "pixel_values": enc["pixel_values"],
+            "image_grid_thw": enc["image_grid_thw"],
+            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+            "meta": meta,
+        }

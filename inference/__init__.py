@@ -1,0 +1,1 @@
+"""Answering questions about a user's own scan (`cli.py ask`)."""

@@ -1,0 +1,1 @@
+"""Models: loading Hugging Face VLM checkpoints, the embedded tiny model, FSDP2 sharding, attention backends, export."""

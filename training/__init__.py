@@ -1,0 +1,1 @@
+"""Training machinery shared by the LightningModules: fault handling, checkpoints and their selection, LR schedules."""
