@@ -35,6 +35,7 @@ from typing import Any
 import nibabel as nib
 import pandas as pd
 
+from datamodules.boxes import box_problem
 from datamodules.ctrate import (
     CTRATE_LABELS,
     GEOMETRY_COLUMNS,
@@ -294,8 +295,9 @@ class _Checker:
             message = f"{record['slice_index']} is outside the volume's {depth} slices ({name})"
             self.add("roi", where, message, line, "slice_index")
         for box in record["roi"]:
-            if box[2] > width or box[3] > height:
-                self.add("roi", where, f"{box} is outside the {width}×{height} slice of {name}", line, "roi")
+            problem = box_problem(box, height, width)
+            if problem is not None:
+                self.add("roi", where, f"{problem} of {name}", line, "roi")
 
 
 def check_data(

@@ -10,12 +10,12 @@ A source proposes, for one volume and one abnormality, an axial slice and the bo
 
 Boxes are ``[x0, y0, x1, y1]`` display pixels of ``axial_slice(volume, slice_index)``, exclusive ends. Every
 proposal goes through ``check_proposal`` (slice in the volume, boxes inside the slice, never empty), and records
-say which source made their box (``roi_source``).
+say which source made their box (``roi_source``). Region names and the report's location words are read by
+``anatomy.py``; the HU regions ``AnatomyROI`` boxes are found by ``anatomy_masks.py``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,60 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from datamodules.anatomy import TOTALSEGMENTATOR_STRUCTURES
+from datamodules.anatomy_masks import anatomy_masks
+from datamodules.boxes import box_problem
 from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, largest_component, load_lesion_mask
 from datamodules.data_checks import check_mask_grid
-
-LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
-REGIONS = (*LOBES, "right lung", "left lung", "lungs", "heart", "aorta", "mediastinum")
-# Findings whose place is an organ, whatever the sentence says; the rest are placed in the lungs by side and lobe.
-_ORGAN_OF = {
-    "Cardiomegaly": "heart",
-    "Pericardial effusion": "heart",
-    "Coronary artery wall calcification": "heart",
-    "Arterial wall calcification": "aorta",
-    "Lymphadenopathy": "mediastinum",
-    "Hiatal hernia": "mediastinum",
-}
-_LOBE_WORD = re.compile(r"\b(upper|middle|lower) lobes?\b")
-# TotalSegmentator (task "total") structure files per region; RadGenome-ChestCT or other region masks map here too.
-TOTALSEGMENTATOR_STRUCTURES: dict[str, list[str]] = {
-    "right upper lobe": ["lung_upper_lobe_right"],
-    "right middle lobe": ["lung_middle_lobe_right"],
-    "right lower lobe": ["lung_lower_lobe_right"],
-    "left upper lobe": ["lung_upper_lobe_left"],
-    "left lower lobe": ["lung_lower_lobe_left"],
-    "right lung": ["lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"],
-    "left lung": ["lung_upper_lobe_left", "lung_lower_lobe_left"],
-    "lungs": [
-        "lung_upper_lobe_right",
-        "lung_middle_lobe_right",
-        "lung_lower_lobe_right",
-        "lung_upper_lobe_left",
-        "lung_lower_lobe_left",
-    ],
-    "heart": ["heart"],
-    "aorta": ["aorta"],
-    "mediastinum": ["heart", "aorta", "esophagus", "trachea"],
-}
-
-
-def region_of(label: str, text: str = "") -> str:
-    """The region a finding of ``label`` lies in, from the report's words about it (one of ``REGIONS``)."""
-    if label in _ORGAN_OF:
-        return _ORGAN_OF[label]
-    low = text.lower()
-    sides = {s for s in ("right", "left") if re.search(rf"\b{s}\b", low)}
-    if re.search(r"\b(both|bilateral)\b", low):
-        sides = {"right", "left"}
-    if len(sides) != 1:
-        return "lungs"
-    side = sides.pop()
-    lobes = set(_LOBE_WORD.findall(low))
-    if len(lobes) == 1 and f"{side} {next(iter(lobes))} lobe" in LOBES:
-        return f"{side} {next(iter(lobes))} lobe"
-    return f"{side} lung"
 
 
 @dataclass(frozen=True)
@@ -111,9 +63,9 @@ def check_proposal(p: ROIProposal, volume: torch.Tensor, where: str) -> ROIPropo
     if not p.boxes:
         raise BadSampleError(f"{where}: {p.source} ROI has no box")
     for box in p.boxes:
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise BadSampleError(f"{where}: {p.source} ROI box {box} is empty or outside the {height}×{width} slice")
+        problem = box_problem(box, height, width)
+        if problem is not None:
+            raise BadSampleError(f"{where}: {p.source} ROI box {problem}")
     return p
 
 
@@ -203,81 +155,6 @@ class MaskROI(ROISource):
         if not found:
             return None
         return region_proposal(np.any(found, axis=0), "region_mask", query.region)
-
-
-def anatomy_masks(
-    hu: np.ndarray, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)
-) -> dict[str, np.ndarray]:
-    """Regions of a chest CT (X, Y, Z) in LPS from HU alone → {region: bool mask} for every name in ``REGIONS``.
-
-    Lungs: air below ``lung_hu`` in components that do not touch the in-plane border (outside air does): the
-    largest, and the second when it is a lung too (at least 30% of the largest's size and half its height; bowel
-    gas is neither). Sides: by component when the two lungs are separate, else by the midline (LPS: small x = patient's
-    right). Lobes, by position (no fissures at this resolution): right upper = top 40% of that lung's height,
-    middle = the next 35% in front of its centre, lower = the rest; left upper = top half. Mediastinum: soft
-    tissue between the lungs' centres; heart = its anterior part in the lower half of the lungs, aorta the rest.
-    """
-    air = hu < lung_hu
-    lab, n = ndimage.label(air)
-    border = np.unique(np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()]))
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    sizes[border] = 0
-    sizes[0] = 0
-    boxes = ndimage.find_objects(lab)
-    order = [int(c) for c in np.argsort(sizes)[::-1][:2] if sizes[c] > 0]
-
-    def height(c: int) -> int:
-        return boxes[c - 1][2].stop - boxes[c - 1][2].start
-
-    big = [c for c in order if sizes[c] >= 0.3 * sizes[order[0]] and height(c) >= 0.5 * height(order[0])]
-    lungs = np.isin(lab, big) if big else np.zeros_like(air)
-    out = {name: np.zeros(hu.shape, bool) for name in REGIONS}
-    if not lungs.any():
-        return out
-    xs = np.arange(hu.shape[0])[:, None, None]
-    cx = [float(np.argwhere(lab == c)[:, 0].mean()) for c in big]
-    if len(big) == 2 and (cx[0] < hu.shape[0] / 2) != (cx[1] < hu.shape[0] / 2):
-        right, left = (lab == big[int(np.argmin(cx))]), (lab == big[int(np.argmax(cx))])
-    else:
-        mid = float(np.argwhere(lungs)[:, 0].mean())
-        right, left = lungs & (xs < mid), lungs & (xs >= mid)
-    zs = np.arange(hu.shape[2])[None, None, :]
-    ys = np.arange(hu.shape[1])[None, :, None]
-    for side, mask in (("right", right), ("left", left)):
-        out[f"{side} lung"] = mask
-        if not mask.any():
-            continue
-        pts = np.argwhere(mask)
-        z0, z1, cy = pts[:, 2].min(), pts[:, 2].max() + 1, pts[:, 1].mean()
-        height = z1 - z0
-        if side == "right":
-            upper = zs >= z0 + 0.6 * height
-            middle = (zs >= z0 + 0.25 * height) & ~upper & (ys < cy)
-            out["right upper lobe"], out["right middle lobe"] = mask & upper, mask & middle
-            out["right lower lobe"] = mask & ~upper & ~middle
-        else:
-            upper = zs >= z0 + 0.5 * height
-            out["left upper lobe"], out["left lower lobe"] = mask & upper, mask & ~upper
-    out["lungs"] = right | left
-    if not (right.any() and left.any()):
-        return out
-    x_r, x_l = (float(np.argwhere(m)[:, 0].mean()) for m in (right, left))
-    pts = np.argwhere(lungs)
-    y0, y1 = pts[:, 1].min(), pts[:, 1].max() + 1
-    z0, z1 = pts[:, 2].min(), pts[:, 2].max() + 1
-    cy = pts[:, 1].mean()
-    soft = (hu > soft_tissue[0]) & (hu < soft_tissue[1])
-    slab = (xs > x_r) & (xs < x_l) & (zs >= z0) & (zs < z1)
-    # Posterior bound: the front of the vertebral bodies (bone behind the lungs' centre; the sternum is in front),
-    # so paraspinal muscle and the spinal canal stay out of the mediastinum.
-    spine = np.argwhere((hu > 300) & slab & (ys >= cy))
-    y1 = min(y1, int(spine[:, 1].min())) if len(spine) else y1
-    between = slab & (ys >= y0) & (ys < y1)
-    mediastinum = largest_component(soft & between & ~lungs)
-    out["mediastinum"] = mediastinum
-    out["heart"] = largest_component(mediastinum & (ys < cy) & (zs < z0 + 0.5 * (z1 - z0)))
-    out["aorta"] = mediastinum & (ys >= cy)
-    return out
 
 
 class AnatomyROI(ROISource):

@@ -66,7 +66,7 @@ PRESENCE_OPTIONS = st.sampled_from([["yes", "no"], ["No", "Yes"], ["A. Yes", "B.
 
 @st.composite
 def records(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid VQA record, as ``datamodules/vqa_builder.py`` writes them but with arbitrary text and numbers."""
+    """A valid VQA record, as ``datamodules/vqa_builder/`` writes them but with arbitrary text and numbers."""
     split = draw(st.sampled_from(SPLITS))
     patient = draw(st.integers(0, 10**6))
     question_type = draw(st.sampled_from(QUESTION_TYPES))

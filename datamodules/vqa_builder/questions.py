@@ -1,0 +1,153 @@
+"""All candidate questions of one volume: presence (positive, decoy or anatomy box) and abnormality.
+
+Negatives are subsampled later, per label (``balance.py``); location, size and count questions, which need lesion
+masks, are in ``lesion_questions.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.ctrate import CTRATE_LABELS, Finding, axial_slice, patient_id
+from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource, check_proposal
+from datamodules.vqa_builder.decoys import PositiveStats, decoy_region, place_box
+from datamodules.vqa_builder.geometry import anatomy_roi, midline, side_of, where_text, zone
+from datamodules.vqa_builder.record import check_record
+from datamodules.vqa_builder.report_text import findings_by_label, report_region
+from datamodules.vqa_builder.templates import NORMAL, absent, phrase, seen
+
+
+class VolumeQuestions:
+    """All candidate questions of one volume (negatives are subsampled later, per label).
+
+    ``vol`` is the (1, X, Y, Z) HU volume, ``masks`` its lesion masks (findings, X, Y, Z) or None; ``rng`` draws
+    boxes and options, ``region_rng`` the regions of negatives asked of a source (its own stream, so the default
+    source's questions do not depend on it). ``records`` collects the questions, ``roi_kind`` the kind of box of each
+    presence question ("mask": mask or decoy box, "anatomy").
+    """
+
+    def __init__(
+        self,
+        split: str,
+        row: Mapping[str, Any],
+        vol: Any,
+        findings: list[Finding],
+        masks: np.ndarray | None,
+        rng: np.random.Generator,
+        stats: PositiveStats,
+        source: ROISource,
+        root: Path,
+        region_rng: np.random.Generator,
+    ):
+        self.split, self.row, self.vol, self.rng, self.stats = split, row, vol, rng, stats
+        self.source, self.root, self.region_rng = source, root, region_rng
+        self.name = str(row["VolumeName"])
+        self.depth = vol.shape[-1]
+        self.has_masks = masks is not None
+        self.records: list[dict[str, Any]] = []
+        self.roi_kind: dict[str, str] = {}  # presence id -> "mask" (mask or decoy box) or "anatomy"
+        self.by_label = findings_by_label(findings, masks)
+
+    def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why):
+        """Append one record (checked by ``check_record``); its id numbers the volume's questions in order."""
+        rec = {
+            "id": f"{self.name.removesuffix('.nii.gz')}-{qtype}-{len(self.records)}",
+            "split": self.split,
+            "patient_id": patient_id(self.name),
+            "volume_name": self.name,
+            "question_type": qtype,
+            "question": question,
+            "answer": answer,
+            "options": options,
+            "slice_index": int(k),
+            "roi": roi,
+            "roi_source": source,
+            "abnormality": label,
+            "reasoning": why,
+        }
+        check_record(rec, self.vol.shape[1:3], f"{self.split} {self.name}")
+        self.records.append(rec)
+
+    def propose(self, label: str, region: str, lesion: np.ndarray | None = None) -> ROIProposal | None:
+        """The ROI source's proposal, checked (slice in the volume, boxes inside the slice, none empty)."""
+        query = ROIQuery(self.vol, self.name, self.row, self.root, label, region, lesion)
+        p = self.source.propose(query)
+        return None if p is None else check_proposal(p, self.vol, f"{self.split} {self.name} {label}")
+
+    def where_box(self, label: str, p: ROIProposal) -> str:
+        """The "Global" place of a proposal's boxes, for the reasoning."""
+        slice_hu = axial_slice(self.vol, p.slice_index)
+        spot = np.zeros(slice_hu.shape, bool)
+        for x0, y0, x1, y1 in p.boxes:
+            spot[y0:y1, x0:x1] = True
+        return where_text(label, side_of(spot, midline(slice_hu)), p.slice_index, self.depth)
+
+    def positive_view(self, label: str) -> tuple[int, list[list[int]], str, str]:
+        """(slice, [box], roi_source, reasoning) for a present label: its main lesion if masked and the source
+        uses lesion masks, else the source's proposal for the region the report names, else anatomy."""
+        lesion = None
+        if self.source.uses_lesion_masks and label in self.by_label:
+            _, lesion = self.by_label[label][int(self.rng.integers(len(self.by_label[label])))]
+        p = self.propose(label, report_region(label, self.row), lesion)
+        if p is not None:
+            return p.slice_index, p.boxes, p.source, f"Global: {self.where_box(label, p)}. Zoom: {seen(label)}."
+        k, boxes, region = anatomy_roi(self.vol, label, self.rng)
+        where = "cardiac region" if region == "heart" else "both lung fields"
+        return k, boxes, "anatomy", f"Global: {where}. Zoom: {seen(label)}."
+
+    def decoy_view(self, label: str) -> tuple[int, list[list[int]], str] | None:
+        """(slice, [box], reasoning) of a lesion-like box where ``label`` would be; None if no slice fits."""
+        for _ in range(8):
+            w, h, frac = self.stats.sample(label, self.rng)
+            k = min(max(round(frac * (self.depth - 1)), 0), self.depth - 1)
+            slice_hu = axial_slice(self.vol, k)
+            region = decoy_region(label, slice_hu)
+            if region.any():
+                box = place_box(region, w, h, self.rng)
+                spot = np.zeros(region.shape, bool)
+                spot[box[1] : box[3], box[0] : box[2]] = True
+                where = where_text(label, side_of(spot, midline(slice_hu)), k, self.depth)
+                return k, [box], f"Global: {where}. Zoom: {absent(label)}."
+        return None
+
+    def presence(self, label: str, present: bool) -> None:
+        """One presence question: a positive's view, else a decoy, the source's box or an anatomy box."""
+        question = f"Is there {phrase(label)} in this CT slice?"
+        decoy, proposal = None, None
+        lesion_like = self.source.uses_lesion_masks and self.has_masks
+        if not present and lesion_like and self.rng.random() < self.stats.p_decoy(label):
+            decoy = self.decoy_view(label)
+        if not present and decoy is None:
+            proposal = self.propose(label, self.stats.sample_region(label, self.region_rng))
+        if present:
+            k, boxes, source, why = self.positive_view(label)
+            kind = source
+        elif decoy is not None:
+            (k, boxes, why), source, kind = decoy, "anatomy", "mask"  # looks like a mask ROI; source is metadata
+        elif proposal is not None:
+            k, boxes, source = proposal.slice_index, proposal.boxes, proposal.source
+            why, kind = f"Global: {self.where_box(label, proposal)}. Zoom: {absent(label)}.", source
+        else:
+            k, boxes, region = anatomy_roi(self.vol, label, self.rng)
+            place = "cardiac region" if region == "heart" else "both lung fields"
+            why = f"Global: {place}, {zone(k, self.depth)} level. Zoom: {NORMAL[region]}."
+            source = kind = "anatomy"
+        self.add("presence", question, "yes" if present else "no", ["yes", "no"], k, boxes, source, label, why)
+        self.roi_kind[self.records[-1]["id"]] = kind
+
+    def abnormality(self, present: list[str], askable: list[str]) -> None:
+        """One multiple-choice question: which of four labels the box of a present label shows."""
+        masked = [lb for lb in present if lb in self.by_label and self.source.uses_lesion_masks] or present
+        label = masked[int(self.rng.integers(len(masked)))]
+        pool = [lb for lb in askable if lb not in present] or [lb for lb in CTRATE_LABELS if lb not in present]
+        if len(pool) < 3:
+            pool += [lb for lb in CTRATE_LABELS if lb not in present and lb not in pool]
+        options = [label, *self.rng.choice(pool, size=3, replace=False).tolist()]
+        self.rng.shuffle(options)
+        k, boxes, source, why = self.positive_view(label)
+        question = "Which abnormality is shown in the highlighted region of this CT slice?"
+        self.add("abnormality", question, label, options, k, boxes, source, label, why)
