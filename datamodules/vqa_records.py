@@ -11,7 +11,7 @@ from rewards.parsing import answer_text, normalize_answer
 
 QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
 
-# field -> accepted types; the builder (datamodules/vqa_builder.py) writes exactly these.
+# field -> accepted types; the builder (datamodules/vqa_builder/) writes exactly these.
 _FIELDS: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "split": (str,),

@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.panel import Panel
 
 from common.files import atomic_write_bytes, atomic_write_text
+from datamodules.anatomy import region_of
 from datamodules.collate import VQACollator
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import CTRATE_LABELS, BadSampleError, axial_slice
-from datamodules.roi_sources import ROIQuery, check_proposal, region_of
+from datamodules.roi_sources import ROIQuery, check_proposal
 from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
 from lightning_modules.policy import PolicyModule

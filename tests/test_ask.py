@@ -81,7 +81,8 @@ def test_ask_answers_and_saves_the_image(tmp_path, synthetic_root, tiny_model_di
 
 
 def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, tiny_model_dir):
-    from datamodules.roi_sources import anatomy_masks, region_proposal
+    from datamodules.anatomy_masks import anatomy_masks
+    from datamodules.roi_sources import region_proposal
 
     volume = tmp_path / "my_ct.nii.gz"
     hu = write_ct(volume)
