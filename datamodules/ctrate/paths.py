@@ -18,6 +18,7 @@ def parse_volume_name(name: str) -> tuple[str, int, str, int]:
 
 
 def patient_id(name: str) -> str:
+    """``train_12_a_1.nii.gz`` -> "train_12": the patient, whose scans must all sit on one side of a split."""
     split, pid, _, _ = parse_volume_name(name)
     return f"{split}_{pid}"
 
