@@ -11,7 +11,7 @@ volume or a corrected metadata row is decoded afresh rather than read stale. Sli
 temporary file renamed into place): workers that cut the same slice at once, or a run killed mid-write, never
 leave a half-written file. HU are stored as int16 where that is exact (fixed CT-RATE volumes), else float32.
 
-Only slices of volumes that passed the loader's checks (``datamodules/data_checks.py``) are stored: ``cut`` loads the
+Only slices of volumes that passed the loader's checks (``datamodules/data_checks/``) are stored: ``cut`` loads the
 volume with them. The key also holds ``CHECKS_VERSION``, so slices stored before a check existed are cut again, through
 it. A slice read back is checked cheaply (a 2D array of finite values); one that is not is cut again, with a warning.
 """
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from common.files import atomic_write_bytes
-from datamodules.ctrate import WHERE, VolumeCache
+from datamodules.ctrate.volumes import VolumeCache
+from datamodules.data_checks.errors import WHERE
 
 log = logging.getLogger(__name__)
 # Raise when the loader's checks change what it refuses: slices cut under older checks are then cut again.

@@ -1,5 +1,6 @@
-"""CT-RATE readers (datamodules/ctrate.py): HU, orientation, error messages, masks, boxes."""
+"""CT-RATE readers (datamodules/ctrate/): HU, orientation, error messages, masks, boxes; the package's re-exports."""
 
+import importlib
 import json
 
 import nibabel as nib
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import datamodules.ctrate as ctrate
 from datamodules.ctrate import (
     BadSampleError,
     CTRATEPaths,
@@ -19,6 +21,7 @@ from datamodules.ctrate import (
     read_csv_checked,
     read_split,
 )
+from datamodules.ctrate.volumes import read_nifti
 from datamodules.synthetic_ctrate import INTERCEPT, SHAPE, make_phantom
 
 
@@ -149,3 +152,23 @@ def test_phantom_is_lps():
     ph = make_phantom(np.random.default_rng(1), findings=False)
     img = ph.hu[:, :, 8].T
     assert img[40:55, 60:80].mean() > 0  # heart: anterior (top) and to the patient's left (image right)
+
+
+def test_package_names_are_its_modules_objects():
+    """``from datamodules.ctrate import X`` gives the object of X's one home module, for every name it exports."""
+    homes = ("paths", "tables", "volumes", "masks")
+    modules = [importlib.import_module(f"datamodules.ctrate.{m}") for m in homes]
+    modules += [importlib.import_module(f"datamodules.data_checks.{m}") for m in ("errors", "tables")]
+    for name in ctrate.__all__:
+        assert any(vars(m).get(name) is getattr(ctrate, name) for m in modules), name
+
+
+def test_read_nifti_gives_voxels_and_header_affine_or_names_the_file(tmp_path):
+    path = tmp_path / "v.nii.gz"
+    affine = np.diag([-2.0, -2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), affine), path)
+    arr, header_affine = read_nifti(path)
+    np.testing.assert_array_equal(arr, np.arange(24).reshape(2, 3, 4))
+    np.testing.assert_array_equal(header_affine, affine)
+    with pytest.raises(BadSampleError, match="nope.nii.gz: file not found"):
+        read_nifti(tmp_path / "nope.nii.gz")

@@ -1,9 +1,10 @@
-"""The data checks (datamodules/data_checks.py) as plain functions; tests/test_check_data.py shows that check_data and
+"""The data checks (datamodules/data_checks/) as plain functions; tests/test_check_data.py shows that check_data and
 the loaders report each of them the same way."""
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import math
 
 import numpy as np
@@ -119,3 +120,11 @@ def test_mask_grid() -> None:
     dc.check_mask_grid("m.nii.gz", (4, 5, 6), torch.Size([4, 5, 6]))
     with pytest.raises(dc.BadSampleError, match=r"^m.nii.gz: mask grid \(4, 5, 3\) differs from the CT \(4, 5, 6\)$"):
         dc.check_mask_grid("m.nii.gz", (4, 5, 3), (4, 5, 6))
+
+
+def test_package_reexports_each_module_s_own_objects() -> None:
+    """``from datamodules.data_checks import X`` gives the object its one module defines."""
+    modules = [importlib.import_module(f"datamodules.data_checks.{m}") for m in ("errors", "tables", "volumes")]
+    for name in dc.__all__:
+        owners = [m.__name__ for m in modules if name in vars(m) and vars(m)[name] is getattr(dc, name)]
+        assert owners, name

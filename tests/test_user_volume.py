@@ -1,4 +1,5 @@
-"""User CT loading for one-shot inference (datamodules/user_volume.py): NIfTI and DICOM to HU/LPS, masks, views."""
+"""User CT loading for one-shot inference (datamodules/user_volume.py, dicom_series.py): NIfTI and DICOM to HU/LPS,
+masks, views."""
 
 import random
 import struct
@@ -12,6 +13,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from datamodules.ctrate import BadSampleError, axial_slice
+from datamodules.dicom_series import read_dicom_series
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
 
 SHAPE = (24, 20, 6)  # (X, Y, Z) in LPS index order
@@ -154,6 +156,17 @@ def test_dicom_series_equals_nifti(tmp_path, iop):
     np.testing.assert_array_equal(from_dicom.numpy(), from_nifti.numpy())
     np.testing.assert_allclose(from_dicom.affine.numpy(), from_nifti.affine.numpy(), atol=1e-5)
     assert nib.orientations.aff2axcodes(from_dicom.affine.numpy()) == ("L", "P", "S")
+
+
+def test_dicom_series_is_read_in_its_own_order_with_its_ras_affine(tmp_path):
+    """IOP (-1, 0, 0, 0, -1, 0): the series runs right to left and front to back, so both in-plane axes are the
+    LPS ones flipped; the affine says so and ``load_user_volume`` turns it back to LPS."""
+    hu = lps_volume()
+    write_dicom(tmp_path / "series", hu, iop=(-1, 0, 0, 0, -1, 0))
+    arr, affine = read_dicom_series(tmp_path / "series")
+    assert arr.dtype == np.float32 and arr.shape == SHAPE
+    np.testing.assert_array_equal(arr, hu[::-1, ::-1, :])
+    assert nib.orientations.aff2axcodes(affine) == ("R", "A", "S")
 
 
 @pytest.mark.parametrize("slope", [1.0, 0.5])
