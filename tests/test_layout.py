@@ -60,8 +60,21 @@ def project_files() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports. Importing ``a.b.c`` also runs the package ``a.b``'s
+    ``__init__``, an edge too unless the importer lives inside that package (then it has run already)."""
     files = project_files()
-    return {name: {m for m in imported_modules(path) if m in files and m != name} for name, path in files.items()}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets: set[str] = set()
+        for module in imported_modules(path):
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):
+                target = ".".join(parts[:i])
+                inside = name == target or name.startswith(target + ".")
+                if target in files and not inside and (i == len(parts) or (ROOT / Path(*parts[:i])).is_dir()):
+                    targets.add(target)
+        graph[name] = targets
+    return graph
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
