@@ -206,7 +206,7 @@ def suppressed_ids(model_dir: Path, full_length: bool) -> list[int]:
     """The tokens our sampler never emits (special tokens), plus the end tokens when forcing full length."""
     from datamodules.processor import load_processor
     from models.loading import load_model
-    from rl.rollout import end_token_ids, special_token_ids
+    from rl.sampling import end_token_ids, special_token_ids
 
     tokenizer = load_processor(model_dir).tokenizer
     ends = end_token_ids(load_model(model_dir), tokenizer)

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from evaluation.metrics import prediction_row
 from evaluation.report import fmt
-from rl.rollout import SamplingConfig, completion_logits, sample_completions
+from rl.grouped_forward import completion_logits
+from rl.sampling import SamplingConfig, sample_completions
 
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 

@@ -16,7 +16,7 @@ from evaluation.metrics import DiagnosisMetrics, VQAAccuracy
 from models.attention import set_sdpa_backends
 from models.embedded import ensure_model_dir
 from models.loading import load_model
-from rl.rollout import end_token_ids, special_token_ids
+from rl.sampling import end_token_ids, special_token_ids
 from training.schedules import warmup_cosine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
