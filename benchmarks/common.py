@@ -179,7 +179,7 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
 def save(results: dict[str, Any], path: str | Path) -> None:
     """Write the raw numbers next to the printed table (JSON), atomically."""
     from common.files import atomic_write_text
-    from evaluation.report import json_safe
+    from evaluation.formatting import json_safe
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(json_safe(results), indent=2) + "\n")

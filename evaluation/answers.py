@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from evaluation.formatting import fmt
 from evaluation.metrics import prediction_row
-from evaluation.report import fmt
 from rl.grouped_forward import completion_logits
 from rl.sampling import SamplingConfig, sample_completions
 
