@@ -83,7 +83,7 @@ def logits_warpers(sampling: SamplingConfig) -> LogitsProcessorList:
     """transformers' warpers for ``sampling``: temperature, then top-k (if ``top_k`` > 0), then top-p (if
     ``top_p`` < 1), the order ``generate`` applies them in; filtered tokens get -inf. Empty when not sampling.
 
-    Raises ValueError (from transformers) for a temperature <= 0 or a top-p outside [0, 1]. Top-p keeps at least
+    Raises ValueError (from transformers) for a temperature <= 0 or a negative top-p. Top-p keeps at least
     the most likely token, also at ``top_p`` = 0.
     """
     warpers = LogitsProcessorList()
