@@ -179,7 +179,7 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
 def save(results: dict[str, Any], path: str | Path) -> None:
     """Write the raw numbers next to the printed table (JSON), atomically."""
     from common.files import atomic_write_text
-    from evaluation.report import json_safe
+    from evaluation.formatting import json_safe
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(json_safe(results), indent=2) + "\n")
@@ -206,7 +206,7 @@ def suppressed_ids(model_dir: Path, full_length: bool) -> list[int]:
     """The tokens our sampler never emits (special tokens), plus the end tokens when forcing full length."""
     from datamodules.processor import load_processor
     from models.loading import load_model
-    from rl.rollout import end_token_ids, special_token_ids
+    from rl.sampling import end_token_ids, special_token_ids
 
     tokenizer = load_processor(model_dir).tokenizer
     ends = end_token_ids(load_model(model_dir), tokenizer)

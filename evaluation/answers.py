@@ -10,9 +10,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from evaluation.formatting import fmt
 from evaluation.metrics import prediction_row
-from evaluation.report import fmt
-from rl.rollout import SamplingConfig, completion_logits, sample_completions
+from rl.grouped_forward import completion_logits
+from rl.sampling import SamplingConfig, sample_completions
 
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 

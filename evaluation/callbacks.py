@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from common.files import atomic_write_text, file_sha256
-from evaluation.report import json_safe
+from evaluation.formatting import json_safe
 from evaluation.run_folder import write_run
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text
+from evaluation.formatting import as_float, fmt, json_safe, markdown_table, qtype_key
 from evaluation.paired import ALPHA, compare_arms
-from evaluation.report import QTYPE_ORDER, as_float, fmt, json_safe, markdown_table
 
 METRICS_FILE = "metrics.json"
 INFO_FILE = "run.json"
@@ -108,7 +108,7 @@ def headline_metrics(groups: Sequence[Mapping[str, Any]]) -> list[str]:
     present = {k for g in groups for k in g["metrics"]}
     qtypes = sorted(
         (k.split("/", 1)[1] for k in present if k.startswith("accuracy/")),
-        key=lambda q: (QTYPE_ORDER.index(q) if q in QTYPE_ORDER else len(QTYPE_ORDER), q),
+        key=qtype_key,
     )
     names = ["accuracy", *[f"accuracy/{q}" for q in qtypes], "format_rate", "validity_rate", "macro_f1", "auroc"]
     return [m for m in names if m == "accuracy" or m in present]
@@ -213,7 +213,7 @@ def write_groups(
     groups: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, metric_names: Sequence[str] | None = None
 ) -> Path:
     """Write the three comparison files for already aggregated ``groups``; returns the comparison.md path."""
-    from evaluation.plots import plot_comparison  # matplotlib only when a figure is actually drawn
+    from evaluation.comparison_plot import plot_comparison  # matplotlib only when a figure is actually drawn
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

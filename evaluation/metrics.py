@@ -1,29 +1,26 @@
-"""CT-VQA diagnosis metrics as torchmetrics: states are sums or concatenations, so they are exact across
-batches and devices.
+"""CT-VQA answer metrics as torchmetrics: accuracy (with chance, format and validity rates) and the overlap of
+free text with its reference. States are sums, so they are exact across batches and devices.
 
-Every metric here updates from *prediction rows* (``prediction_row``): one dict per answered question, the
-same dicts that go to ``predictions.jsonl``, so a number in a report can be recomputed from that file.
+Every metric here, and in ``evaluation.detection`` and ``evaluation.diagnosis``, updates from *prediction rows*
+(``prediction_row``): one dict per answered question, the same dicts that go to ``predictions.jsonl``, so a
+number in a report can be recomputed from that file.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_calibration_error
 from torchmetrics.text import BLEUScore, ROUGEScore
-from torchmetrics.utilities import dim_zero_cat
 
 from rewards.format import format_reward
-from rewards.parsing import answer_text, extract_answer, is_correct, match_option
+from rewards.parsing import extract_answer, is_correct, match_option
 from rewards.validity import validity_reward
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
-CALIBRATION_BINS = 10
 
 
 def prediction_row(completion: str, meta: Mapping[str, Any], p_yes: float | None = None) -> dict[str, Any]:
@@ -58,7 +55,8 @@ def prediction_row(completion: str, meta: Mapping[str, Any], p_yes: float | None
     }
 
 
-def _rate(num: torch.Tensor, den: torch.Tensor) -> float:
+def rate(num: torch.Tensor, den: torch.Tensor) -> float:
+    """``num / den`` as a float, NaN when ``den`` is 0 (a rate of nothing)."""
     return float(num / den) if den > 0 else float("nan")
 
 
@@ -93,127 +91,17 @@ class VQAAccuracy(Metric):
     def compute(self) -> dict[str, float]:
         total = self.count.sum()
         results = {
-            "accuracy": _rate(self.correct.sum(), total),
-            "chance": _rate(self.chance.sum(), total),
-            "format_rate": _rate(self.formatted.sum(), total),
-            "validity_rate": _rate(self.valid.sum(), total),
+            "accuracy": rate(self.correct.sum(), total),
+            "chance": rate(self.chance.sum(), total),
+            "format_rate": rate(self.formatted.sum(), total),
+            "validity_rate": rate(self.valid.sum(), total),
         }
         for t, name in enumerate(self.question_types):
             if self.count[t] > 0:
-                results[f"accuracy/{name}"] = _rate(self.correct[t], self.count[t])
-                results[f"chance/{name}"] = _rate(self.chance[t], self.count[t])
+                results[f"accuracy/{name}"] = rate(self.correct[t], self.count[t])
+                results[f"chance/{name}"] = rate(self.chance[t], self.count[t])
                 results[f"n/{name}"] = float(self.count[t])
         return results
-
-
-class AbnormalityDetection(Metric):
-    """Per-abnormality detection from the presence questions ("Is there <label> …?" yes/no).
-
-    Precision / recall / F1 count the parsed answer ("yes" = detected; anything else, including no valid
-    answer, = not detected, so invalid answers cost recall, and the validity rate reports them). Macro F1
-    averages the labels that occur (as truth or prediction); micro F1 pools their counts. AUROC, AUPRC and
-    calibration use ``p_yes``, the model's probability of "yes" at the answer position, where it was computed.
-    """
-
-    full_state_update = False
-
-    def __init__(self, labels: Sequence[str]) -> None:
-        super().__init__()
-        self.labels = list(labels)
-        for name in ("tp", "fp", "fn", "tn"):
-            self.add_state(name, default=torch.zeros(len(self.labels), dtype=torch.float64), dist_reduce_fx="sum")
-        for name in ("p_yes", "target", "label_index"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        probs, targets, indices = [], [], []
-        for row in rows:
-            if row["padding"] or row["question_type"] != "presence" or row.get("abnormality") not in self.labels:
-                continue
-            i = self.labels.index(row["abnormality"])
-            # As the options they denote, so "A" among ["A. Yes", "B. No"] is a yes, and an empty answer is none.
-            options = row["options"]
-            truth, said_yes = answer_text(row["truth"], options) == "yes", answer_text(row["answer"], options) == "yes"
-            state = {(True, True): self.tp, (False, True): self.fp, (True, False): self.fn, (False, False): self.tn}
-            state[(truth, said_yes)][i] += 1
-            if row.get("p_yes") is not None:
-                probs.append(float(row["p_yes"]))
-                targets.append(int(truth))
-                indices.append(i)
-        if probs:
-            # All in the metric's float dtype: a rank with nothing to add syncs an empty tensor of that dtype,
-            # and the gather needs one dtype on every rank (labels and indices are exact in float32).
-            for state, values in ((self.p_yes, probs), (self.target, targets), (self.label_index, indices)):
-                state.append(torch.tensor(values, dtype=self.dtype, device=self.tp.device))
-
-    def compute(self) -> dict[str, Any]:
-        tp, fp, fn = self.tp, self.fp, self.fn
-        per_label: dict[str, dict[str, float]] = {}
-        f1s = []
-        probs = _cat(self.p_yes, torch.float32)
-        target, index = _cat(self.target, torch.long), _cat(self.label_index, torch.long)
-        for i, label in enumerate(self.labels):
-            if tp[i] + fp[i] + fn[i] + self.tn[i] == 0:
-                continue
-            f1 = _rate(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])
-            if not math.isnan(f1):
-                f1s.append(f1)
-            mine = index == i
-            per_label[label] = {
-                "precision": _rate(tp[i], tp[i] + fp[i]),
-                "recall": _rate(tp[i], tp[i] + fn[i]),
-                "f1": f1,
-                "support": int(tp[i] + fn[i]),
-                "auroc": auroc_or_nan(probs[mine], target[mine]),
-                "auprc": _auprc(probs[mine], target[mine]),
-            }
-        return {
-            # Flat copies so run comparisons (which average flat numbers over seeds) can show single findings.
-            **{f"f1/{label}": stats["f1"] for label, stats in per_label.items()},
-            "macro_f1": sum(f1s) / len(f1s) if f1s else float("nan"),
-            "micro_f1": _rate(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
-            "auroc": auroc_or_nan(probs, target),
-            "auprc": _auprc(probs, target),
-            "ece": float(binary_calibration_error(probs, target, n_bins=CALIBRATION_BINS)) if len(probs) else math.nan,
-            "per_abnormality": per_label,
-            "calibration": calibration_bins(probs, target),
-        }
-
-
-def _cat(state: list[torch.Tensor] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A "cat" state as one tensor: a list of batches on one process, already one tensor after a sync."""
-    if isinstance(state, torch.Tensor):
-        return state.to(dtype).cpu()
-    return dim_zero_cat(state).to(dtype).cpu() if state else torch.zeros(0, dtype=dtype)
-
-
-def _both_classes(target: torch.Tensor) -> bool:
-    return bool(len(target)) and 0 < int(target.sum()) < len(target)
-
-
-def auroc_or_nan(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """AUROC, or NaN when one class is absent (torchmetrics would warn and return 0)."""
-    return float(binary_auroc(probs, target)) if _both_classes(target) else float("nan")
-
-
-def _auprc(probs: torch.Tensor, target: torch.Tensor) -> float:
-    return float(binary_average_precision(probs, target)) if _both_classes(target) else float("nan")
-
-
-def calibration_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = CALIBRATION_BINS) -> dict[str, list]:
-    """Reliability-diagram bins of p(yes): mean confidence and fraction of true "yes" per equal-width bin."""
-    edges = torch.linspace(0, 1, n_bins + 1)
-    which = torch.clamp(torch.bucketize(probs, edges[1:-1], right=True), max=n_bins - 1)
-    count = torch.bincount(which, minlength=n_bins).double()
-    conf = torch.bincount(which, weights=probs.double(), minlength=n_bins)
-    pos = torch.bincount(which, weights=target.double(), minlength=n_bins)
-    nan = torch.full_like(count, float("nan"))
-    return {
-        "bin_edges": edges.tolist(),
-        "mean_confidence": torch.where(count > 0, conf / count.clamp(min=1), nan).tolist(),
-        "fraction_positive": torch.where(count > 0, pos / count.clamp(min=1), nan).tolist(),
-        "count": [int(c) for c in count.tolist()],
-    }
 
 
 class ReasoningOverlap(Metric):
@@ -262,24 +150,3 @@ class ReasoningOverlap(Metric):
             out["open_answer/bleu"] = float(self.answer_bleu.compute())
             out["open_answer/rouge_l"] = float(self.answer_rouge.compute()["rougeL_fmeasure"])
         return out
-
-
-class DiagnosisMetrics(torch.nn.Module):
-    """All test-time metrics together: ``update(rows)``, ``compute()`` → one dict for metrics.json, ``reset()``."""
-
-    def __init__(self, question_types: Sequence[str], labels: Sequence[str]) -> None:
-        super().__init__()
-        self.accuracy = VQAAccuracy(question_types)
-        self.detection = AbnormalityDetection(labels)
-        self.text = ReasoningOverlap()
-
-    def update(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        for metric in (self.accuracy, self.detection, self.text):
-            metric.update(rows)
-
-    def compute(self) -> dict[str, Any]:
-        return {**self.accuracy.compute(), **self.detection.compute(), **self.text.compute()}
-
-    def reset(self) -> None:
-        for metric in (self.accuracy, self.detection, self.text):
-            metric.reset()

@@ -1,4 +1,7 @@
-"""Matplotlib figures for an evaluation run folder; each function writes one PNG atomically and returns its path."""
+"""Matplotlib figures for an evaluation run folder; each function writes one PNG atomically and returns its path.
+
+``evaluation.comparison_plot`` draws the figure that compares runs with ``save_figure``.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from evaluation.report import QTYPE_ORDER  # noqa: E402
-from evaluation.report import as_float as _num  # noqa: E402
+from evaluation.formatting import as_float as _num  # noqa: E402
+from evaluation.formatting import qtype_key  # noqa: E402
 
 INVALID = "invalid"
-COMPARISON_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "auroc", "format_rate")
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save ``fig`` as PNG atomically (:func:`common.files.atomic_path`): readers never see half a file."""
     try:
         with atomic_path(path) as tmp:
@@ -35,10 +37,6 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
-
-
-def _qtype_key(qtype: str) -> tuple[int, str]:
-    return (QTYPE_ORDER.index(qtype) if qtype in QTYPE_ORDER else len(QTYPE_ORDER), qtype)
 
 
 def plot_abnormality_f1(per_abnormality: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -54,7 +52,7 @@ def plot_abnormality_f1(per_abnormality: Mapping[str, Mapping[str, Any]], path: 
     if not rows:
         ax.text(0.5, 0.5, "no abnormality labels", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-        return _save(fig, path)
+        return save_figure(fig, path)
     y = np.arange(len(rows))
     values = [0.0 if math.isnan(f1) else f1 for _, _, f1 in rows]
     # Labels absent from the split have no meaningful F1: keep them visible but grey so gaps are obvious.
@@ -69,7 +67,7 @@ def plot_abnormality_f1(per_abnormality: Mapping[str, Mapping[str, Any]], path: 
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("F1")
     ax.set_title("F1 per abnormality")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _confusion(preds: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], np.ndarray]:
@@ -95,12 +93,12 @@ def plot_confusion_matrices(predictions: Sequence[Mapping[str, Any]], path: str 
     by_type: dict[str, list[Mapping[str, Any]]] = {}
     for p in predictions:
         by_type.setdefault(str(p.get("question_type")), []).append(p)
-    qtypes = sorted(by_type, key=_qtype_key)
+    qtypes = sorted(by_type, key=qtype_key)
     if not qtypes:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
     mats = [_confusion(by_type[q]) for q in qtypes]
     widths = [max(3.0, 0.55 * len(cols) + 1.5) for _, cols, _ in mats]
@@ -119,7 +117,7 @@ def plot_confusion_matrices(predictions: Sequence[Mapping[str, Any]], path: str 
         for (i, j), c in np.ndenumerate(counts):
             ax.text(j, i, str(c), ha="center", va="center", fontsize=8, color="white" if c > threshold else "black")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(
@@ -159,51 +157,4 @@ def plot_calibration(
     axh.set_xlabel("mean confidence")
     axh.set_ylabel("count")
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_comparison(
-    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, metrics: Sequence[str] = COMPARISON_METRICS
-) -> Path:
-    """Grouped bars of headline metrics per run/group; ``rows`` = [{"name", "metrics": {metric: (mean, std)}}].
-
-    Error bars are drawn where a std is given (finite); missing / NaN means leave a gap labelled "–".
-    """
-    metrics = list(metrics)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(metrics) * max(1, len(rows)) * 0.5 + 3), 4))
-    width = 0.8 / max(1, len(rows))
-    x = np.arange(len(metrics))
-    for k, row in enumerate(rows):
-        means, stds = [], []
-        for m in metrics:
-            value = row.get("metrics", {}).get(m)
-            # Accept a bare number (single run) as well as (mean, std).
-            mean, std = (
-                (value[0], value[1] if len(value) > 1 else None) if isinstance(value, list | tuple) else (value, None)
-            )
-            means.append(_num(mean))
-            stds.append(_num(std))
-        heights = np.nan_to_num(np.asarray(means), nan=0.0)
-        err = np.asarray(stds)
-        # A zero std (single run) or a missing mean gets no error bar rather than a misleading flat cap.
-        has_err = ~np.isnan(err) & ~np.isnan(np.asarray(means)) & (np.nan_to_num(err) > 0)
-        pos = x - 0.4 + width * (k + 0.5)
-        ax.bar(
-            pos,
-            heights,
-            width,
-            label=str(row.get("name")),
-            yerr=np.where(has_err, err, np.nan) if has_err.any() else None,
-            capsize=3,
-        )
-        for xi, mean in zip(pos, means, strict=True):
-            if math.isnan(mean):
-                ax.text(xi, 0.01, "–", ha="center", va="bottom")
-    ax.set_xticks(x, metrics)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title("Run comparison")
-    if rows:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

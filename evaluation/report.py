@@ -1,4 +1,4 @@
-"""Markdown report for one evaluation run folder, and the number formatting the other reports share."""
+"""Markdown report for one evaluation run folder: reproduction info, metric tables, plots, example predictions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DASH = "–"
-QTYPE_ORDER: tuple[str, ...] = ("presence", "abnormality", "location", "size", "count")
+from evaluation.formatting import DASH, as_float, cell, fmt, markdown_table, qtype_key
+
 PLOT_TITLES: dict[str, str] = {
     "abnormality_f1": "F1 per abnormality",
     "confusion": "Confusion matrices per question type",
@@ -17,58 +17,6 @@ PLOT_TITLES: dict[str, str] = {
     "calibration": "Calibration of P(yes) on presence questions",
     "comparison": "Run comparison",
 }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf → None, recursively: strict JSON for other tools (Python's json would write bare NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def as_float(x: Any) -> float:
-    """``x`` as a float; None, bools, strings and other non-numbers become NaN (a metric may be missing)."""
-    if isinstance(x, bool) or x is None:
-        return math.nan
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def fmt(x: Any, signed: bool = False) -> str:
-    """Three decimals, "–" for missing / NaN / infinite values."""
-    v = as_float(x)
-    if not math.isfinite(v):
-        return DASH
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
-
-
-def _cell(text: Any, limit: int | None = None) -> str:
-    """One-line, pipe-escaped text for a Markdown table cell or list item, optionally shortened."""
-    s = " ".join(str(text).split())
-    if limit is not None and len(s) > limit:
-        s = s[: limit - 1].rstrip() + "…"
-    return s.replace("|", "\\|")
-
-
-def markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None
-) -> list[str]:
-    """Lines of a Markdown table; columns left- ("l") or right-aligned ("r"), numbers right by default."""
-    align = align or ["l", *["r"] * (len(header) - 1)]
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
-def _qtype_key(qtype: str) -> tuple[int, str]:
-    return (QTYPE_ORDER.index(qtype) if qtype in QTYPE_ORDER else len(QTYPE_ORDER), qtype)
 
 
 def _chance(preds: Sequence[Mapping[str, Any]]) -> float:
@@ -83,7 +31,7 @@ def _qtype_rows(metrics: Mapping[str, Any], predictions: Sequence[Mapping[str, A
         by_type.setdefault(str(p.get("question_type")), []).append(p)
     qtypes = set(by_type) | {k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/")}
     rows = []
-    for q in sorted(qtypes, key=_qtype_key):
+    for q in sorted(qtypes, key=qtype_key):
         preds = by_type.get(q, [])
         # metrics.json is authoritative; fall back to the predictions for anything it lacks.
         n = as_float(metrics.get(f"n/{q}"))
@@ -127,20 +75,20 @@ def _example(p: Mapping[str, Any]) -> list[str]:
         flags.append("unformatted")
     if answer is not None and not p.get("valid"):
         flags.append("not an option")
-    answer_text = DASH if answer is None else f"`{_cell(answer, 80)}`"
+    answer_text = DASH if answer is None else f"`{cell(answer, 80)}`"
     lines = [
-        f"- **{_cell(p.get('id', '?'))}** ({_cell(p.get('question_type', '?'))}, {_cell(p.get('volume_name', '?'))})",
-        f"  - Q: {_cell(p.get('question', ''), 200)}",
-        f"  - Options: {' / '.join(_cell(o, 60) for o in p.get('options') or [])}",
-        f"  - Truth: `{_cell(p.get('truth', ''), 80)}` · Answer: {answer_text}"
+        f"- **{cell(p.get('id', '?'))}** ({cell(p.get('question_type', '?'))}, {cell(p.get('volume_name', '?'))})",
+        f"  - Q: {cell(p.get('question', ''), 200)}",
+        f"  - Options: {' / '.join(cell(o, 60) for o in p.get('options') or [])}",
+        f"  - Truth: `{cell(p.get('truth', ''), 80)}` · Answer: {answer_text}"
         + (f" ({', '.join(flags)})" if flags else ""),
     ]
     reasoning = p.get("reasoning")
     if reasoning:
-        lines.append(f"  - Reasoning: {_cell(reasoning, 300)}")
+        lines.append(f"  - Reasoning: {cell(reasoning, 300)}")
     elif not p.get("formatted") and p.get("completion"):
         # Without parsed reasoning, the raw completion is what explains an unformatted answer.
-        lines.append(f"  - Completion: {_cell(p.get('completion'), 300)}")
+        lines.append(f"  - Completion: {cell(p.get('completion'), 300)}")
     return lines
 
 
@@ -211,7 +159,7 @@ def render_report(
             support = _support(s)
             rows.append(
                 [
-                    _cell(label),
+                    cell(label),
                     fmt(s.get("precision")),
                     fmt(s.get("recall")),
                     fmt(s.get("f1")),

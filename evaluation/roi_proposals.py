@@ -32,7 +32,7 @@ from datamodules.ctrate import (
 )
 from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource, check_proposal
 from datamodules.vqa_builder import findings_by_label, report_region
-from evaluation.report import fmt, json_safe, markdown_table
+from evaluation.formatting import fmt, json_safe, markdown_table
 
 RATES = ("iou>0.3", "centre_hit", "slice_hit", "mean_iou")
 

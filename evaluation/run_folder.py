@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text
+from evaluation.formatting import json_safe
 from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_confusion_matrices
-from evaluation.report import json_safe, render_report
+from evaluation.report import render_report
 
 ROW_KEYS_DROPPED = ("padding",)
 

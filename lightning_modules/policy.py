@@ -12,11 +12,12 @@ from datamodules.ctrate import CTRATE_LABELS
 from datamodules.processor import load_processor
 from datamodules.vqa_records import QUESTION_TYPES
 from evaluation.answers import first_token_id, generate_answers, prediction_rows, print_results
-from evaluation.metrics import DiagnosisMetrics, VQAAccuracy
+from evaluation.diagnosis import DiagnosisMetrics
+from evaluation.metrics import VQAAccuracy
 from models.attention import set_sdpa_backends
 from models.embedded import ensure_model_dir
 from models.loading import load_model
-from rl.rollout import end_token_ids, special_token_ids
+from rl.sampling import end_token_ids, special_token_ids
 from training.schedules import warmup_cosine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -19,7 +19,7 @@ from common.files import file_sha256
 from datamodules.ct_slices import SliceRenderer
 from datamodules.ctrate import CTRATE_LABELS, BadSampleError, bbox_of, label_components
 from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource
-from evaluation.metrics import auroc_or_nan
+from evaluation.detection import auroc_or_nan
 
 Pooling = Literal["lse", "max", "mean"]
 

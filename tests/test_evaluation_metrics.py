@@ -1,4 +1,5 @@
-"""Diagnosis metrics on hand-built prediction rows: perfect, all wrong, mixed, one class absent, many batches."""
+"""Diagnosis metrics (evaluation.metrics, .detection, .diagnosis) on hand-built prediction rows: perfect, all wrong,
+mixed, one class absent, many batches."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 from datamodules.vqa_records import QUESTION_TYPES
 from evaluation.answers import answer_prefix
-from evaluation.metrics import AbnormalityDetection, DiagnosisMetrics, VQAAccuracy, calibration_bins, prediction_row
+from evaluation.detection import AbnormalityDetection, calibration_bins
+from evaluation.diagnosis import DiagnosisMetrics
+from evaluation.metrics import VQAAccuracy, prediction_row
 
 LABELS = ("Lung nodule", "Emphysema", "Cardiomegaly")
 

@@ -1,4 +1,5 @@
-"""Evaluation reporting (evaluation/plots.py, report.py, compare.py) on small hand-made run data, real matplotlib."""
+"""Evaluation reporting (evaluation/plots.py, comparison_plot.py, report.py, compare.py) on small hand-made run
+data, real matplotlib."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from common.files import atomic_write_text
 from evaluation.compare import aggregate, load_run, main, render_comparison, write_comparison
-from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_comparison, plot_confusion_matrices
+from evaluation.comparison_plot import plot_comparison
+from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_confusion_matrices
 from evaluation.report import render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,8 @@ from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.grpo import GRPOModule
 from models.loading import LoRASpec, load_model
 from rewards.scoring import RewardError
-from rl.rollout import completion_logits, repeat_prompts
+from rl.grouped_forward import completion_logits
+from rl.prompt_batch import repeat_prompts
 from training.checkpoint_files import load_checkpoint
 from training.checkpointing import ResumableCheckpoint as ModelCheckpoint
 

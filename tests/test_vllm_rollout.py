@@ -14,7 +14,7 @@ from datamodules.ct_vqa import CTVQADataModule
 from datamodules.processor import load_processor
 from lightning_modules.grpo import GRPOModule
 from models.loading import LoRASpec, load_model
-from rl.rollout import SamplingConfig, sample_completions
+from rl.sampling import SamplingConfig, sample_completions
 from rl.vllm_rollout import (
     VLLMRollout,
     completion_tokens,

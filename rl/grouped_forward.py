@@ -1,0 +1,200 @@
+"""The grouped training forward: logits (or final hidden states) predicting each completion token of a rollout,
+with gradients, each prompt and its image run once for its G completions, as in sampling (``grouped_forward``);
+the one-row-per-completion forward it is held to (``completion_logits``); and the LM head chunked over tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from rl.prompt_batch import PROMPT_KEYS, prompt_positions, select_rows
+
+
+def completion_logits(
+    model: torch.nn.Module,
+    prompts: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits predicting each completion token, (N, L, V), from one forward pass over prompt + completion.
+
+    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row: the layout TRL trains on.
+    GRPO uses ``grouped_completion_logits``, the same logits for less; this is the reference the tests hold it to.
+    """
+    positions, next_position = prompt_positions(model, prompts)
+    steps = torch.arange(completion_ids.size(1), device=completion_ids.device)
+    completion_positions = (next_position.unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+    length = completion_ids.size(1)
+    out = model(
+        input_ids=torch.cat([prompts["prompt_input_ids"], completion_ids], dim=1),
+        attention_mask=torch.cat([prompts["prompt_attention_mask"], completion_mask], dim=1),
+        position_ids=torch.cat([positions, completion_positions], dim=2),
+        mm_token_type_ids=torch.cat([prompts["prompt_mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1),
+        pixel_values=prompts["pixel_values"],
+        image_grid_thw=prompts["image_grid_thw"],
+        use_cache=False,
+        logits_to_keep=length + 1,
+    )
+    return out.logits[:, :-1]
+
+
+class ReplaySafeLayer(DynamicLayer):
+    """One decoder layer's KV cache whose ``update`` gives the same answer when gradient checkpointing replays the
+    layer in backward, so a checkpointed layer may use it (HF's ``_can_checkpoint_with_cache``).
+
+    A ``DynamicLayer`` appends on every call, so a replay would append the same states twice. Here the states
+    before this forward are a fixed ``prefix`` (the prompt's, for completion rows) and ``update`` returns the
+    prefix joined with the new states without keeping them; with no prefix (the prompt's own forward) the first
+    call's states are recorded, for the completion forward to use, and the replay's equal states are not.
+    """
+
+    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.prefix = prefix
+        if prefix is not None:
+            self.keys, self.values = prefix
+            self.device, self.is_initialized = prefix[0].device, True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prefix is not None:
+            keys, values = self.prefix
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+        if not self.is_initialized:
+            self.keys, self.values = key_states, value_states
+            self.device, self.is_initialized = key_states.device, True
+        return key_states, value_states
+
+
+def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers of ``model`` that gradient checkpointing would replay in a forward now (none without grad)."""
+    if not torch.is_grad_enabled():
+        return []
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m.training]
+
+
+@contextmanager
+def checkpoint_with_cache(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Let these checkpointed layers take a cache for the block (transformers drops it otherwise); only sound
+    with ``ReplaySafeLayer`` caches, which a replay does not change."""
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class's False
+
+
+def grouped_completion_logits(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    num_generations: int,
+    rows: slice = slice(None),
+) -> torch.Tensor:
+    """Logits predicting each completion token of rollout rows ``rows``, (n, L, V), each prompt run only once
+    (``grouped_forward``)."""
+    first_logits, rest = grouped_forward(model, batch, completion_ids, completion_mask, num_generations, rows)
+    return first_logits if rest is None else torch.cat([first_logits, rest], dim=1)
+
+
+def grouped_forward(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    num_generations: int,
+    rows: slice = slice(None),
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits predicting the first completion token of rollout rows ``rows``, (n, 1, V), and what predicts
+    the others, (n, L - 1, ·): their logits, or with ``hidden`` the final hidden states the LM head would turn
+    into them (for ``chunked_head_logps``, which never holds all the logits at once); None when L = 1.
+
+    The same numbers as ``completion_logits`` on ``repeat_prompts`` rows (to float tolerance), but a prompt and its
+    image go through the vision tower and the decoder once, not once per completion: the prompt's KV cache is
+    indexed out to the rows of its completions, as in sampling, and gradients flow back through that indexing.
+    The prompt is most of each row (image tokens, system prompt, question), so this is most of the training forward.
+    Under gradient checkpointing the caches are ``ReplaySafeLayer``s, which the backward replay of a layer reads
+    without changing, so checkpointed layers keep them (same logits and gradients as without checkpointing).
+    """
+    g = num_generations
+    start, stop, _ = rows.indices(completion_ids.size(0))
+    first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
+    prompts = select_rows({key: batch[key] for key in PROMPT_KEYS}, slice(first, last))
+    positions, next_position = prompt_positions(model, prompts)
+    layers = checkpointed_layers(model)
+    checkpointing = bool(layers)
+    with checkpoint_with_cache(layers):
+        out = model(
+            input_ids=prompts["prompt_input_ids"],
+            attention_mask=prompts["prompt_attention_mask"],
+            position_ids=positions,
+            mm_token_type_ids=prompts["prompt_mm_token_type_ids"],
+            pixel_values=prompts["pixel_values"],
+            image_grid_thw=prompts["image_grid_thw"],
+            cache=Cache(layer_class_to_replicate=ReplaySafeLayer) if checkpointing else None,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        owner = torch.arange(start, stop, device=completion_ids.device) // g - first  # each row's prompt
+        first_logits = out.logits[owner]  # the prompt's last position predicts the first completion token
+        ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
+        if ids.size(1) == 0:
+            return first_logits, None
+        cache = out.cache
+        if checkpointing:
+            cache = Cache(layers=[ReplaySafeLayer((layer.keys[owner], layer.values[owner])) for layer in cache.layers])
+        else:
+            cache.batch_select_indices(owner)
+        steps = torch.arange(ids.size(1), device=ids.device)
+        completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+        out = model(
+            input_ids=ids,  # the last token predicts nothing that is scored
+            attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
+            position_ids=completion_positions,
+            cache=cache,
+            use_cache=True,
+            # No position's logits (an empty index), but the final, normed hidden states.
+            **({"output_hidden_states": True, "logits_to_keep": ids.new_empty(0)} if hidden else {}),
+        )
+    return first_logits, out.hidden_states[-1] if hidden else out.logits
+
+
+def chunked_head_logps(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    tokens: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logps_and_entropy(head(hidden), tokens)`` with the (tokens × vocabulary) logits made ``chunk_size``
+    tokens at a time and freed: under autograd each chunk is checkpointed, so backward makes its logits again
+    instead of keeping them. Same values; the logits' memory is one chunk's."""
+    from torch.utils.checkpoint import checkpoint
+
+    from rl.loss import token_logps_and_entropy
+
+    shape = tokens.shape
+    flat_hidden, flat_tokens = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return token_logps_and_entropy(head(h), t, temperature, with_entropy=with_entropy)
+
+    logps, entropies = [], []
+    for start in range(0, flat_tokens.numel(), chunk_size):
+        h, t = flat_hidden[start : start + chunk_size], flat_tokens[start : start + chunk_size]
+        lp, ent = checkpoint(piece, h, t, use_reentrant=False) if torch.is_grad_enabled() else piece(h, t)
+        logps.append(lp)
+        entropies.append(ent)
+    entropy = torch.cat(entropies).view(shape) if with_entropy else None
+    return torch.cat(logps).view(shape), entropy

@@ -1,0 +1,197 @@
+"""Grouped sampling for GRPO: one prefill per prompt and image, then a batched decode of its G completions.
+
+The decode loop is ours rather than ``model.generate`` for three reasons: the prompt's KV cache is computed once
+and repeated G times (``generate`` would prefill every copy, image included); ranks of a sharded (FSDP2) model
+must run the same number of forward passes, so they agree on when to stop; and the same function gives both the
+sampled rollouts and the greedy validation answers, so what is trained is what is evaluated. Each step's
+temperature, top-k and top-p filtering is transformers' logits warpers, the ones ``generate`` applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from rl.prompt_batch import prompt_positions
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are drawn: the vocabulary of ``transformers``' generation config and TRL."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    do_sample: bool = True
+
+
+@dataclass
+class Rollout:
+    """G completions per prompt, rows grouped by prompt (rows i·G … i·G + G − 1 share prompt i)."""
+
+    completion_ids: torch.Tensor  # (N, L); after the end token: pad
+    completion_mask: torch.Tensor  # (N, L) int; 1 up to and including the first end token
+    is_truncated: torch.Tensor  # (N,) bool; no end token within max_new_tokens
+    sampling_logps: torch.Tensor | None  # (N, L) decode-time log-probs under softmax(logits / T), if asked for
+    num_generations: int
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """Tokens that end a completion: the chat turn's end (``<|im_end|>``) and the model's EOS ids."""
+    ids = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+def special_token_ids(tokenizer: Any, keep: Iterable[int] = ()) -> list[int]:
+    """Ids of the tokenizer's special tokens (image/video placeholders, chat markers, …) except ``keep``.
+
+    The policy must never emit these: an image placeholder in a completion would make the training forward look
+    for an image that does not exist, and rewards are computed on text.
+    """
+    ids = set(getattr(tokenizer, "all_special_ids", []))
+    ids |= {
+        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)
+    }
+    return sorted(ids - set(keep))
+
+
+def logits_warpers(sampling: SamplingConfig) -> LogitsProcessorList:
+    """transformers' warpers for ``sampling``: temperature, then top-k (if ``top_k`` > 0), then top-p (if
+    ``top_p`` < 1), the order ``generate`` applies them in; filtered tokens get -inf. Empty when not sampling.
+
+    Raises ValueError (from transformers) for a temperature <= 0 or a negative top-p. Top-p keeps at least
+    the most likely token, also at ``top_p`` = 0.
+    """
+    warpers = LogitsProcessorList()
+    if not sampling.do_sample:
+        return warpers
+    warpers.append(TemperatureLogitsWarper(float(sampling.temperature)))
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    warpers: LogitsProcessorList,
+    do_sample: bool,
+    suppress: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row, (N,), from next-token ``logits``, (N, V): the argmax, or with ``do_sample`` a draw from
+    the softmax of the ``warpers``' output. ``suppress`` (token ids) are never chosen."""
+    logits = logits.float()
+    if suppress is not None:
+        logits = logits.index_fill(1, suppress, -torch.inf)  # out of place: the caller logs the unmasked log-probs
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = warpers(None, logits)  # these warpers read only the scores, not the tokens so far
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _all_ranks_done(done: bool, device: torch.device) -> bool:
+    """True when every rank is done; with one process just ``done``. Sharded forwards are collectives."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return done
+    flag = torch.tensor([0 if done else 1], device=device)
+    dist.all_reduce(flag)
+    return flag.item() == 0
+
+
+@torch.no_grad()
+def sample_completions(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    num_generations: int,
+    sampling: SamplingConfig,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    suppress_token_ids: list[int] | None = None,
+    generator: torch.Generator | None = None,
+    with_logps: bool = False,
+) -> Rollout:
+    """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch.
+
+    ``with_logps`` also records each sampled token's log-prob at decode time (for checks against the training
+    forward, or importance-sampling corrections); off by default, as it costs a log-softmax per step.
+    """
+    prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    device = prompt_ids.device
+    positions, next_position = prompt_positions(model, batch)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    g = num_generations
+    cache = out.cache
+    cache.batch_repeat_interleave(g)
+    logits = out.logits[:, -1].repeat_interleave(g, dim=0)
+    attention = prompt_mask.repeat_interleave(g, dim=0)
+    next_position = next_position.repeat_interleave(g)
+    n = logits.size(0)
+    eos = torch.tensor(eos_token_ids, device=device)
+    suppress = torch.tensor(suppress_token_ids, device=device, dtype=torch.long) if suppress_token_ids else None
+    warpers = logits_warpers(sampling)
+
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
+    temperature = sampling.temperature if sampling.do_sample else 1.0
+    for step in range(sampling.max_new_tokens):
+        token = next_tokens(logits, warpers, sampling.do_sample, suppress, generator)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        if with_logps:
+            scaled = logits.float() / temperature
+            logps.append(scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
+        finished |= torch.isin(token, eos)
+        if step == sampling.max_new_tokens - 1 or _all_ranks_done(bool(finished.all()), device):
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        step_positions = (next_position + step).view(1, n, 1).expand(3, n, 1)
+        logits = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+        ).logits[:, -1]
+
+    completion_ids = torch.stack(tokens, dim=1)
+    is_eos = torch.isin(completion_ids, eos)
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), completion_ids.size(1))
+    completion_mask = (torch.arange(completion_ids.size(1), device=device) <= first_eos.unsqueeze(1)).int()
+    return Rollout(completion_ids, completion_mask, ~has_eos, torch.stack(logps, dim=1) if with_logps else None, g)
