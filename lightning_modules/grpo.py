@@ -41,15 +41,8 @@ from rl.loss import (
     token_logps_and_entropy,
     weighted_reward,
 )
-from rl.rollout import (
-    Rollout,
-    SamplingConfig,
-    chunked_head_logps,
-    eval_mode,
-    grouped_completion_logits,
-    grouped_forward,
-    sample_completions,
-)
+from rl.grouped_forward import chunked_head_logps, grouped_completion_logits, grouped_forward
+from rl.sampling import Rollout, SamplingConfig, eval_mode, sample_completions
 from rl.vllm_rollout import VLLMRollout
 from training.faults import FaultCounter, all_finite, gradients_finite
 

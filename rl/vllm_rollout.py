@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rl.rollout import Rollout, SamplingConfig
+from rl.sampling import Rollout, SamplingConfig
 
 if TYPE_CHECKING:
     from lightning_modules.grpo import GRPOModule
