@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from monai.config import KeysCollection
@@ -50,27 +50,24 @@ class HUWindowd(MapTransform):
 class ZoomEmbedd(MapTransform):
     """Dict version of `ZoomEmbed`: embeds the zoomed ROI ``data[box_key]`` into each of ``keys``.
 
-    Settings are `ZoomEmbed`'s. The result goes to ``out_key`` (one key only) or replaces the key;
-    ``data[meta_key]`` receives `ZoomEmbed.embed`'s placement record. All `keys` must share one size, since the
-    boxes are in that slice's pixels. Raises ValueError as `ZoomEmbed` does, naming the key.
+    ``settings`` are `ZoomEmbed`'s keywords (layout, margin, min_crop, inset_fraction, outline_color,
+    outline_width), passed on so their defaults and checks live in one place. The result goes to ``out_key`` (one
+    key only) or replaces the key; ``data[meta_key]`` receives `ZoomEmbed.embed`'s placement record. All `keys`
+    must share one size, since the boxes are in that slice's pixels. Raises ValueError as `ZoomEmbed` does, naming
+    the key; TypeError for an unknown setting.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         box_key: str = "roi",
-        layout: Literal["inset", "side_by_side"] = "inset",
-        margin: float = 0.5,
-        min_crop: int = 8,
-        inset_fraction: float = 0.5,
-        outline_color: tuple[float, float, float] = (1.0, 1.0, 0.0),
-        outline_width: int = 1,
         out_key: str | None = None,
         meta_key: str = "zoom_meta",
         allow_missing_keys: bool = False,
+        **settings: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.zoom = ZoomEmbed(layout, margin, min_crop, inset_fraction, outline_color, outline_width)
+        self.zoom = ZoomEmbed(**settings)
         if out_key is not None and len(self.keys) != 1:
             raise ValueError(f"out_key needs exactly one key, got keys {self.keys}")
         self.box_key = box_key
