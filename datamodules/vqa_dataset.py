@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,18 +14,19 @@ from monai.transforms import Compose, Resized
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from datamodules.boxes import box_problem
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.slice_cache import SliceCache
 from datamodules.synthetic import _allow_in_checkpoints
-from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
+from datamodules.transforms import HUWindowd, ZoomEmbedd, one_intra_op_thread, to_pil
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ZoomSpec:
-    """Zoom-in embedding settings (see datamodules/transforms.py:ZoomEmbedd)."""
+    """Zoom-in embedding settings (see datamodules/zoom.py:ZoomEmbed)."""
 
     layout: Literal["inset", "side_by_side"] = "inset"
     margin: float = 0.5
@@ -34,28 +34,6 @@ class ZoomSpec:
 
 
 _allow_in_checkpoints(ZoomSpec)  # saved in the data module's hyperparameters
-
-
-@contextmanager
-def one_intra_op_thread() -> Iterator[None]:
-    """Torch ops on one thread inside the block, as in a DataLoader worker (which sets this for its whole life).
-
-    Rendering and encoding a sample use it wherever they run (main process with ``num_workers: 0``, ``cli.py ask``):
-    bilinear resizing rounds differently on one thread and on several (by one float ulp, sometimes a grey level
-    after quantisation), so without it an image depended on num_workers and on the machine's cores. It is also
-    faster: a sample's tensors (a 3×112×112 image) are too small to gain from parallel kernels, and every parallel
-    kernel waits for all threads of the pool, which on a busy machine made a sample 10-30× slower
-    (benchmarks/data_path.py). Decoding a volume, large enough to gain, keeps the pool.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class CTVQADataset(Dataset):
@@ -115,11 +93,8 @@ class CTVQADataset(Dataset):
         hu = self.hu_slice(record)
         height, width = hu.shape
         for box in record["roi"]:
-            if box[2] > width or box[3] > height:
-                raise BadSampleError(
-                    f"{record['_where']}: field 'roi' {box} is outside the {width}×{height} slice "
-                    f"of {record['volume_name']}"
-                )
+            if (problem := box_problem(box, height, width)) is not None:
+                raise BadSampleError(f"{record['_where']}: field 'roi' {problem} of {record['volume_name']}")
         return self.render(hu, record["roi"])
 
     def hu_slice(self, record: dict[str, Any]) -> np.ndarray:

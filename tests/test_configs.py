@@ -1,39 +1,118 @@
-"""Every shipped config parses against the code's signatures (a renamed argument breaks this, not a user's run)."""
+"""Every shipped config parses against the code's signatures (a renamed argument breaks this, not a user's run), and
+the config groups compose: training and evaluation resolve the same data file (litgpt's tests/test_config_hub.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# Every command-line config, alone or on the config it overlays (the overlays' own comments name their base).
+CLI_CASES = [
+    ["sft.yaml"],
+    ["eval.yaml"],
+    ["sft.yaml", "sft_tiny_gpu_fsdp.yaml"],
+    ["sft_qwen2.5vl_3b_fsdp.yaml"],
+    ["grpo.yaml"],
+    ["grpo_qwen2.5vl_3b_fsdp.yaml"],
+    ["grpo_qwen2.5vl_3b_fsdp.yaml", "grpo_vllm.yaml"],
+    ["roi_classifier.yaml"],
+    ["sft.yaml", "annotation/sft_cold_start.yaml"],
+    ["grpo.yaml", "annotation/grpo_answers_only.yaml"],
+]
+DATA_FILES = sorted(p.name for p in (CONFIGS / "data").glob("*.yaml"))
+# Experiment specs (python -m experiments.replicate), alone or on the spec they overlay.
+EXPERIMENT_CASES = [
+    ["replication.yaml"],
+    ["annotation_efficiency.yaml"],
+    ["replication.yaml", "roi_sources.yaml"],
+]
+OTHER = {"experiments/roi_proposals.yaml": "tests/test_roi_sources.py (evaluation.roi_proposals' own parser)"}
+
+
+def resolved(*args: str) -> dict[str, Any]:
+    """The config ``cli.py ARGS --print_config`` resolves (every default filled in, group files read)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+def contains(full: Any, given: Any) -> bool:
+    """``given``'s every key, at every depth, has its value in ``full`` (which may hold more: defaults)."""
+    if isinstance(given, dict):
+        return isinstance(full, dict) and all(k in full and contains(full[k], v) for k, v in given.items())
+    return full == given
+
+
+def configs(*names: str) -> list[str]:
+    return [arg for name in names for arg in ("--config", str(CONFIGS / name))]
+
+
+def test_every_shipped_config_is_exercised():
+    exercised = {name for case in CLI_CASES for name in case}
+    exercised |= {f"data/{name}" for name in DATA_FILES}
+    exercised |= {f"experiments/{name}" for case in EXPERIMENT_CASES for name in case}
+    shipped = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
+    assert shipped - exercised - set(OTHER) == set()
+
+
+@pytest.mark.parametrize("files", CLI_CASES)
+def test_config_parses(files, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *configs(*files), "--print_config"])
+    assert done.value.code in (0, None)
+    assert "class_path: lightning_modules." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", DATA_FILES)
+def test_data_file_is_the_data_of_an_evaluation(name):
+    """``cli.py test --config configs/eval.yaml --data configs/data/NAME``: every key of the file is what the
+    datamodule gets (a data file given on the command line replaces the config's key by key)."""
+    path = CONFIGS / "data" / name
+    data = resolved("test", *configs("eval.yaml"), "--data", str(path))["data"]
+    assert data["class_path"] == "datamodules.ct_vqa.CTVQADataModule"
+    assert contains(data["init_args"], yaml.safe_load(path.read_text()))
 
 
 @pytest.mark.parametrize(
-    "files",
+    ("data_file", "commands"),
     [
-        ["sft.yaml"],
-        ["eval.yaml"],
-        ["sft.yaml", "sft_tiny_gpu_fsdp.yaml"],
-        ["sft_qwen2.5vl_3b_fsdp.yaml"],
-        ["grpo.yaml"],
-        ["grpo_qwen2.5vl_3b_fsdp.yaml"],
-        ["grpo_qwen2.5vl_3b_fsdp.yaml", "grpo_vllm.yaml"],
-        ["roi_classifier.yaml"],
-        ["sft.yaml", "annotation/sft_cold_start.yaml"],
-        ["grpo.yaml", "annotation/grpo_answers_only.yaml"],
+        ("ct_vqa.yaml", [("fit", "sft.yaml"), ("fit", "grpo.yaml"), ("test", "eval.yaml")]),
+        ("ct_rate.yaml", [("fit", "sft_qwen2.5vl_3b_fsdp.yaml"), ("fit", "grpo_qwen2.5vl_3b_fsdp.yaml")]),
     ],
 )
-def test_config_parses(files, capsys):
-    args = ["fit"]
-    for name in files:
-        args += ["--config", str(CONFIGS / name)]
-    with pytest.raises(SystemExit) as done:
-        main([*args, "--print_config"])
-    assert done.value.code in (0, None)
-    assert "class_path: lightning_modules." in capsys.readouterr().out
+def test_training_and_evaluation_load_the_same_data_file(data_file, commands):
+    """The configs name one data file (``data: data/NAME``) instead of copies that had to be kept in sync by hand."""
+    for _, name in commands:
+        assert yaml.safe_load((CONFIGS / name).read_text())["data"] == f"data/{data_file}", name
+    data = [resolved(command, *configs(name))["data"] for command, name in commands]
+    assert all(d == data[0] for d in data[1:])
+
+
+def test_a_data_file_named_in_a_config_is_found_from_the_config_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolved("fit", *configs("sft.yaml"))["data"]["init_args"]["image_size"] == 112
+
+
+@pytest.mark.parametrize("files", EXPERIMENT_CASES)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_experiment_spec_loads_and_names_shipped_configs(files, smoke):
+    from experiments.replicate import load_experiment
+
+    exp = load_experiment([str(CONFIGS / "experiments" / name) for name in files], smoke=smoke)
+    assert exp.arms and exp.seeds
+    for stage in exp.stages.values():
+        assert (ROOT / stage["config"]).is_file(), stage["config"]
 
 
 def test_no_setting_name_is_shared_by_a_module_and_the_datamodule():

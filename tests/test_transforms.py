@@ -1,4 +1,4 @@
-"""Pixel-exact tests of the HU windowing and zoom-in embedding transforms."""
+"""Pixel-exact tests of the HU windowing and zoom-in embedding transforms (array and dict versions)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import Compose
 
-from datamodules.transforms import WINDOWS, HUWindowd, ZoomEmbedd, to_pil
+from datamodules.boxes import box_problem
+from datamodules.transforms import HUWindowd, ZoomEmbedd, to_pil
+from datamodules.windowing import WINDOWS, HUWindow
+from datamodules.zoom import ZoomEmbed
 
 H = W = 64
 YELLOW = torch.tensor([1.0, 1.0, 0.0])
@@ -96,6 +99,49 @@ def test_two_windows_rejected():
 def test_non_2d_slice_rejected():
     with pytest.raises(ValueError, match=r"\(1, 4, 4\)"):
         HUWindowd("img")({"img": np.zeros((1, 4, 4), np.float32)})
+
+
+def test_array_transform_on_a_bare_slice_equals_the_dict_one():
+    hu = np.random.default_rng(0).uniform(-1500, 2000, (16, 24)).astype(np.float32)
+    for windows in (("lung",), ("lung", "mediastinal", "bone")):
+        out = HUWindow(windows)(hu)
+        assert type(out) is torch.Tensor and out.shape == (3, 16, 24)
+        assert torch.equal(out, HUWindowd("img", windows=windows)({"img": hu})["img"])
+    with pytest.raises(ValueError, match=r"2D \(H, W\)"):
+        HUWindow()(np.zeros(4, np.float32))
+
+
+# --- HUWindow on MONAI's ScaleIntensityRange vs the hand-written windowing it replaced -----------------------
+
+
+def reference_window(hu: np.ndarray | torch.Tensor, windows: list[str]) -> torch.Tensor:
+    """The windowing before it was built on MONAI (datamodules/transforms.py at 4dc26ed), kept as the reference."""
+    from monai.utils import convert_to_tensor
+
+    def _window(hu: torch.Tensor, center: float, width: float) -> torch.Tensor:
+        return ((hu - (center - width / 2)) / width).clamp_(0.0, 1.0)
+
+    hu = convert_to_tensor(hu, dtype=torch.float32, track_meta=False)
+    if len(windows) == 1:
+        return _window(hu, *WINDOWS[windows[0]]).repeat(3, 1, 1)
+    return torch.stack([_window(hu, *WINDOWS[w]) for w in windows])
+
+
+WINDOW_SETS = [["lung"], ["mediastinal"], ["bone"], ["lung", "mediastinal", "bone"], ["bone", "lung", "mediastinal"]]
+
+
+@pytest.mark.parametrize("windows", WINDOW_SETS)
+def test_monai_windowing_is_bit_identical_on_random_hu(windows):
+    rng = np.random.default_rng(1)
+    # Uniform over the CT range plus every window's edges and centre, and values one float32 ulp either side.
+    hu = rng.uniform(-3024, 3071, (256, 256)).astype(np.float32)
+    specials = np.array([c + s * w / 2 for c, w in WINDOWS.values() for s in (-1, 0, 1)], np.float32)
+    near = np.concatenate([specials, np.nextafter(specials, -np.inf), np.nextafter(specials, np.inf)])
+    hu.flat[: near.size] = near
+    new, old = HUWindow(windows)(hu), reference_window(hu, windows)
+    assert float((new - old).abs().max()) == 0.0
+    assert torch.equal(new, old)
+    assert np.array_equal(np.asarray(to_pil(new)), np.asarray(to_pil(old)))
 
 
 # --- ZoomEmbedd: inset ----------------------------------------------------------------
@@ -218,6 +264,26 @@ def test_side_by_side_letterboxes_non_square():
     assert not out[:, :, 64:72].any() and not out[:, :, 120:].any()
 
 
+# --- ZoomEmbed: the array transform on a bare image -----------------------------------------------------------
+
+
+def test_array_zoom_on_a_bare_tensor_or_array_equals_the_dict_one():
+    img = image()
+    box = [10, 12, 20, 22]
+    for layout in ("inset", "side_by_side"):
+        d = ZoomEmbedd("img", layout=layout)({"img": img, "roi": [box]})
+        zoom = ZoomEmbed(layout=layout)
+        assert torch.equal(zoom(img, [box]), d["img"])
+        assert torch.equal(zoom(img.numpy(), box), d["img"])
+        out, meta = zoom.embed(img, [box])
+        assert torch.equal(out, d["img"]) and meta == d["zoom_meta"]
+
+
+def test_array_zoom_refuses_an_unwindowed_slice():
+    with pytest.raises(ValueError, match="HUWindow"):
+        ZoomEmbed()(torch.zeros(H, W), [[1, 1, 4, 4]])
+
+
 # --- crop placement and errors --------------------------------------------------------
 
 
@@ -236,7 +302,7 @@ def test_crop_near_border_is_shifted_not_shrunk(box, crop):
 
 
 def test_crop_always_square_inside_and_covers_box():
-    zoom = ZoomEmbedd("img", margin=0.3, min_crop=8)
+    zoom = ZoomEmbed(margin=0.3, min_crop=8)
     rng = np.random.default_rng(0)
     for _ in range(500):
         h, w = rng.integers(16, 96, size=2)
@@ -250,7 +316,7 @@ def test_crop_always_square_inside_and_covers_box():
 
 
 def test_box_longer_than_short_side_is_clipped():
-    zoom = ZoomEmbedd("img")
+    zoom = ZoomEmbed()
     assert zoom.crop_box([0, 4, 60, 28], 32, 64) == [0, 0, 60, 32]
 
 
@@ -264,10 +330,12 @@ def test_box_longer_than_short_side_is_clipped():
         [10, 20, 15, 12],
     ],
 )
-def test_bad_box_raises_with_box_and_size(box):
+def test_bad_box_raises_with_box_and_problem(box):
+    """The words are datamodules/boxes.py:box_problem's (the one box check), after the key and "ROI box"."""
     with pytest.raises(ValueError) as e:
         ZoomEmbedd("img")({"img": image(), "roi": [[1, 1, 4, 4], box]})
-    assert str(box) in str(e.value) and "64×64" in str(e.value)
+    assert str(e.value) == f"'img': ROI box {box_problem(box, H, W)}"
+    assert str(box) in str(e.value) and ("outside the 64×64 slice" in str(e.value) or "empty" in str(e.value))
 
 
 @pytest.mark.parametrize("roi", [[], [[1, 2, 3]], [[1.5, 2, 3, 4]]])
@@ -316,3 +384,45 @@ def test_pipeline_hu_to_pil():
     pil = to_pil(out["img"])
     assert pil.size == (W, H)
     assert np.asarray(pil)[12, 12].tolist() == [255, 255, 0]
+
+
+@pytest.mark.parametrize("windows", [["lung"], ["lung", "mediastinal", "bone"]])
+def test_monai_windowing_gives_the_same_model_inputs_on_the_synthetic_data(synthetic_root, tiny_model_dir, windows):
+    """Every record of the synthetic set, through the whole sample path (window, zoom, resize, PIL, processor), with
+    the MONAI windowing and with the hand-written one it replaced: the same floats, PIL images and pixel_values."""
+    from datamodules.ct_vqa import CTVQADataModule
+    from datamodules.ctrate import axial_slice
+    from datamodules.vqa_dataset import ZoomSpec
+
+    data = {"data_dir": str(synthetic_root), "processor_path": str(tiny_model_dir), "num_workers": 0}
+    dm = CTVQADataModule(**data, zoom=ZoomSpec(), windows=windows)
+    dm.prepare_data()
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+
+    class ReferenceWindowd:
+        def __call__(self, data: dict) -> dict:
+            return {**data, "image": reference_window(data["image"], windows)}
+
+    new_transform = ds.transform
+    old_transform = Compose([ReferenceWindowd(), *new_transform.transforms[1:]])
+    worst = 0.0
+    for record in ds.records:
+        hu = ds.hu_slice(record)
+        windowed = HUWindow(windows)(hu)
+        worst = max(worst, float((windowed - reference_window(hu, windows)).abs().max()))
+        assert torch.equal(windowed, reference_window(hu, windows))
+        ds.transform = new_transform
+        new = ds.image(record)
+        ds.transform = old_transform
+        old = ds.image(record)
+        assert torch.equal(new, old)
+        assert np.array_equal(np.asarray(to_pil(new)), np.asarray(to_pil(old)))
+        assert torch.equal(ds.encode(record, new)["pixel_values"], ds.encode(record, old)["pixel_values"])
+    # Every axial slice of every volume the split's records use, not only the slices they ask about.
+    for name in {record["volume_name"] for record in ds.records}:
+        volume = ds.volumes.get(name, ds.metadata.get(name))
+        for k in range(volume.shape[-1]):
+            hu = axial_slice(volume, k)
+            worst = max(worst, float((HUWindow(windows)(hu) - reference_window(hu, windows)).abs().max()))
+    assert worst == 0.0 and len(ds.records) > 10
