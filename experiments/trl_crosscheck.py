@@ -96,7 +96,10 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
 
     config: dict[str, Any] = {}
     for path in paths:
-        config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        layer = yaml.safe_load(Path(path).read_text()) or {}
+        if isinstance(layer.get("data"), str):  # a data group file (configs/data/), named from the config's folder
+            layer["data"] = yaml.safe_load((Path(path).parent / layer["data"]).read_text()) or {}
+        config = deep_merge(config, layer)
     config = deep_merge(config, {"model": {"init_args": {"model_path": model_path}}})
     with _own_argv():
         cli = cli_main(config, run=False, save_config_callback=None)
