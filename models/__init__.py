@@ -1,1 +1,1 @@
-"""Models: loading Hugging Face VLM checkpoints, the embedded tiny model, FSDP2 sharding, attention backends, export."""
+"""Models: loading Hugging Face VLM checkpoints (+LoRA), the embedded tiny model, FSDP2 sharding, attention backends."""

@@ -1,1 +1,1 @@
-"""Training machinery shared by the LightningModules: fault handling, checkpoints and their selection, LR schedules."""
+"""Training machinery the modules share: checkpoints (atomic, read as data, selection), faults, schedules, export."""
