@@ -15,7 +15,9 @@ from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.grpo import GRPOModule
 from models.loading import LoRASpec, load_model
 from rewards.scoring import RewardError
+from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
 from rl.rollout import completion_logits, repeat_prompts
+from rl.trajectory import reward_fields
 from training.checkpoint_files import load_checkpoint
 from training.checkpointing import ResumableCheckpoint as ModelCheckpoint
 
@@ -28,11 +30,11 @@ def vowel_reward(completions: list[str], **_) -> list[float]:
 
 
 SMALL = dict(
-    num_generations=4,
+    generation=GenerationArgs(num_generations=4),
     max_new_tokens=8,
     learning_rate=1e-3,
     warmup_steps=0,
-    log_completions_every_n_steps=1,
+    logging=LoggingArgs(log_completions_every_n_steps=1),
     reward_funcs=[vowel_reward],
 )
 
@@ -76,17 +78,17 @@ def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tin
         "model": {
             "init_args": {
                 "model_path": str(tiny_model_dir),
-                "num_generations": 4,
+                "generation": {"num_generations": 4},
                 "max_new_tokens": 8,
                 "micro_batch_size": 3,  # 8 completions → micro-batches of 3, 3, 2
-                "mask_truncated_completions": False,  # 8 new tokens: most completions are truncated
+                "loss": {"mask_truncated_completions": False},  # 8 new tokens: most completions are truncated
                 "reward_funcs": [
                     "rewards.accuracy.accuracy_reward",
                     "rewards.format.format_reward",
                     {"class_path": "rewards.penalties.LengthPenalty", "init_args": {"buffer": 4}},
                 ],
-                "reward_weights": [1.0, 0.5, 0.1],
-                "log_completions_every_n_steps": 1,
+                "rewards": {"reward_weights": [1.0, 0.5, 0.1]},
+                "logging": {"log_completions_every_n_steps": 1},
             }
         },
         "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2},
@@ -143,14 +145,15 @@ def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tin
 
 
 def test_reference_is_fixed_and_kl_starts_at_zero(tmp_path, synthetic_root, tiny_model_dir):
-    module = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **SMALL)
+    module = GRPOModule(model_path=str(tiny_model_dir), loss=LossArgs(beta=0.1, loss_type="bnpo"), **SMALL)
     data = datamodule(synthetic_root, tiny_model_dir)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     probe = torch.randint(0, 500, (batch["prompt_input_ids"].shape[0], 6))
 
     first = trainer(tmp_path / "a", 1, callbacks=[], enable_checkpointing=False)
-    zero_lr = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **{**SMALL, "learning_rate": 0.0})
+    bnpo = LossArgs(beta=0.1, loss_type="bnpo")
+    zero_lr = GRPOModule(model_path=str(tiny_model_dir), loss=bnpo, **{**SMALL, "learning_rate": 0.0})
     first.fit(zero_lr, datamodule=data)
     assert first.logged_metrics["train/kl"].item() == 0.0  # policy == reference: k3 is exactly zero
 
@@ -164,7 +167,9 @@ def test_reference_is_fixed_and_kl_starts_at_zero(tmp_path, synthetic_root, tiny
 
 
 def test_lora_trains_only_the_adapter_and_its_reference_is_the_base(tmp_path, synthetic_root, tiny_model_dir):
-    module = GRPOModule(model_path=str(tiny_model_dir), lora=LoRASpec(r=4, alpha=8, dropout=0.0), beta=0.1, **SMALL)
+    module = GRPOModule(
+        model_path=str(tiny_model_dir), lora=LoRASpec(r=4, alpha=8, dropout=0.0), loss=LossArgs(beta=0.1), **SMALL
+    )
     data = datamodule(synthetic_root, tiny_model_dir)
     module.configure_model()
     start = {k: v.clone() for k, v in module.model.named_parameters()}
@@ -185,11 +190,13 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base(tmp_path, sy
 def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tiny_model_dir):
     module = GRPOModule(
         model_path=str(tiny_model_dir),
-        num_iterations=2,
-        loss_type="grpo",
-        importance_sampling_level="sequence",
-        dynamic_sampling=True,
-        mask_truncated_completions=True,
+        loss=LossArgs(
+            num_iterations=2,
+            loss_type="grpo",
+            importance_sampling_level="sequence",
+            dynamic_sampling=True,
+            mask_truncated_completions=True,
+        ),
         **SMALL,
     )
     # 4 batches per epoch × μ = 8 optimizer steps, capped at max_steps = 6: three rollouts, two updates each.
@@ -246,7 +253,7 @@ def test_a_failing_reward_names_itself_and_the_sample(tmp_path, synthetic_root, 
 
     tolerant = GRPOModule(
         model_path=str(tiny_model_dir),
-        reward_errors="none",
+        rewards=RewardArgs(reward_errors="none"),
         **{**SMALL, "reward_funcs": [accuracy_reward, broken_reward]},
     )
     fit = trainer(tmp_path / "none", 1)
@@ -289,7 +296,7 @@ def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_m
     module = GRPOModule(model_path=str(tiny_model_dir), **SMALL)
     module.configure_model()
     rollout, completions = module.rollout(batch, 4, seed=0)
-    fields = module.reward_fields(batch, rollout)
+    fields = reward_fields(batch, rollout, module.hparams.max_new_tokens)
     assert len(completions) == 8 and fields["prompt_format"] == ["no_think"] * 8
     assert fields["answer"] == [m["answer"] for m in batch["meta"] for _ in range(4)]
     assert fields["completion_length"] == rollout.completion_mask.sum(1).tolist()
@@ -332,6 +339,7 @@ def test_gradient_checkpointing_keeps_the_shared_prompt_forward(tmp_path, synthe
 
 def test_chunked_lm_head_gives_the_same_update(tmp_path, synthetic_root, tiny_model_dir):
     """``logprob_chunk_size``: the logits made a few tokens at a time give the update of the full logits."""
-    full = one_step(tmp_path, synthetic_root, tiny_model_dir, "full", beta=0.1)
-    chunked = one_step(tmp_path, synthetic_root, tiny_model_dir, "chunked", beta=0.1, logprob_chunk_size=5)
+    beta = LossArgs(beta=0.1)
+    full = one_step(tmp_path, synthetic_root, tiny_model_dir, "full", loss=beta)
+    chunked = one_step(tmp_path, synthetic_root, tiny_model_dir, "chunked", loss=beta, logprob_chunk_size=5)
     assert_same_update(full, chunked)
