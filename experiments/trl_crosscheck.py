@@ -111,10 +111,10 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
 def grpo_settings(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]) -> dict[str, Any]:
     """``GRPOConfig`` fields equal to our settings (the module docstring's table); ValueError for what differs."""
     hp = module.hparams
-    gen, loss, rewards = hp.generation, hp.loss, hp.rewards
+    gen, loss, rewards = module.generation, module.loss, module.rewards
     for name, fine, why in REFUSED:
         section, _, key = name.rpartition(".")
-        value = getattr(hp[section], key) if section else hp.get(key, fine)
+        value = getattr(getattr(module, section), key) if section else hp.get(key, fine)
         if value != fine:
             raise ValueError(f"model.init_args.{name}: {value!r} cannot be cross-checked: {why}")
     if trainer.world_size != 1:
@@ -246,7 +246,7 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     settings = grpo_settings(module, datamodule, trainer, config)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    ours, theirs = rollout_prompts(datamodule, settings["max_steps"] // hp.loss.num_iterations)
+    ours, theirs = rollout_prompts(datamodule, settings["max_steps"] // module.loss.num_iterations)
     rows = training_rows(datamodule.datasets["train"], [i for batch in theirs for i in batch])
     fields = [k for k in rows[0] if k not in ("prompt", "image", "our_prompt_ids")]
     same_ids = common.prompts_identical(Path(hp.model_path), rows)
@@ -262,9 +262,10 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
         [p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
     schedule = warmup_cosine(optimizer, settings["max_steps"], hp.warmup_steps, hp.min_lr_ratio)
+    errors = module.rewards.reward_errors
     grpo = GRPOTrainer(
         model=model,
-        reward_funcs=[trl_reward(f, fields, hp.rewards.reward_errors, hp.max_new_tokens) for f in module.reward_funcs],
+        reward_funcs=[trl_reward(f, fields, errors, hp.max_new_tokens) for f in module.reward_funcs],
         args=GRPOConfig(
             output_dir=str(out_dir / "trl"),
             generation_kwargs={"suppress_tokens": common.suppressed_ids(Path(hp.model_path), full_length=False)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -24,7 +25,7 @@ from rewards.format import format_reward
 from rewards.scoring import reward_name, score_completions
 from rewards.validity import validity_reward
 from rl.advantages import global_group_advantages
-from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs, as_args
+from rl.config import SECTIONS, GenerationArgs, LoggingArgs, LossArgs, RewardArgs, as_args
 from rl.distributed import global_token_count, lockstep_passes, reward_fault
 from rl.logprobs import completion_logps, fixed_logps
 from rl.metrics import SHOWN, ValidationRewards, completions_table, print_table, reduce_fx, step_metrics, unique_names
@@ -39,12 +40,9 @@ RewardFunc = Callable[..., Sequence[float | None]]
 class GRPOModule(PolicyModule):
     """GRPO on CT-VQA, starting from a Hugging Face model directory (normally the SFT export).
 
-    GRPO's own settings come in TRL ``GRPOConfig``'s sections, names and defaults, documented and checked in
-    ``rl/config.py``: ``generation`` (num_generations, temperature, top_p, top_k, num_generations_eval,
-    sampling_seed), ``loss`` (loss_type, beta, epsilon, epsilon_high, num_iterations, importance_sampling_level,
-    mask_truncated_completions, dynamic_sampling), ``rewards`` (reward_weights, reward_errors, scale_rewards,
-    multi_objective_aggregation), ``logging`` (log_completions_every_n_steps, num_completions_to_print); in YAML
-    e.g. ``model.init_args.loss.beta``. What the policy shares with SFT stays flat, under SFT's names:
+    GRPO's own settings are TRL ``GRPOConfig``'s, in its sections (``rl/config.py`` documents and checks them):
+    ``generation``, ``loss``, ``rewards``, ``logging``; in YAML ``model.init_args.loss.beta``, on the module
+    ``self.loss.beta`` (hparams and checkpoints hold them as dicts). What the policy shares with SFT stays flat:
 
     Args:
         model_path, build_embedded_if_missing, lora, freeze_vision, attn_implementation, sdpa_backends,
@@ -54,8 +52,7 @@ class GRPOModule(PolicyModule):
             decay over optimizer steps (μ per rollout); clipping by global norm (null: none).
         max_new_tokens: completion budget of the rollouts (TRL's max_completion_length) and validation answers.
         reward_funcs: callables ``(completions, **fields) -> list[float | None]`` (``rl.trajectory.reward_fields``);
-            import paths or class_path + init_args in YAML. Default: accuracy, format, validity. Not hyperparameters:
-            checkpoints hold no code.
+            import paths or class_path + init_args in YAML. Default: accuracy, format, validity. Not in hparams.
         micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
         logprob_chunk_size: tokens per LM-head chunk in the log-prob forwards (``rl/logprobs.py``); null = all at
             once. Not under FSDP2, where the head's weight is sharded outside the model's forward.
@@ -101,9 +98,10 @@ class GRPOModule(PolicyModule):
         self.reward_names = unique_names([reward_name(f) for f in self.reward_funcs])
         weights = rewards.weights_for(len(self.reward_funcs))
         # Callables are not checkpoint material (resume loads with weights_only). Only __init__ arguments go into
-        # hparams: LightningCLI hands a checkpoint's hparams back to __init__ when given its path.
+        # hparams, the sections as dicts: LightningCLI hands a checkpoint's hparams back to its parser.
         self.save_hyperparameters(ignore=["reward_funcs", "rollout_engine"])
-        self.hparams.update(lora=lora, generation=generation, loss=loss, rewards=rewards, logging=logging)
+        self.generation, self.loss, self.rewards, self.logging = generation, loss, rewards, logging
+        self.hparams.update(lora=lora, **{name: asdict(getattr(self, name)) for name in SECTIONS})
         self.rollout_engine = rollout_engine
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.sampling = SamplingConfig(max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
@@ -131,7 +129,7 @@ class GRPOModule(PolicyModule):
                 "logprob_chunk_size works on unsharded models only: under FSDP2 the LM head's weight is sharded "
                 "outside the model's forward. Use micro_batch_size to bound the logits' memory instead."
             )
-        if self.hparams.loss.beta == 0.0 or self.hparams.lora is not None or self.frozen_reference is not None:
+        if self.loss.beta == 0.0 or self.hparams.lora is not None or self.frozen_reference is not None:
             return
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
         # Straight onto this process's device, as Lightning loads the policy in configure_model: loaded on the CPU
@@ -144,7 +142,7 @@ class GRPOModule(PolicyModule):
 
     def optimizer_steps(self) -> int:
         """Optimizer steps of the run: μ per rollout, capped by ``trainer.max_steps`` (which counts them)."""
-        trainer, mu = self.trainer, self.hparams.loss.num_iterations
+        trainer, mu = self.trainer, self.loss.num_iterations
         rollouts = trainer.estimated_stepping_batches  # min(max_steps, batches × epochs); sets up the data
         if trainer.max_steps == -1:
             return int(rollouts * mu)
@@ -168,7 +166,7 @@ class GRPOModule(PolicyModule):
         with the same randomness: the change in ``val/rewards/*`` is the model's, not the dice's.
         """
         super().validation_step(batch, batch_idx)
-        g = self.hparams.generation.num_generations_eval
+        g = self.generation.num_generations_eval
         if not self.batch_usable(batch) or not g:
             return
         rollout, completions = self.rollout(batch, g, self.rollout_seed(batch_idx, stream=1))
@@ -180,7 +178,7 @@ class GRPOModule(PolicyModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if not self.hparams.generation.num_generations_eval:
+        if not self.generation.num_generations_eval:
             return
         for key, value in self.val_rewards.compute_and_reset().items():
             self.log(key, value, prog_bar=key == "val/reward", sync_dist=False)
@@ -201,19 +199,19 @@ class GRPOModule(PolicyModule):
 
     def rollout_seed(self, step: int, stream: int = 0) -> int:
         """Seed of rollout ``step`` on this rank: from (sampling_seed, stream, step, rank), not carried state."""
-        base = resolve_seed(self.hparams.generation.sampling_seed)
+        base = resolve_seed(self.generation.sampling_seed)
         return ((base * 1_000_003 + stream) * 1_000_033 + step) * 1_009 + self.global_rank
 
     def generate_trajectory(self, batch: dict[str, Any]) -> GRPOTrajectory:
         """Sample and score this step's rollout and prepare everything its updates need, on all ranks in step."""
         hp, world_size = self.hparams, self.trainer.world_size
-        rollout, texts = self.rollout(batch, hp.generation.num_generations, self.rollout_seed(self.global_step))
+        rollout, texts = self.rollout(batch, self.generation.num_generations, self.rollout_seed(self.global_step))
         fields = reward_fields(batch, rollout, hp.max_new_tokens)
-        scores, errors = score_completions(self.reward_funcs, texts, fields, on_error=hp.rewards.reward_errors)
-        scores, weights, rw = scores.to(self.device), self.reward_weights.to(self.device), hp.rewards
-        args = (hp.generation.num_generations, rw.scale_rewards, rw.multi_objective_aggregation, world_size)
+        scores, errors = score_completions(self.reward_funcs, texts, fields, on_error=self.rewards.reward_errors)
+        scores, weights, rw = scores.to(self.device), self.reward_weights.to(self.device), self.rewards
+        args = (self.generation.num_generations, rw.scale_rewards, rw.multi_objective_aggregation, world_size)
         stats, adv, no_spread = global_group_advantages(scores, weights, *args)
-        mask = loss_mask(rollout, no_spread, hp.loss.mask_truncated_completions, hp.loss.dynamic_sampling)
+        mask = loss_mask(rollout, no_spread, self.loss.mask_truncated_completions, self.loss.dynamic_sampling)
         items = global_token_count(mask, world_size)
         chunks = micro_batches(rollout.completion_ids.size(0), hp.micro_batch_size)
         padding = lockstep_passes(len(chunks), world_size, self.device)
@@ -222,10 +220,10 @@ class GRPOModule(PolicyModule):
             batch, rollout, texts, fields, scores, errors, stats, adv, mask, items, chunks, padding, fault
         )
         if fault is None:
-            fixed = (batch, rollout, chunks, padding, hp.generation.temperature, hp.logprob_chunk_size)
-            if hp.loss.num_iterations > 1:
+            fixed = (batch, rollout, chunks, padding, self.generation.temperature, hp.logprob_chunk_size)
+            if self.loss.num_iterations > 1:
                 trajectory.old_logps = fixed_logps(self.model, *fixed)
-            if hp.loss.beta != 0.0:
+            if self.loss.beta != 0.0:
                 with self.reference_model() as reference:
                     trajectory.ref_logps = fixed_logps(reference, *fixed)
         return trajectory
@@ -233,7 +231,7 @@ class GRPOModule(PolicyModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not self.batch_usable(batch):
             return
-        rollout_index = self.global_step // self.hparams.loss.num_iterations
+        rollout_index = self.global_step // self.loss.num_iterations
         trajectory = self.generate_trajectory(batch)
         stats = self.grpo_step(trajectory)
         self.log_metrics(trajectory, stats, rollout_index)
@@ -249,7 +247,7 @@ class GRPOModule(PolicyModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         passes = [(rows, 1) for rows in t.micro_batches] + [(slice(0, 1), 0)] * t.lockstep_passes
         stats = GRPOStats()
-        for _ in range(hp.loss.num_iterations):
+        for _ in range(self.loss.num_iterations):
             step_loss = torch.zeros((), device=self.device)
             if t.fault is not None:
                 self.faults.record(t.fault, self.global_step)
@@ -260,9 +258,9 @@ class GRPOModule(PolicyModule):
                 continue
             for rows, weight in passes:
                 logps, entropy = completion_logps(
-                    self.model, t.batch, t.rollout, rows, hp.generation.temperature, hp.logprob_chunk_size, True
+                    self.model, t.batch, t.rollout, rows, self.generation.temperature, hp.logprob_chunk_size, True
                 )
-                terms, mask = t.micro_batch_loss(logps, rows, weight, hp.loss, hp.max_new_tokens, world_size)
+                terms, mask = t.micro_batch_loss(logps, rows, weight, self.loss, hp.max_new_tokens, world_size)
                 self.manual_backward(terms.loss)
                 if weight:
                     step_loss += terms.loss.detach()
@@ -285,15 +283,14 @@ class GRPOModule(PolicyModule):
     def log_metrics(self, trajectory: GRPOTrajectory, stats: GRPOStats, rollout_index: int) -> None:
         """Per-step metrics with TRL's names under ``train/`` (``rl.metrics.step_metrics``), synced over ranks; every
         ``log_completions_every_n_steps`` rollouts (``rollout_index``), rank 0's completions table."""
-        hp = self.hparams
         lr = self.optimizers().param_groups[0]["lr"]
-        count_errors = hp.rewards.reward_errors == "none"
+        count_errors = self.rewards.reward_errors == "none"
         values = step_metrics(trajectory, stats, self.reward_names, count_errors, lr, self.faults.total)
         n = len(trajectory.completions)
         for key, value in values.items():
             value, fx = value.float().to(self.device), reduce_fx(key)
             self.log(f"train/{key}", value, prog_bar=key in SHOWN, batch_size=n, sync_dist=True, reduce_fx=fx)
-        every = hp.logging.log_completions_every_n_steps
+        every = self.logging.log_completions_every_n_steps
         if every and self.trainer.is_global_zero and rollout_index % every == 0:
             title = f"GRPO completions, step {self.global_step}"
-            print_table(completions_table(trajectory, self.reward_names, hp.logging.num_completions_to_print, title))
+            print_table(completions_table(trajectory, self.reward_names, self.logging.num_completions_to_print, title))

@@ -1,9 +1,9 @@
 """GRPO settings in sections, as TRL's ``GRPOConfig`` groups them, with TRL's names; each section checked once.
 
-``GRPOModule`` takes one of each (``generation``, ``loss``, ``rewards``, ``logging``); in YAML they are nested
-under ``model.init_args`` (``model.init_args.loss.beta``). Settings the policy shares with SFT (model, LoRA,
-optimizer, memory) stay flat on the module. ``MOVED_KEYS`` names the new place of each setting that used to be
-flat, so ``cli.py`` can refuse an old config with a message instead of jsonargparse's.
+``GRPOModule`` takes one of each (``generation``, ``loss``, ``rewards``, ``logging``, or a dict of its fields);
+in YAML they are nested under ``model.init_args`` (``model.init_args.loss.beta``). Settings the policy shares
+with SFT (model, LoRA, optimizer, memory) stay flat on the module. ``MOVED_KEYS`` names the new place of each
+setting that used to be flat, so ``cli.py`` can refuse an old config with a message instead of jsonargparse's.
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ SECTIONS: dict[str, type] = {
 # Every setting that was a flat GRPOModule argument before the sections: old name → its place under init_args.
 MOVED_KEYS: dict[str, str] = {f.name: f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls)}
 
-# Saved in checkpoints' hyperparameters: allow them under torch.load(weights_only=True) when resuming.
+# Data, not code: a checkpoint that holds them loads under torch.load(weights_only=True). (GRPOModule's own hparams
+# hold them as dicts: LightningCLI hands a checkpoint's hparams back to its parser, which takes dicts.)
 torch.serialization.add_safe_globals(list(SECTIONS.values()))
 
 Args = TypeVar("Args")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -206,6 +207,15 @@ def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tin
     assert fit.fit_loop.epoch_loop.batch_progress.total.completed == 3
     assert module.optimizer_steps() == 6  # the schedule's horizon is the steps actually taken
     assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+def test_settings_are_typed_sections_on_the_module_and_dicts_in_its_hparams():
+    """Dicts in hparams: what YAML gives, and what LightningCLI hands back to its parser from a checkpoint."""
+    module = GRPOModule(generation={"num_generations": 4}, loss=LossArgs(beta=0.1))
+    assert module.generation == GenerationArgs(num_generations=4) and module.loss.beta == 0.1
+    assert module.hparams.loss == dataclasses.asdict(LossArgs(beta=0.1)) and module.hparams.rewards["scale_rewards"]
+    with pytest.raises(ValueError, match="reward_weights has 2 entries for 3 reward_funcs"):
+        GRPOModule(rewards=RewardArgs(reward_weights=[1.0, 0.5]))
 
 
 def test_repeated_reward_names_stay_apart():
