@@ -8,18 +8,22 @@ prints one line and exits with status 2; ``--debug`` shows its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
+from rl.config import MOVED_KEYS
 from training.checkpoint_files import UnsafeCheckpointError, unsafe_checkpoint_error
 from training.checkpoint_selection import best_checkpoint
 from training.export import export_hf_model
@@ -47,6 +51,113 @@ def one_line(message: str) -> str:
     """A multi-line (jsonargparse) error report as one line: the reasons, not the dump of the value."""
     lines = (line.strip().lstrip("- ") for line in message.splitlines())
     return " ".join(line for line in lines if line and not line.startswith(_NOISE))
+
+
+# Modules (and one class) the renovation of issue 18 moved: an old import path in a config is refused, naming the new.
+MOVED_PATHS = {
+    "lightning_modules.model_loading": "models.loading",
+    "lightning_modules.embedded_model": "models.embedded",
+    "lightning_modules.sharding": "models.sharding",
+    "lightning_modules.attention": "models.attention",
+    "lightning_modules.export": "training.export",
+    "lightning_modules.rollout": "rl.sampling",  # the grouped training forward: rl.grouped_forward
+    "lightning_modules.vllm_rollout": "rl.vllm_rollout",
+    "lightning_modules.grpo_loss": "rl.loss",
+    "lightning_modules.faults": "training.faults",
+    "lightning_modules.checkpointing": "training.checkpointing",
+    "lightning_modules.checkpoint_selection": "training.checkpoint_selection",
+    "lightning_modules.schedules": "training.schedules",
+    "lightning_modules.inference": "inference.ask",
+    "lightning_modules.vqa_eval": "evaluation.answers",
+    "datamodules.roi_sources.CAMROI": "lightning_modules.roi_classifier.CAMROI",
+}
+
+
+def moved_path(value: str) -> str | None:
+    """The new import path of ``value`` when it starts with a moved module (or is the moved class), else None."""
+    for old in sorted(MOVED_PATHS, key=len, reverse=True):
+        if value == old or value.startswith(old + "."):
+            return MOVED_PATHS[old] + value[len(old) :]
+    return None
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict | list):
+        for value in node.values() if isinstance(node, dict) else node:
+            yield from _strings(value)
+
+
+def _load(value: str) -> Any:
+    """A config given on the command line: a file's YAML, or the YAML text itself; None when it is neither."""
+    try:
+        return yaml.safe_load(Path(value).read_text() if Path(value).is_file() else value)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def command_line_configs(args: list[str]) -> list[tuple[str, Any]]:
+    """The configs in ``args`` as (where, config): each ``--config`` (a file or YAML text), then the command
+    line's own: its ``--model`` (a config or a class) and ``--model.…`` overrides, and every value given."""
+    configs, model, values = [], {}, []
+    tokens = iter(args)
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        values.append(value if key.startswith("-") else token)
+        if key in ("--config", "-c", "--model") or key.startswith("--model."):
+            value = value if eq else next(tokens, "")
+            values.append(value)
+        if key in ("--config", "-c") and isinstance(config := _load(value), dict):
+            configs.append((value, config))
+        elif key == "--model":
+            model.update(config if isinstance(config := _load(value), dict) else {"class_path": value})
+        elif key.startswith("--model."):
+            model[key.removeprefix("--model.").removeprefix("init_args.").split(".")[0]] = value
+    return [*configs, ("command line", {"model": model, "values": values})]
+
+
+def _models(config: Any) -> Iterator[dict[str, Any]]:
+    """The ``model`` sections of a config, at its top or under a subcommand's name."""
+    for name in (None, "fit", "validate", "test", "predict", "export", "ask"):
+        section = config if name is None else config.get(name)
+        if isinstance(section, dict) and isinstance(section.get("model"), dict):
+            yield section["model"]
+
+
+def _is_grpo(class_path: str | None) -> bool:
+    """Whether the model class named is a GRPOModule (None, no class named: the moved keys are GRPO's)."""
+    if class_path is None or class_path == "GRPOModule":
+        return True
+    from lightning_modules.grpo import GRPOModule
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, GRPOModule)
+
+
+def refuse_moved_settings(args: list[str] | dict[str, Any]) -> None:
+    """Refuse a config that names a setting or a module where it was before the renovation, naming its new place.
+
+    Raises:
+        ConfigError: an old import path (``MOVED_PATHS``) anywhere, or an old flat GRPO key given to a GRPOModule
+            (``model.init_args.temperature`` → ``model.init_args.generation.temperature``: ``rl.config.MOVED_KEYS``).
+    """
+    configs = [("config", args)] if isinstance(args, dict) else command_line_configs(args)
+    for where, config in configs:
+        for value in _strings(config):
+            if new := moved_path(value):
+                raise ConfigError(f"{where}: {value} moved to {new}")
+    models = [(where, model) for where, config in configs for model in _models(config)]
+    class_path = next((m["class_path"] for _, m in reversed(models) if isinstance(m.get("class_path"), str)), None)
+    for where, model in models:
+        init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else {}
+        for key in [*init_args, *model]:
+            if key in MOVED_KEYS and _is_grpo(class_path):
+                raise ConfigError(f"{where}: model.init_args.{key} moved to model.init_args.{MOVED_KEYS[key]}")
 
 
 _debug = False  # set by run(--debug): usage errors raise with their traceback
@@ -237,6 +348,7 @@ def main(args: list[str] | dict[str, Any] | None = None, **cli_kwargs: Any) -> C
     """The project's LightningCLI on ``args`` (command-line words, or a config dict); ``cli_kwargs`` override
     LightningCLI's arguments (``run=False`` builds the classes without running a command)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    refuse_moved_settings(sys.argv[1:] if args is None else args)
     settings: dict[str, Any] = {
         "datamodule_class": L.LightningDataModule,
         "subclass_mode_data": True,

@@ -8,9 +8,9 @@ Each cell is a real ``GRPOModule`` fit through a Lightning ``Trainer`` on the em
 so it rarely emits its end token and completions run to their budget: the mean length is reported), with
 configs/grpo.yaml's settings (beta 0.04 with a frozen reference, dapo, micro-batches of 32 completions) and the
 same ``--prompts`` prompts in every step of every cell. All cells run in one process, each fit with a warm-up step
-left out. A subclass times ``rollout`` (sampling), ``_fixed_logps`` (the reference's log-probs) and ``_update``
-(policy forward + backward + optimizer step) without changing them; forward hooks on the policy split the rollout
-into its one prefill and its decode steps.
+left out. A subclass times ``rollout`` (sampling), ``rl.logprobs.fixed_logps`` (the reference's log-probs) and
+``grpo_step`` (policy forward + backward + optimizer step) without changing them; forward hooks on the policy split
+the rollout into its one prefill and its decode steps.
 
 Why the numbers have the shape they have (4 prompts of 137 tokens, 16 of them the image; the second printed table
 splits every step, see benchmarks/README.md for a recorded run):
@@ -59,8 +59,8 @@ from benchmarks.common import (  # noqa: E402
     table,
 )
 
-# What the subclass times: method of GRPOModule -> part of the step.
-PARTS = {"rollout": "rollout", "_fixed_logps": "reference", "_update": "update"}
+# What the subclass times: method of GRPOModule -> part of the step (and ``fixed_logps``: the reference).
+PARTS = {"rollout": "rollout", "grpo_step": "update"}
 
 
 def now() -> float:
@@ -72,6 +72,7 @@ def now() -> float:
 
 def timed_module_class() -> type:
     """A GRPOModule whose rollout, reference log-probs and update add their wall time to ``self.bench``."""
+    import lightning_modules.grpo as grpo
     from lightning_modules.grpo import GRPOModule
 
     def wrap(name: str, part: str) -> Any:
@@ -117,6 +118,23 @@ def timed_module_class() -> type:
                 self.model.register_forward_hook(after, with_kwargs=True),
             ]
 
+        def generate_trajectory(self, *args: Any, **kwargs: Any) -> Any:
+            """Times the fixed log-probs (μ = 1: the reference's), a function the trajectory step calls."""
+            original = grpo.fixed_logps
+
+            def timed(*inner: Any, **named: Any) -> Any:
+                start = now()
+                try:
+                    return original(*inner, **named)
+                finally:
+                    self.bench["reference"] += now() - start
+
+            grpo.fixed_logps = timed
+            try:
+                return super().generate_trajectory(*args, **kwargs)
+            finally:
+                grpo.fixed_logps = original
+
     for name, part in PARTS.items():
         if hasattr(GRPOModule, name):  # another name after a refactor: that part is left in "other"
             setattr(TimedGRPO, name, wrap(name, part))
@@ -135,6 +153,8 @@ def run_cell(
 ) -> dict[str, float]:
     """One GRPO fit of 1 warm-up + ``steps`` steps; per-step means of the measured steps."""
     import lightning as L
+
+    from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
 
     class StepClock(L.Callback):
         """Wall time of each training step; resets the module's part timers after the warm-up step."""
@@ -155,15 +175,13 @@ def run_cell(
     dm = bench_datamodule(model_dir, data_dir, prompts, shuffle=False)
     module = timed_module_class()(
         model_path=str(model_dir),
-        num_generations=num_generations,
+        generation=GenerationArgs(num_generations=num_generations, sampling_seed=0),
         max_new_tokens=length,
-        beta=0.04,
+        loss=LossArgs(beta=0.04, epsilon_high=0.28),
         learning_rate=2e-5,
-        reward_weights=[1.0, 0.5, 0.5],
-        epsilon_high=0.28,
+        rewards=RewardArgs(reward_weights=[1.0, 0.5, 0.5]),
         micro_batch_size=32,
-        log_completions_every_n_steps=0,
-        sampling_seed=0,
+        logging=LoggingArgs(log_completions_every_n_steps=0),
     )
     clock = StepClock()
     trainer = bench_trainer(1 + steps, [clock], accelerator=accelerator, precision=precision)

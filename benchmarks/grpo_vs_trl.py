@@ -135,6 +135,7 @@ def run_ours(
     from rewards.accuracy import accuracy_reward
     from rewards.format import format_reward
     from rewards.validity import validity_reward
+    from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -158,24 +159,21 @@ def run_ours(
         warmup_steps=0,
         min_lr_ratio=1.0,
         max_grad_norm=1.0,
-        num_generations=generations,
         max_new_tokens=max_new_tokens,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
+        generation=GenerationArgs(num_generations=generations, temperature=1.0, top_p=1.0, top_k=0, sampling_seed=SEED),
         reward_funcs=[accuracy_reward, format_reward, validity_reward],
-        reward_weights=REWARD_WEIGHTS,
-        scale_rewards="group",
-        loss_type=LOSS_TYPE,
-        beta=beta,
-        epsilon=EPSILON,
-        epsilon_high=EPSILON_HIGH,
-        num_iterations=1,
-        mask_truncated_completions=False,
+        rewards=RewardArgs(reward_weights=REWARD_WEIGHTS, scale_rewards="group"),
+        loss=LossArgs(
+            loss_type=LOSS_TYPE,
+            beta=beta,
+            epsilon=EPSILON,
+            epsilon_high=EPSILON_HIGH,
+            num_iterations=1,
+            mask_truncated_completions=False,
+        ),
         micro_batch_size=None,  # the whole rollout in one forward/backward, as TRL's batch of P × G
         logprob_chunk_size=logprob_chunk_size,
-        log_completions_every_n_steps=0,
-        sampling_seed=SEED,
+        logging=LoggingArgs(log_completions_every_n_steps=0),
         gradient_checkpointing=gradient_checkpointing,
     )
     dm = _datamodule(Path(model_dir), Path(data_dir), prompts_per_step * (warmup + steps), prompts_per_step)

@@ -173,7 +173,7 @@ def _fit_overlay(exp: Experiment, arm: Arm, seed: int, arm_dir: Path, model_path
         },
     }
     if arm.stage == "grpo":
-        run["model"]["init_args"]["sampling_seed"] = seed  # the rollout sampler varies with the seed too
+        run["model"]["init_args"]["generation"] = {"sampling_seed": seed}  # the sampler varies with the seed too
     return deep_merge(stage.get("overrides", {}), arm.overrides, run)
 
 

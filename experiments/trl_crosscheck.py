@@ -28,22 +28,24 @@ How each of our settings reaches TRL (ours → ``GRPOConfig`` / ``GRPOTrainer``)
 - learning_rate, weight_decay, warmup_steps, min_lr_ratio → ``optimizers=(AdamW, warmup_cosine)``, ours
   (learning_rate, weight_decay also set, for TRL's logs)
 - max_grad_norm (null: none) → max_grad_norm (0.0: none)
-- num_generations → num_generations; max_new_tokens → max_completion_length
-- temperature, top_p, top_k (0: off) → the same, with min_p None and repetition_penalty 1.0
+Our settings are named as in TRL; ours group them in sections (``rl/config.py``: generation, loss, rewards, logging).
+
+- generation.num_generations → num_generations; max_new_tokens → max_completion_length
+- generation.temperature, top_p, top_k (0: off) → the same, with min_p None and repetition_penalty 1.0
 - our sampler's suppressed special tokens → ``generation_kwargs["suppress_tokens"]``
-- reward_funcs, reward_weights, reward_errors → reward_funcs (``trl_reward``), reward_weights; errors handled by
-  our ``score_completions`` inside each wrapper
-- scale_rewards, multi_objective_aggregation, loss_type, beta, epsilon, epsilon_high, num_iterations,
-  importance_sampling_level, mask_truncated_completions → the same names
+- reward_funcs, rewards.reward_weights, rewards.reward_errors → reward_funcs (``trl_reward``), reward_weights;
+  errors handled by our ``score_completions`` inside each wrapper
+- rewards.scale_rewards, rewards.multi_objective_aggregation, and loss.loss_type, beta, epsilon, epsilon_high,
+  num_iterations, importance_sampling_level, mask_truncated_completions → the same names
 - data.batch_size P (prompts per rollout) and micro_batch_size m (null: P × G) → per_device_train_batch_size m,
   gradient_accumulation_steps = steps_per_generation = P × G / m (one rollout per optimizer step, μ = 1)
 - trainer.max_steps (optimizer steps) → max_steps; trainer.accelerator, precision → use_cpu, bf16, fp16
   (``benchmarks.common.hf_device_arguments``); seed_everything → seed
 - sdpa_backends → ``set_sdpa_backends`` before training (a process-wide setting)
-- logprob_chunk_size, num_generations_eval, log_completions_every_n_steps, num_completions_to_print,
-  sampling_seed, max_consecutive_faults → nothing: memory, validation and logging only, TRL draws from its
-  own random stream and has no fault skipping
-- dynamic_sampling, rollout_engine, fsdp_param_dtype, several processes, max_steps not a multiple of μ, a
+- logprob_chunk_size, generation.num_generations_eval, generation.sampling_seed, logging.*,
+  max_consecutive_faults → nothing: memory, validation and logging only, TRL draws from its own random stream
+  and has no fault skipping
+- loss.dynamic_sampling, rollout_engine, fsdp_param_dtype, several processes, max_steps not a multiple of μ, a
   micro_batch_size that does not divide P × G → refused (ValueError): TRL cannot express them here
 
 Not like-for-like by design: the random streams of sampling, TRL shuffling a rollout before splitting it into
@@ -67,9 +69,9 @@ import yaml
 from benchmarks import common
 from experiments.replicate import deep_merge, write_yaml
 
-# Settings a cross-check cannot reproduce in TRL: (hparam, value that is fine, why).
+# Settings a cross-check cannot reproduce in TRL: (hparam, under its section, value that is fine, why).
 REFUSED = [
-    ("dynamic_sampling", False, "TRL has no DAPO dynamic-sampling filter"),
+    ("loss.dynamic_sampling", False, "TRL has no DAPO dynamic-sampling filter"),
     ("rollout_engine", None, "TRL's vLLM integration is configured differently; cross-check our own sampler"),
     ("fsdp_param_dtype", None, "the cross-check runs in one process"),
 ]
@@ -112,15 +114,18 @@ def load_stage(paths: list[str], model_path: str) -> tuple[Any, Any, Any, dict[s
 def grpo_settings(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]) -> dict[str, Any]:
     """``GRPOConfig`` fields equal to our settings (the module docstring's table); ValueError for what differs."""
     hp = module.hparams
+    gen, loss, rewards = module.generation, module.loss, module.rewards
     for name, fine, why in REFUSED:
-        if hp.get(name, fine) != fine:
-            raise ValueError(f"model.init_args.{name}: {hp.get(name)!r} cannot be cross-checked: {why}")
+        section, _, key = name.rpartition(".")
+        value = getattr(getattr(module, section), key) if section else hp.get(key, fine)
+        if value != fine:
+            raise ValueError(f"model.init_args.{name}: {value!r} cannot be cross-checked: {why}")
     if trainer.world_size != 1:
         raise ValueError(f"trainer: {trainer.world_size} processes; the cross-check runs in one")
-    mu, steps = hp.num_iterations, trainer.max_steps
+    mu, steps = loss.num_iterations, trainer.max_steps
     if steps < 1 or steps % mu:
         raise ValueError(f"trainer.max_steps: {steps}; set a positive multiple of num_iterations ({mu})")
-    completions = datamodule.hparams.batch_size * hp.num_generations
+    completions = datamodule.hparams.batch_size * gen.num_generations
     micro = hp.micro_batch_size or completions
     if completions % micro:
         raise ValueError(f"model.init_args.micro_batch_size: {micro} does not divide a rollout's {completions}")
@@ -138,22 +143,22 @@ def grpo_settings(module: Any, datamodule: Any, trainer: Any, config: dict[str, 
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=completions // micro,
         steps_per_generation=completions // micro,
-        num_generations=hp.num_generations,
+        num_generations=gen.num_generations,
         max_completion_length=hp.max_new_tokens,
-        temperature=hp.temperature,
-        top_p=hp.top_p,
-        top_k=hp.top_k,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
         min_p=None,
         repetition_penalty=1.0,
-        beta=hp.beta,
-        loss_type=hp.loss_type,
-        epsilon=hp.epsilon,
-        epsilon_high=hp.epsilon_high if hp.epsilon_high is not None else hp.epsilon,
+        beta=loss.beta,
+        loss_type=loss.loss_type,
+        epsilon=loss.epsilon,
+        epsilon_high=loss.upper_epsilon,
         num_iterations=mu,
-        importance_sampling_level=hp.importance_sampling_level,
-        scale_rewards=hp.scale_rewards,
-        multi_objective_aggregation=hp.multi_objective_aggregation,
-        mask_truncated_completions=hp.mask_truncated_completions,
+        importance_sampling_level=loss.importance_sampling_level,
+        scale_rewards=rewards.scale_rewards,
+        multi_objective_aggregation=rewards.multi_objective_aggregation,
+        mask_truncated_completions=loss.mask_truncated_completions,
         reward_weights=[float(w) for w in module.reward_weights],
         learning_rate=hp.learning_rate,
         weight_decay=hp.weight_decay,
@@ -213,7 +218,7 @@ def training_rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
 
 
 def trl_reward(func: Any, fields: list[str], on_error: str, budget: int) -> Any:
-    """Our reward as a TRL reward function: the completions' text and the fields ``GRPOModule.reward_fields``
+    """Our reward as a TRL reward function: the completions' text and the fields ``rl.trajectory.reward_fields``
     gives (the record's meta, completion_length, max_completion_length), scored by our ``score_completions``."""
     from rewards.scoring import reward_name, score_completions
 
@@ -244,7 +249,7 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
     settings = grpo_settings(module, datamodule, trainer, config)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    ours, theirs = rollout_prompts(datamodule, settings["max_steps"] // hp.num_iterations)
+    ours, theirs = rollout_prompts(datamodule, settings["max_steps"] // module.loss.num_iterations)
     rows = training_rows(datamodule.datasets["train"], [i for batch in theirs for i in batch])
     fields = [k for k in rows[0] if k not in ("prompt", "image", "our_prompt_ids")]
     same_ids = common.prompts_identical(Path(hp.model_path), rows)
@@ -260,9 +265,10 @@ def train_trl(module: Any, datamodule: Any, trainer: Any, config: dict[str, Any]
         [p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
     schedule = warmup_cosine(optimizer, settings["max_steps"], hp.warmup_steps, hp.min_lr_ratio)
+    errors = module.rewards.reward_errors
     grpo = GRPOTrainer(
         model=model,
-        reward_funcs=[trl_reward(f, fields, hp.reward_errors, hp.max_new_tokens) for f in module.reward_funcs],
+        reward_funcs=[trl_reward(f, fields, errors, hp.max_new_tokens) for f in module.reward_funcs],
         args=GRPOConfig(
             output_dir=str(out_dir / "trl"),
             generation_kwargs={"suppress_tokens": common.suppressed_ids(Path(hp.model_path), full_length=False)},

@@ -24,7 +24,9 @@ def test_grpo_step_on_records_without_reasoning(tmp_path, synthetic_root, tiny_m
     assert '"reasoning"' not in (vqa_dir / "train.jsonl").read_text()
     run = tmp_path / "run"
     overlay = {
-        "model": {"init_args": {"model_path": str(tiny_model_dir), "num_generations": 4, "max_new_tokens": 8}},
+        "model": {
+            "init_args": {"model_path": str(tiny_model_dir), "generation": {"num_generations": 4}, "max_new_tokens": 8}
+        },
         "data": {
             "data_dir": str(synthetic_root),
             "vqa_dir": str(vqa_dir),

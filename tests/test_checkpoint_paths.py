@@ -168,11 +168,10 @@ def grpo_run(tmp_path_factory, synthetic_root, tiny_model_dir):
         "model": {
             "init_args": {
                 "model_path": str(tiny_model_dir),
-                "num_generations": 2,
+                "generation": {"num_generations": 2, "num_generations_eval": 0},
                 "max_new_tokens": 4,
-                "beta": 0.0,
-                "num_generations_eval": 0,
-                "log_completions_every_n_steps": 100,
+                "loss": {"beta": 0.0},
+                "logging": {"log_completions_every_n_steps": 100},
             }
         },
         "data": {

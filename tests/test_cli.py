@@ -10,10 +10,10 @@ import pytest
 import yaml
 from test_user_volume import lps_volume, write_dicom
 
-from cli import main, run
+from cli import ConfigError, main, run
 
 ROOT = Path(__file__).resolve().parents[1]
-SFT, EVAL = str(ROOT / "configs" / "sft.yaml"), str(ROOT / "configs" / "eval.yaml")
+SFT, EVAL, GRPO = (str(ROOT / "configs" / f"{name}.yaml") for name in ("sft", "eval", "grpo"))
 
 
 def write(path: Path, config: dict) -> str:
@@ -131,3 +131,40 @@ def test_ask_help_shows_its_own_arguments_first(capsys):
     assert out.index("--volume VOLUME") < out.index("--trainer.accelerator")
     usage = out[: out.index("\n\n")]
     assert usage.split()[4:8] == ["--volume", "VOLUME", "--question", "QUESTION"]
+
+
+def test_a_setting_or_module_where_it_was_before_the_renovation_is_refused_naming_its_new_place(tmp_path, capsys):
+    """Before jsonargparse sees the config (whose message would be a list of accepted keys): one line, status 2."""
+    old_key = write(tmp_path / "old_key.yaml", {"model": {"init_args": {"temperature": 0.7}}})
+    assert run(["fit", "--config", GRPO, "--config", old_key]) == 2
+    moved = "model.init_args.temperature moved to model.init_args.generation.temperature"
+    assert capsys.readouterr().err.splitlines() == [f"error: {old_key}: {moved}"]
+    assert run(["fit", "--config", GRPO, "--model.init_args.beta", "0.1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: command line: model.init_args.beta moved to model.init_args.loss.beta"
+    ]
+    old_path = "lightning_modules.checkpointing.ResumableCheckpoint"
+    callbacks = write(tmp_path / "old_module.yaml", {"trainer": {"callbacks": [{"class_path": old_path}]}})
+    assert run(["fit", "--config", SFT, "--config", callbacks]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {callbacks}: {old_path} moved to training.checkpointing.ResumableCheckpoint"
+    ]
+    roi = "datamodules.roi_sources.CAMROI"
+    assert run(["fit", "--config", SFT, "--data.roi_source", roi]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: command line: {roi} moved to lightning_modules.roi_classifier.CAMROI"
+    ]
+
+
+def test_the_moved_keys_are_refused_only_for_the_grpo_module():
+    """Every moved key is named by its section; a module that never had them (SFT) is left to jsonargparse."""
+    from cli import refuse_moved_settings
+    from rl.config import MOVED_KEYS
+
+    assert MOVED_KEYS["epsilon_high"] == "loss.epsilon_high" and MOVED_KEYS["top_k"] == "generation.top_k"
+    refuse_moved_settings(["fit", "--config", SFT, "--model.init_args.temperature", "0.5"])
+    refuse_moved_settings(["fit", "--config", GRPO, "--model.init_args.generation.temperature=0.5"])
+    with pytest.raises(ConfigError, match="model.init_args.top_k moved to model.init_args.generation.top_k"):
+        refuse_moved_settings(
+            {"fit": {"model": {"class_path": "lightning_modules.grpo.GRPOModule", "init_args": {"top_k": 3}}}}
+        )

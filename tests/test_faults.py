@@ -91,12 +91,17 @@ def nan_reward(completions: list[str], **_) -> list[float]:
 
 def test_grpo_skips_rollouts_without_usable_rewards_then_stops(tmp_path, synthetic_root, tiny_model_dir):
     from rewards.format import format_reward
+    from rl.config import GenerationArgs, LoggingArgs, RewardArgs
 
-    small = dict(num_generations=2, max_new_tokens=4, num_generations_eval=0, log_completions_every_n_steps=0)
+    small = dict(
+        generation=GenerationArgs(num_generations=2, num_generations_eval=0),
+        max_new_tokens=4,
+        logging=LoggingArgs(log_completions_every_n_steps=0),
+    )
     module = GRPOModule(
         model_path=str(tiny_model_dir),
         reward_funcs=[format_reward, nan_reward],
-        reward_errors="none",
+        rewards=RewardArgs(reward_errors="none"),
         max_consecutive_faults=3,
         **small,
     )

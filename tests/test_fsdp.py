@@ -119,16 +119,14 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
         "model": {
             "init_args": {
                 "model_path": str(tiny_model_dir),
-                "num_generations": 4,
+                "generation": {"num_generations": 4},
                 "max_new_tokens": 8,
                 "micro_batch_size": 3,
-                "beta": 0.1,
+                "loss": {"beta": 0.1, "mask_truncated_completions": False},  # 8 new tokens: nearly all truncated
                 "learning_rate": 1e-3,
-                "scale_rewards": "batch",
-                "mask_truncated_completions": False,  # 8 new tokens: nearly every completion is truncated
                 "reward_funcs": ["tests.test_grpo.vowel_reward", "tests.test_fsdp.reward_on_rank_one_only"],
-                "reward_weights": None,
-                "log_completions_every_n_steps": 0,
+                "rewards": {"scale_rewards": "batch", "reward_weights": None},
+                "logging": {"log_completions_every_n_steps": 0},
                 "gradient_checkpointing": checkpointing,
             }
         },

@@ -449,7 +449,7 @@ META = st.fixed_dictionaries(
 
 @st.composite
 def grpo_batches(draw: st.DrawFn) -> tuple[list[str], dict[str, list]]:
-    """Completions and their fields, built the way ``GRPOModule.reward_fields`` builds them from a batch."""
+    """Completions and their fields, built the way ``rl.trajectory.reward_fields`` builds them from a batch."""
     g = draw(st.integers(1, 4))
     meta = [m for m in draw(st.lists(META, min_size=1, max_size=3)) for _ in range(g)]
     n = len(meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -15,8 +16,10 @@ from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.grpo import GRPOModule
 from models.loading import LoRASpec, load_model
 from rewards.scoring import RewardError
+from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
 from rl.grouped_forward import completion_logits
 from rl.prompt_batch import repeat_prompts
+from rl.trajectory import reward_fields
 from training.checkpoint_files import load_checkpoint
 from training.checkpointing import ResumableCheckpoint as ModelCheckpoint
 
@@ -29,11 +32,11 @@ def vowel_reward(completions: list[str], **_) -> list[float]:
 
 
 SMALL = dict(
-    num_generations=4,
+    generation=GenerationArgs(num_generations=4),
     max_new_tokens=8,
     learning_rate=1e-3,
     warmup_steps=0,
-    log_completions_every_n_steps=1,
+    logging=LoggingArgs(log_completions_every_n_steps=1),
     reward_funcs=[vowel_reward],
 )
 
@@ -77,17 +80,17 @@ def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tin
         "model": {
             "init_args": {
                 "model_path": str(tiny_model_dir),
-                "num_generations": 4,
+                "generation": {"num_generations": 4},
                 "max_new_tokens": 8,
                 "micro_batch_size": 3,  # 8 completions → micro-batches of 3, 3, 2
-                "mask_truncated_completions": False,  # 8 new tokens: most completions are truncated
+                "loss": {"mask_truncated_completions": False},  # 8 new tokens: most completions are truncated
                 "reward_funcs": [
                     "rewards.accuracy.accuracy_reward",
                     "rewards.format.format_reward",
                     {"class_path": "rewards.penalties.LengthPenalty", "init_args": {"buffer": 4}},
                 ],
-                "reward_weights": [1.0, 0.5, 0.1],
-                "log_completions_every_n_steps": 1,
+                "rewards": {"reward_weights": [1.0, 0.5, 0.1]},
+                "logging": {"log_completions_every_n_steps": 1},
             }
         },
         "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2},
@@ -144,14 +147,15 @@ def test_cli_config_fits_and_logs_what_users_watch(tmp_path, synthetic_root, tin
 
 
 def test_reference_is_fixed_and_kl_starts_at_zero(tmp_path, synthetic_root, tiny_model_dir):
-    module = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **SMALL)
+    module = GRPOModule(model_path=str(tiny_model_dir), loss=LossArgs(beta=0.1, loss_type="bnpo"), **SMALL)
     data = datamodule(synthetic_root, tiny_model_dir)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     probe = torch.randint(0, 500, (batch["prompt_input_ids"].shape[0], 6))
 
     first = trainer(tmp_path / "a", 1, callbacks=[], enable_checkpointing=False)
-    zero_lr = GRPOModule(model_path=str(tiny_model_dir), beta=0.1, loss_type="bnpo", **{**SMALL, "learning_rate": 0.0})
+    bnpo = LossArgs(beta=0.1, loss_type="bnpo")
+    zero_lr = GRPOModule(model_path=str(tiny_model_dir), loss=bnpo, **{**SMALL, "learning_rate": 0.0})
     first.fit(zero_lr, datamodule=data)
     assert first.logged_metrics["train/kl"].item() == 0.0  # policy == reference: k3 is exactly zero
 
@@ -165,7 +169,9 @@ def test_reference_is_fixed_and_kl_starts_at_zero(tmp_path, synthetic_root, tiny
 
 
 def test_lora_trains_only_the_adapter_and_its_reference_is_the_base(tmp_path, synthetic_root, tiny_model_dir):
-    module = GRPOModule(model_path=str(tiny_model_dir), lora=LoRASpec(r=4, alpha=8, dropout=0.0), beta=0.1, **SMALL)
+    module = GRPOModule(
+        model_path=str(tiny_model_dir), lora=LoRASpec(r=4, alpha=8, dropout=0.0), loss=LossArgs(beta=0.1), **SMALL
+    )
     data = datamodule(synthetic_root, tiny_model_dir)
     module.configure_model()
     start = {k: v.clone() for k, v in module.model.named_parameters()}
@@ -186,11 +192,13 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base(tmp_path, sy
 def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tiny_model_dir):
     module = GRPOModule(
         model_path=str(tiny_model_dir),
-        num_iterations=2,
-        loss_type="grpo",
-        importance_sampling_level="sequence",
-        dynamic_sampling=True,
-        mask_truncated_completions=True,
+        loss=LossArgs(
+            num_iterations=2,
+            loss_type="grpo",
+            importance_sampling_level="sequence",
+            dynamic_sampling=True,
+            mask_truncated_completions=True,
+        ),
         **SMALL,
     )
     # 4 batches per epoch × μ = 8 optimizer steps, capped at max_steps = 6: three rollouts, two updates each.
@@ -200,6 +208,15 @@ def test_mu_two_reuses_one_rollout_for_two_updates(tmp_path, synthetic_root, tin
     assert fit.fit_loop.epoch_loop.batch_progress.total.completed == 3
     assert module.optimizer_steps() == 6  # the schedule's horizon is the steps actually taken
     assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+def test_settings_are_typed_sections_on_the_module_and_dicts_in_its_hparams():
+    """Dicts in hparams: what YAML gives, and what LightningCLI hands back to its parser from a checkpoint."""
+    module = GRPOModule(generation={"num_generations": 4}, loss=LossArgs(beta=0.1))
+    assert module.generation == GenerationArgs(num_generations=4) and module.loss.beta == 0.1
+    assert module.hparams.loss == dataclasses.asdict(LossArgs(beta=0.1)) and module.hparams.rewards["scale_rewards"]
+    with pytest.raises(ValueError, match="reward_weights has 2 entries for 3 reward_funcs"):
+        GRPOModule(rewards=RewardArgs(reward_weights=[1.0, 0.5]))
 
 
 def test_repeated_reward_names_stay_apart():
@@ -247,7 +264,7 @@ def test_a_failing_reward_names_itself_and_the_sample(tmp_path, synthetic_root, 
 
     tolerant = GRPOModule(
         model_path=str(tiny_model_dir),
-        reward_errors="none",
+        rewards=RewardArgs(reward_errors="none"),
         **{**SMALL, "reward_funcs": [accuracy_reward, broken_reward]},
     )
     fit = trainer(tmp_path / "none", 1)
@@ -290,7 +307,7 @@ def test_rewards_see_the_prompt_format_the_data_asked_for(synthetic_root, tiny_m
     module = GRPOModule(model_path=str(tiny_model_dir), **SMALL)
     module.configure_model()
     rollout, completions = module.rollout(batch, 4, seed=0)
-    fields = module.reward_fields(batch, rollout)
+    fields = reward_fields(batch, rollout, module.hparams.max_new_tokens)
     assert len(completions) == 8 and fields["prompt_format"] == ["no_think"] * 8
     assert fields["answer"] == [m["answer"] for m in batch["meta"] for _ in range(4)]
     assert fields["completion_length"] == rollout.completion_mask.sum(1).tolist()
@@ -333,6 +350,7 @@ def test_gradient_checkpointing_keeps_the_shared_prompt_forward(tmp_path, synthe
 
 def test_chunked_lm_head_gives_the_same_update(tmp_path, synthetic_root, tiny_model_dir):
     """``logprob_chunk_size``: the logits made a few tokens at a time give the update of the full logits."""
-    full = one_step(tmp_path, synthetic_root, tiny_model_dir, "full", beta=0.1)
-    chunked = one_step(tmp_path, synthetic_root, tiny_model_dir, "chunked", beta=0.1, logprob_chunk_size=5)
+    beta = LossArgs(beta=0.1)
+    full = one_step(tmp_path, synthetic_root, tiny_model_dir, "full", loss=beta)
+    chunked = one_step(tmp_path, synthetic_root, tiny_model_dir, "chunked", loss=beta, logprob_chunk_size=5)
     assert_same_update(full, chunked)

@@ -55,7 +55,10 @@ def overlay(tmp_path: Path, name: str, synthetic_root: Path, tiny_model_dir: Pat
         config["trainer"].update(max_steps=10, max_epochs=None)
     else:
         config["model"]["init_args"].update(
-            num_generations=4, max_new_tokens=8, micro_batch_size=None, num_generations_eval=0, learning_rate=1e-3
+            generation={"num_generations": 4, "num_generations_eval": 0},
+            max_new_tokens=8,
+            micro_batch_size=None,
+            learning_rate=1e-3,
         )
         config["data"]["batch_size"] = 2
         config["trainer"].update(max_steps=8, val_check_interval=None)
@@ -190,6 +193,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
 def test_one_seed_fixes_the_loss_curve_and_reaches_data_order_and_sampling(tmp_path, synthetic_root, tiny_model_dir):
     from cli import main
     from lightning_modules.grpo import GRPOModule
+    from rl.config import GenerationArgs
 
     def losses(name: str, seed: int) -> dict[int, float]:
         config = overlay(tmp_path, name, synthetic_root, tiny_model_dir, "sft")
@@ -205,7 +209,7 @@ def test_one_seed_fixes_the_loss_curve_and_reaches_data_order_and_sampling(tmp_p
     assert losses("c", 4) != first  # another seed, another data order
 
     seed_everything(5)
-    five = GRPOModule(sampling_seed=None)._rollout_seed(0)
+    five = GRPOModule(generation=GenerationArgs(sampling_seed=None)).rollout_seed(0)
     seed_everything(6)
-    assert GRPOModule(sampling_seed=None)._rollout_seed(0) != five
-    assert GRPOModule(sampling_seed=5)._rollout_seed(0) == five
+    assert GRPOModule(generation=GenerationArgs(sampling_seed=None)).rollout_seed(0) != five
+    assert GRPOModule(generation=GenerationArgs(sampling_seed=5)).rollout_seed(0) == five

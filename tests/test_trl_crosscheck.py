@@ -21,7 +21,7 @@ GRPO = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
 def overlay(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> dict[str, Any]:
     """configs/grpo.yaml at smoke scale: 2 prompts × G=2 per rollout in micro-batches of 2, 4 tokens, 2 steps."""
     return {
-        "model": {"init_args": {"num_generations": 2, "max_new_tokens": 4, "micro_batch_size": 2}},
+        "model": {"init_args": {"generation": {"num_generations": 2}, "max_new_tokens": 4, "micro_batch_size": 2}},
         "data": {
             "data_dir": str(synthetic_root),
             "synthetic": None,
@@ -55,9 +55,15 @@ def test_settings_map_to_grpo_config_fields(tmp_path, overlay, tiny_model_dir):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": {"init_args": {"dynamic_sampling": True}}}, "dynamic_sampling: True cannot be cross-checked"),
+        (
+            {"model": {"init_args": {"loss": {"dynamic_sampling": True}}}},
+            "dynamic_sampling: True cannot be cross-checked",
+        ),
         ({"model": {"init_args": {"micro_batch_size": 3}}}, "micro_batch_size: 3 does not divide a rollout's 4"),
-        ({"model": {"init_args": {"num_iterations": 3}}}, "max_steps: 2; set a positive multiple of num_iterations"),
+        (
+            {"model": {"init_args": {"loss": {"num_iterations": 3}}}},
+            "max_steps: 2; set a positive multiple of num_iterations",
+        ),
     ],
 )
 def test_settings_trl_cannot_express_are_refused(tmp_path, overlay, tiny_model_dir, change, message):
