@@ -115,7 +115,9 @@ def test_end_token_closes_the_mask_and_special_tokens_are_never_sampled(setup):
 
 def reference_filter(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """The decode loop's own temperature, top-k and top-p filtering before transformers' warpers replaced it
-    (``rl/rollout.py`` at 4dc26ed, before the split), kept as the reference: top-p summed the probabilities from the most likely."""
+    (``rl/rollout.py`` at 4dc26ed, before the split), kept as the reference: top-p summed the probabilities from
+    the most likely."""
+
     logits = logits / temperature
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
