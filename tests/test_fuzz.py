@@ -113,11 +113,13 @@ CORRUPTIONS = (
 def corrupted(draw: st.DrawFn) -> tuple[bytes, str | None]:
     """One valid record broken in one way, as a JSONL line, and the fragment its error must name (None: any)."""
     rec = draw(records())
+    rec["id"] = f"bad:{rec['id']}"  # never a good record's id: a repeated id is a problem of its own
     kind = draw(st.sampled_from(CORRUPTIONS))
     field = draw(st.sampled_from(list(FIELD_TYPES)))
     box = draw(st.integers(0, len(rec["roi"]) - 1))
     fragment: str | None = f"field '{field}'"
     if kind == "missing":
+        field = draw(st.sampled_from([f for f in FIELD_TYPES if f != "reasoning"]))  # reasoning is optional
         del rec[field]
         fragment = f"missing field '{field}'"
     elif kind == "wrong_type":
@@ -255,6 +257,7 @@ def test_vqa_reader_names_file_line_and_field_of_a_broken_record(
     path = workdir / "vqa" / "valid.jsonl"
     path.parent.mkdir(exist_ok=True)
     line, fragment = bad
+    good = {**good, "id": f"good:{good['id']}"}
     path.write_bytes(separator.join([_dump(good), line, _dump({**good, "id": good["id"] + "-again"})]) + separator)
     with pytest.raises(BadSampleError) as err:
         read_vqa_jsonl(path)
