@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from common.checkpoint_types import allow_in_checkpoints
 from datamodules.ctrate import BadSampleError
-from datamodules.synthetic import _allow_in_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -65,4 +65,5 @@ def annotation_part(
     return keep
 
 
-_allow_in_checkpoints(AnnotationSubset)  # saved in the data module's hyperparameters
+# Saved in the data module's hyperparameters; checkpoints before the renovation name it datamodules.ct_vqa.
+allow_in_checkpoints(AnnotationSubset, old_module="datamodules.ct_vqa")

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
+from common.checkpoint_types import allow_in_checkpoints
 from datamodules.ctrate import BadSampleError, CTRATEPaths
 from datamodules.seeding import resolve_seed
 
@@ -52,10 +51,5 @@ def generate_if_missing(root: Path, synthetic: SyntheticData | None) -> None:
     generate(root, n=synthetic.n, seed=resolve_seed(synthetic.seed), scanner=synthetic.scanner)
 
 
-def _allow_in_checkpoints(*classes: type) -> None:
-    """Allow ``classes`` under ``torch.load(weights_only=True)``, also by the name checkpoints written before
-    the renovation pickled them under (``datamodules.ct_vqa.<name>``), so those still resume."""
-    torch.serialization.add_safe_globals([*classes, *((c, f"datamodules.ct_vqa.{c.__name__}") for c in classes)])
-
-
-_allow_in_checkpoints(SyntheticData)  # saved in the data modules' hyperparameters
+# Saved in the data modules' hyperparameters; checkpoints before the renovation name it datamodules.ct_vqa.
+allow_in_checkpoints(SyntheticData, old_module="datamodules.ct_vqa")

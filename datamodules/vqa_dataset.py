@@ -14,11 +14,11 @@ from monai.transforms import Compose, Resized
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import box_problem
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.slice_cache import SliceCache
-from datamodules.synthetic import _allow_in_checkpoints
 from datamodules.transforms import HUWindowd, ZoomEmbedd, one_intra_op_thread, to_pil
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ class ZoomSpec:
     inset_fraction: float = 0.5
 
 
-_allow_in_checkpoints(ZoomSpec)  # saved in the data module's hyperparameters
+# Saved in the data module's hyperparameters; checkpoints before the renovation name it datamodules.ct_vqa.
+allow_in_checkpoints(ZoomSpec, old_module="datamodules.ct_vqa")
 
 
 class CTVQADataset(Dataset):

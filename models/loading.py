@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
 
+from common.checkpoint_types import allow_in_checkpoints
 from common.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class LoRASpec:
 
 # Saved in checkpoints' hyperparameters: allow it under torch.load(weights_only=True) when resuming.
 # Checkpoints written before the renovation pickled it as lightning_modules.model_loading.LoRASpec.
-torch.serialization.add_safe_globals([LoRASpec, (LoRASpec, "lightning_modules.model_loading.LoRASpec")])
+allow_in_checkpoints(LoRASpec, old_module="lightning_modules.model_loading")
 
 
 def load_model(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar, get_args
 
-import torch
+from common.checkpoint_types import allow_in_checkpoints
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ScaleRewards = Literal["group", "batch", "none"]
@@ -169,7 +169,7 @@ MOVED_KEYS: dict[str, str] = {f.name: f"{section}.{f.name}" for section, cls in 
 
 # Data, not code: a checkpoint that holds them loads under torch.load(weights_only=True). (GRPOModule's own hparams
 # hold them as dicts: LightningCLI hands a checkpoint's hparams back to its parser, which takes dicts.)
-torch.serialization.add_safe_globals(list(SECTIONS.values()))
+allow_in_checkpoints(*SECTIONS.values())
 
 Args = TypeVar("Args")
 

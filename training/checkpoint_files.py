@@ -10,6 +10,14 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 
+# The modules that define the types hyperparameters hold (each allows its own, common/checkpoint_types.py): imported
+# here so that every process reading a checkpoint knows them, whatever else it has imported.
+import datamodules.splits  # noqa: F401, E402  AnnotationSubset
+import datamodules.synthetic  # noqa: F401, E402  SyntheticData
+import datamodules.vqa_dataset  # noqa: F401, E402  ZoomSpec
+import models.loading  # noqa: F401, E402  LoRASpec
+import rl.config  # noqa: F401, E402  GRPO settings sections
+
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint or state file that holds something other than data (e.g. a pickled function): not loaded."""
