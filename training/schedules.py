@@ -14,7 +14,7 @@ def warmup_cosine(
     The rate factor at step s (0-based) is (s + 1) / (warmup_steps + 1) while s < warmup_steps, then
     ``min_lr_ratio`` + (1 - ``min_lr_ratio``) · ½(1 + cos(π (s - warmup_steps) / (total_steps - warmup_steps))):
     the warmup never gives a zero rate, and ``min_lr_ratio`` = 1 is a constant rate after it. Warmup is cut to
-    ``total_steps``. Lightning evaluates the factor at steps 0 … ``total_steps``; past that the cosine would rise.
+    ``total_steps``. Past ``total_steps`` the factor is ``min_lr_ratio``.
 
     This is transformers' ``cosine_warmup_with_min_lr`` (``get_cosine_with_min_lr_schedule_with_warmup_lr_rate``,
     whose ramp is (s + 1) / warmup) with both step counts one more than ours: its ramp then is ours, and its cosine
@@ -23,9 +23,15 @@ def warmup_cosine(
     """
     total_steps = max(total_steps, 1)
     warmup_steps = min(warmup_steps, total_steps)
-    return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
         optimizer,
         num_warmup_steps=warmup_steps + 1,
         num_training_steps=total_steps + 1,
         min_lr_rate=min_lr_ratio,
     )
+    # GRPO with μ > 1 may step past total_steps inside its last rollout: the floor there, as before the swap (the
+    # cosine transformers continues would rise again).
+    scheduler.lr_lambdas = [
+        lambda step, f=f: f(step) if step <= total_steps else min_lr_ratio for f in scheduler.lr_lambdas
+    ]
+    return scheduler
