@@ -12,20 +12,19 @@ import importlib
 import logging
 import pickle
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
 from rl.config import MOVED_KEYS
-from training.checkpoint_files import UnsafeCheckpointError, unsafe_checkpoint_error
+from training.checkpoint_files import UnsafeCheckpointError, checkpoint_metadata, unsafe_checkpoint_error
 from training.checkpoint_selection import best_checkpoint
+from training.config_moves import command_line_configs, config_models, config_strings, moved_path
 from training.export import export_hf_model
 
 INPUT_ERROR_EXIT = 2  # argparse's status for a usage error
@@ -53,78 +52,6 @@ def one_line(message: str) -> str:
     return " ".join(line for line in lines if line and not line.startswith(_NOISE))
 
 
-# Modules (and one class) the renovation of issue 18 moved: an old import path in a config is refused, naming the new.
-MOVED_PATHS = {
-    "lightning_modules.model_loading": "models.loading",
-    "lightning_modules.embedded_model": "models.embedded",
-    "lightning_modules.sharding": "models.sharding",
-    "lightning_modules.attention": "models.attention",
-    "lightning_modules.export": "training.export",
-    "lightning_modules.rollout": "rl.sampling",  # the grouped training forward: rl.grouped_forward
-    "lightning_modules.vllm_rollout": "rl.vllm_rollout",
-    "lightning_modules.grpo_loss": "rl.loss",
-    "lightning_modules.faults": "training.faults",
-    "lightning_modules.checkpointing": "training.checkpointing",
-    "lightning_modules.checkpoint_selection": "training.checkpoint_selection",
-    "lightning_modules.schedules": "training.schedules",
-    "lightning_modules.inference": "inference.ask",
-    "lightning_modules.vqa_eval": "evaluation.answers",
-    "datamodules.roi_sources.CAMROI": "lightning_modules.roi_classifier.CAMROI",
-}
-
-
-def moved_path(value: str) -> str | None:
-    """The new import path of ``value`` when it starts with a moved module (or is the moved class), else None."""
-    for old in sorted(MOVED_PATHS, key=len, reverse=True):
-        if value == old or value.startswith(old + "."):
-            return MOVED_PATHS[old] + value[len(old) :]
-    return None
-
-
-def _strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict | list):
-        for value in node.values() if isinstance(node, dict) else node:
-            yield from _strings(value)
-
-
-def _load(value: str) -> Any:
-    """A config given on the command line: a file's YAML, or the YAML text itself; None when it is neither."""
-    try:
-        return yaml.safe_load(Path(value).read_text() if Path(value).is_file() else value)
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def command_line_configs(args: list[str]) -> list[tuple[str, Any]]:
-    """The configs in ``args`` as (where, config): each ``--config`` (a file or YAML text), then the command
-    line's own: its ``--model`` (a config or a class) and ``--model.…`` overrides, and every value given."""
-    configs, model, values = [], {}, []
-    tokens = iter(args)
-    for token in tokens:
-        key, eq, value = token.partition("=")
-        values.append(value if key.startswith("-") else token)
-        if key in ("--config", "-c", "--model") or key.startswith("--model."):
-            value = value if eq else next(tokens, "")
-            values.append(value)
-        if key in ("--config", "-c") and isinstance(config := _load(value), dict):
-            configs.append((value, config))
-        elif key == "--model":
-            model.update(config if isinstance(config := _load(value), dict) else {"class_path": value})
-        elif key.startswith("--model."):
-            model[key.removeprefix("--model.").removeprefix("init_args.").split(".")[0]] = value
-    return [*configs, ("command line", {"model": model, "values": values})]
-
-
-def _models(config: Any) -> Iterator[dict[str, Any]]:
-    """The ``model`` sections of a config, at its top or under a subcommand's name."""
-    for name in (None, "fit", "validate", "test", "predict", "export", "ask"):
-        section = config if name is None else config.get(name)
-        if isinstance(section, dict) and isinstance(section.get("model"), dict):
-            yield section["model"]
-
-
 def _is_grpo(class_path: str | None) -> bool:
     """Whether the model class named is a GRPOModule (None, no class named: the moved keys are GRPO's)."""
     if class_path is None or class_path == "GRPOModule":
@@ -148,16 +75,37 @@ def refuse_moved_settings(args: list[str] | dict[str, Any]) -> None:
     """
     configs = [("config", args)] if isinstance(args, dict) else command_line_configs(args)
     for where, config in configs:
-        for value in _strings(config):
+        for value in config_strings(config):
             if new := moved_path(value):
                 raise ConfigError(f"{where}: {value} moved to {new}")
-    models = [(where, model) for where, config in configs for model in _models(config)]
+    models = [(where, model) for where, config in configs for model in config_models(config)]
     class_path = next((m["class_path"] for _, m in reversed(models) if isinstance(m.get("class_path"), str)), None)
     for where, model in models:
         init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else {}
         for key in [*init_args, *model]:
             if key in MOVED_KEYS and _is_grpo(class_path):
                 raise ConfigError(f"{where}: model.init_args.{key} moved to model.init_args.{MOVED_KEYS[key]}")
+
+
+def refuse_moved_hparams(ckpt_path: str) -> None:
+    """Refuse a GRPO checkpoint written before its settings moved into sections (LightningCLI would hand its flat
+    hyperparameters to ``GRPOModule``), naming the first moved key and its new place.
+
+    Raises:
+        ConfigError: the checkpoint's ``hyper_parameters`` hold a key of ``rl.config.MOVED_KEYS``.
+        UnsafeCheckpointError: the checkpoint holds code.
+    """
+    try:
+        hparams = checkpoint_metadata(ckpt_path).get("hyper_parameters") or {}
+    except pickle.UnpicklingError as error:
+        raise unsafe_checkpoint_error(ckpt_path, error) from None
+    old = sorted(key for key in hparams if key in MOVED_KEYS)
+    if old:
+        raise ConfigError(
+            f"{ckpt_path}: written before GRPO's settings moved into sections (hyper_parameters.{old[0]} is now "
+            f"model.init_args.{MOVED_KEYS[old[0]]}); resume it with the code that wrote it, or export it "
+            "(cli.py export) and start a new run from the export"
+        )
 
 
 _debug = False  # set by run(--debug): usage errors raise with their traceback
@@ -303,6 +251,9 @@ class CLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI re-reads a checkpoint's hyperparameters here (``weights_only=True``); its refusal of a
         checkpoint holding code becomes one clear line."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            refuse_moved_hparams(ckpt_path)
         try:
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as error:

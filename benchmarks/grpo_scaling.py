@@ -16,7 +16,7 @@ Why the numbers have the shape they have (4 prompts of 137 tokens, 16 of them th
 splits every step, see benchmarks/README.md for a recorded run):
 
 - Rollout = one prefill + one decode forward per new token (+ sampling and text decoding), and it is most of every
-  step (45-70 %). The prefill runs once per prompt whatever G (``rollout.py`` computes the prompt's KV cache once
+  step (45-70 %). The prefill runs once per prompt whatever G (``rl/sampling.py`` computes the prompt's KV cache once
   and repeats it G times): about 0.02-0.03 s in every cell. Each decode step is one forward of all P·G rows at
   once: a fixed cost of about 3 ms (four layers of small kernels, Python) plus a small cost per row (3-4 ms a step
   at 8 rows, 9-11 ms at 64). So doubling G adds far less than double. Decode time is linear in the length: one
@@ -24,7 +24,7 @@ splits every step, see benchmarks/README.md for a recorded run):
   tokens is small next to the fixed cost at this size (on a large model, attention over the cache adds a term that
   grows with the length squared).
 - Reference log-probs (no grad) and update (policy forward + backward + AdamW) run each prompt and its image once
-  per group (``rollout.grouped_completion_logits``) and then the P·G completions over that prompt's KV cache: a
+  per group (``grouped_forward.grouped_completion_logits``) and then the P·G completions over that prompt's KV cache: a
   per-prompt cost that does not grow with G, plus a cost linear in the completion tokens P·G·L (the log-softmax,
   entropy and loss over every completion position and their backward). Both grow sublinearly in G (about ×4-5
   from G = 2 to 16) and about linearly in the length.

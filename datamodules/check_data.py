@@ -3,8 +3,8 @@
     python -m datamodules.check_data --data_dir data/synthetic-ctrate [--vqa_dir DIR] [--splits train valid]
         [--max_volumes N]
 
-Everything is read by the readers training uses (``ctrate.py``, ``vqa_records.py``) and judged by the checks they
-apply when they read (``data_checks.py``), so a problem found here is the one a loader would raise, with the same
+Everything is read by the readers training uses (``ctrate/``, ``vqa_records.py``) and judged by the checks they
+apply when they read (``data_checks/``), so a problem found here is the one a loader would raise, with the same
 file, line and field; only, nothing stops at the first problem: an unreadable file is one problem, and the checks go
 on. The checks:
 

@@ -1,6 +1,6 @@
 """Deterministic synthetic CT-RATE (+ ReXGroundingCT masks, TotalSegmentator-style organ masks) for CPU runs.
 
-Writes exactly the layout ``datamodules/ctrate.py`` reads for real data; volumes are stored the way raw
+Writes exactly the layout ``datamodules/ctrate/`` reads for real data; volumes are stored the way raw
 CT-RATE downloads are (int16 stored values, intercept -1024, identity header affine, true geometry only
 in the metadata CSV), so the real loader is what turns them into HU/LPS.
 

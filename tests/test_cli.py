@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from test_user_volume import lps_volume, write_dicom
 
@@ -156,6 +157,16 @@ def test_a_setting_or_module_where_it_was_before_the_renovation_is_refused_namin
     ]
 
 
+def test_a_grpo_checkpoint_with_flat_settings_is_refused_naming_the_new_place(tmp_path, capsys):
+    """A checkpoint written before the sections: LightningCLI would hand its flat hyperparameters to GRPOModule."""
+    old = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": {"model_path": "artifacts/sft-model", "beta": 0.04, "num_generations": 8}}, old)
+    assert run(["validate", "--config", GRPO, "--ckpt_path", str(old)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {old}: written before GRPO's settings moved into sections")
+    assert "(hyper_parameters.beta is now model.init_args.loss.beta)" in err[0]
+
+
 def test_the_moved_keys_are_refused_only_for_the_grpo_module():
     """Every moved key is named by its section; a module that never had them (SFT) is left to jsonargparse."""
     from cli import refuse_moved_settings
@@ -168,3 +179,20 @@ def test_the_moved_keys_are_refused_only_for_the_grpo_module():
         refuse_moved_settings(
             {"fit": {"model": {"class_path": "lightning_modules.grpo.GRPOModule", "init_args": {"top_k": 3}}}}
         )
+
+
+def test_every_moved_path_points_at_something_that_imports():
+    """The map of moved modules and names: each new place exists, and a name whose module split goes to its own."""
+    import importlib
+
+    from training.config_moves import MOVED_PATHS, moved_path
+
+    for new in MOVED_PATHS.values():
+        module, _, name = new.rpartition(".")
+        try:
+            importlib.import_module(new)
+        except ImportError:
+            assert hasattr(importlib.import_module(module), name), new
+    assert moved_path("lightning_modules.rollout.grouped_forward") == "rl.grouped_forward.grouped_forward"
+    assert moved_path("lightning_modules.rollout.sample_completions") == "rl.sampling.sample_completions"
+    assert moved_path("models.loading") is None

@@ -21,6 +21,8 @@ FORBIDDEN = {
     "datamodules": {"evaluation", "models", "rl", "training", "lightning_modules"},
     "evaluation": {"models", "training", "lightning_modules"},
     "models": {"rl", "training", "lightning_modules"},
+    "rl": {"evaluation", "training", "lightning_modules"},
+    "training": {"lightning_modules"},
 }
 COMPONENT_LINES = 200
 MODULE_LINES = 400  # LightningModules, LightningDataModules and command-line entry points

@@ -1,4 +1,4 @@
-"""CT-RATE-VQA builder (datamodules/vqa_builder.py): keys, ROIs from masks, balance, agreement."""
+"""CT-RATE-VQA builder (datamodules/vqa_builder/): keys, ROIs from masks, balance, agreement."""
 
 import json
 from collections import Counter

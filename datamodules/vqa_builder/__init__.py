@@ -1,6 +1,6 @@
 """Build CT-RATE-VQA JSONL (one file per split) from CT-RATE + ReXGroundingCT, real or synthetic alike.
 
-Ground truth comes only from what ``datamodules/ctrate.py`` reads: labels CSV (presence), finding texts
+Ground truth comes only from what ``datamodules/ctrate/`` reads: labels CSV (presence), finding texts
 and lesion masks (slice, ROI, side, size, count). Volumes without masks get anatomy ROIs and only
 presence/abnormality questions.
 
