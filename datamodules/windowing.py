@@ -31,8 +31,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
 def window_scaler(name: str) -> ScaleIntensityRange:
     """MONAI's linear map of window ``name``'s [center - width/2, center + width/2] HU onto [0, 1], clipped.
 
-    Bit for bit the hand-written ``((hu - a_min) / width).clamp(0, 1)`` it replaced (tests/test_transforms.py
-    checks it on random HU and every synthetic slice): every shipped window has integer edges, so ``a_max - a_min``
+    Bit for bit the hand-written ``((hu - a_min) / width).clamp(0, 1)`` it replaced
+    (tests/datamodules/test_transforms.py checks it on random HU and every synthetic slice): every shipped window
+    has integer edges, so ``a_max - a_min``
     is exactly ``width``; MONAI's extra ``* (b_max - b_min) + b_min`` is ``* 1 + 0``, exact in float32. Raises
     KeyError for an unknown name.
     """

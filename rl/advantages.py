@@ -2,7 +2,7 @@
 
 TRL's ``GRPOTrainer`` (v1.16) term by term: the weighted sum or per-function normalisation
 (``multi_objective_aggregation``), the group or batch std (``scale_rewards``), NaN (a reward that does not apply)
-left out of every mean and std. ``tests/test_advantages.py`` checks each against hand-computed numbers.
+left out of every mean and std. ``tests/rl/test_advantages.py`` checks each against hand-computed numbers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GRPO's loss on plain tensors: per-token log-probs, the clipped surrogate, the KL and their aggregations.
 
 Everything here follows TRL's ``GRPOTrainer`` (v1.16) term by term, so a run configured with the same
-``loss_type``/``epsilon``/``beta`` optimises the same objective; ``tests/test_grpo_loss.py`` checks each piece
+``loss_type``/``epsilon``/``beta`` optimises the same objective; ``tests/rl/test_grpo_loss.py`` checks each piece
 against a written-out computation. The advantages it takes come from ``rl/advantages.py``.
 """
 

@@ -1,6 +1,6 @@
 """What crosses between our training and a vLLM engine, none of it needing vLLM: the prompts it is given, the
 weights it is sent, and the tokens it samples turned into a ``Rollout`` exactly as our sampler makes one
-(``tests/test_vllm_io.py``). The engine itself is ``rl/vllm_rollout.py``.
+(``tests/rl/test_vllm_io.py``). The engine itself is ``rl/vllm_rollout.py``.
 """
 
 from __future__ import annotations

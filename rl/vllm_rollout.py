@@ -18,7 +18,7 @@ against them: prompts go in with one image placeholder per image (vLLM expands i
 would be expanded again, silently), the stop token stays in ``token_ids``, and the transformers 5 parameter
 names are mapped by vLLM's Qwen2.5-VL loader. The project's machines have no vLLM (and no GPU in CI), so only the
 parts that do not need vLLM are tested: turning vLLM's outputs into a ``Rollout``, the prompts it is given and
-the weights it is sent (``rl/vllm_io.py``), and GRPO training on an engine's tokens (``tests/test_vllm_rollout.py``).
+the weights it is sent (``rl/vllm_io.py``), and GRPO training on an engine's tokens (``tests/rl/test_vllm_rollout.py``).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_user_volume import lps_volume, write_dicom
 
 from cli import ConfigError, main, run
+from tests.datamodules.test_user_volume import lps_volume, write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT, EVAL, GRPO = (str(ROOT / "configs" / f"{name}.yaml") for name in ("sft", "eval", "grpo"))

@@ -35,7 +35,9 @@ EXPERIMENT_CASES = [
     ["annotation_efficiency.yaml"],
     ["replication.yaml", "roi_sources.yaml"],
 ]
-OTHER = {"experiments/roi_proposals.yaml": "tests/test_roi_sources.py (evaluation.roi_proposals' own parser)"}
+OTHER = {
+    "experiments/roi_proposals.yaml": "tests/datamodules/test_roi_sources.py (evaluation.roi_proposals' own parser)"
+}
 
 
 def resolved(*args: str) -> dict[str, Any]:

@@ -144,3 +144,11 @@ def test_every_package_says_what_it_holds():
     for package in (*PACKAGES, *TOP):
         doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
         assert doc and len(doc.splitlines()) == 1, package
+
+
+def test_tests_mirror_the_packages():
+    """Every test folder is a package's name, and only whole-project tests (CLI, configs, layout) stay at the top."""
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= set(PACKAGES + TOP), folders - set(PACKAGES + TOP)
+    top = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    assert top == {"test_cli.py", "test_configs.py", "test_layout.py"}, top

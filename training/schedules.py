@@ -18,7 +18,8 @@ def warmup_cosine(
 
     This is transformers' ``cosine_warmup_with_min_lr`` (``get_cosine_with_min_lr_schedule_with_warmup_lr_rate``,
     whose ramp is (s + 1) / warmup) with both step counts one more than ours: its ramp then is ours, and its cosine
-    starts at our step ``warmup_steps`` with our horizon; same factors to the bit (``tests/test_schedules.py``).
+    starts at our step ``warmup_steps`` with our horizon; same factors to the bit
+    (``tests/training/test_schedules.py``).
     The plain ``cosine_with_min_lr`` ramps s / warmup from a zero rate, so agrees only at ``warmup_steps`` = 0.
     """
     total_steps = max(total_steps, 1)

@@ -17,7 +17,7 @@ from lightning import seed_everything
 
 from training.checkpoint_files import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def overlay(tmp_path: Path, name: str, synthetic_root: Path, tiny_model_dir: Path, stage: str) -> Path:

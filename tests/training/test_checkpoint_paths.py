@@ -20,7 +20,7 @@ from datamodules.synthetic_ctrate import make_phantom
 from training.checkpoint_files import UnsafeCheckpointError, load_checkpoint, load_checkpoint_file
 from training.checkpoint_selection import best_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SFT, GRPO, EVAL, ROI = (str(CONFIGS / f"{name}.yaml") for name in ("sft", "grpo", "eval", "roi_classifier"))
 
 

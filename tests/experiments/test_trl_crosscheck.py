@@ -14,7 +14,7 @@ import yaml
 
 from experiments.trl_crosscheck import grpo_settings, load_stage, main, rollout_prompts
 
-GRPO = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
+GRPO = str(Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from datamodules.ct_vqa import CTVQADataModule
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.sft import SFTModule
-from tests.test_grpo import trainer as grpo_trainer
+from tests.lightning_modules.test_grpo import trainer as grpo_trainer
 from training.checkpoint_files import load_checkpoint
 from training.checkpointing import ResumableCheckpoint
 from training.faults import FaultCounter, TrainingFault

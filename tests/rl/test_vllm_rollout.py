@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from test_vllm_io import datamodule
 
 from datamodules.processor import load_processor
 from lightning_modules.grpo import GRPOModule
 from rl.vllm_io import rollout_from_token_lists
 from rl.vllm_rollout import VLLMRollout
+from tests.rl.test_vllm_io import datamodule
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

@@ -13,7 +13,7 @@ import yaml
 from cli import main
 from datamodules.splits import AnnotationSubset
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml")
 
 
 def test_grpo_step_on_records_without_reasoning(tmp_path, synthetic_root, tiny_model_dir):

@@ -9,7 +9,7 @@ import yaml
 
 from experiments.replicate import deep_merge, load_experiment, main
 
-SPEC = str(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "replication.yaml")
+SPEC = str(Path(__file__).resolve().parents[2] / "configs" / "experiments" / "replication.yaml")
 
 
 def test_deep_merge_replaces_lists_and_merges_dicts():

@@ -1,5 +1,5 @@
-"""The data checks (datamodules/data_checks/) as plain functions; tests/test_check_data.py shows that check_data and
-the loaders report each of them the same way."""
+"""The data checks (datamodules/data_checks/) as plain functions; tests/datamodules/test_check_data.py shows
+that check_data and the loaders report each of them the same way."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cli import main
 
-EVAL = str(Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
+EVAL = str(Path(__file__).resolve().parents[2] / "configs" / "eval.yaml")
 
 
 def write_ct(path: Path) -> np.ndarray:

@@ -17,7 +17,7 @@ from lightning_modules.sft import SFTModule
 from training.checkpoint_files import load_checkpoint
 from training.faults import all_finite, gradients_finite
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "sft.yaml")
 
 
 def overlay(tmp_path: Path, synthetic_root: Path, tiny_model_dir: Path, **trainer) -> str:

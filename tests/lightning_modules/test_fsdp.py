@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reward_on_rank_one_only(completions: list[str], **_: object) -> list[float | None]:

@@ -23,7 +23,7 @@ from rl.trajectory import reward_fields
 from training.checkpoint_files import load_checkpoint
 from training.checkpointing import ResumableCheckpoint as ModelCheckpoint
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml")
 
 
 def vowel_reward(completions: list[str], **_) -> list[float]:

@@ -16,7 +16,7 @@ from datamodules.vqa_builder import BUILD_INFO, build_info, build_vqa, report_re
 from datamodules.vqa_builder.__main__ import main as builder_main
 from evaluation.roi_proposals import evaluate_sources, render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REGION_SOURCE = {"class_path": "datamodules.roi_sources.MaskROI", "init_args": {"regions_dir": "totalsegmentator"}}
 
 

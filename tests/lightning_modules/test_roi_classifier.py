@@ -15,7 +15,7 @@ from datamodules.ct_slices import CTSliceDataModule, slice_positions
 from datamodules.ctrate import CTRATE_LABELS, CTRATEPaths, load_ct_volume, patient_id, read_split
 from lightning_modules.roi_classifier import ROIClassifierModule, box_from_map, pool_slices
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "roi_classifier.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "roi_classifier.yaml")
 TINY = "test_resnet"  # timm's tiny ResNet (0.4 M parameters): GAP + linear head, fast at 32-64 px on CPU
 
 

@@ -14,7 +14,7 @@ from datamodules.ct_vqa import CTVQADataModule
 from evaluation.answers import answer_prefix, yes_probabilities
 from lightning_modules.evaluator import VQAEvaluator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVAL = str(ROOT / "configs" / "eval.yaml")
 SFT = str(ROOT / "configs" / "sft.yaml")
 
