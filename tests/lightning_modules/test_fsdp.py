@@ -124,7 +124,10 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
                 "micro_batch_size": 3,
                 "loss": {"beta": 0.1, "mask_truncated_completions": False},  # 8 new tokens: nearly all truncated
                 "learning_rate": 1e-3,
-                "reward_funcs": ["tests.test_grpo.vowel_reward", "tests.test_fsdp.reward_on_rank_one_only"],
+                "reward_funcs": [
+                    "tests.lightning_modules.test_grpo.vowel_reward",
+                    "tests.lightning_modules.test_fsdp.reward_on_rank_one_only",
+                ],
                 "rewards": {"scale_rewards": "batch", "reward_weights": None},
                 "logging": {"log_completions_every_n_steps": 0},
                 "gradient_checkpointing": checkpointing,
