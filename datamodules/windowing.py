@@ -33,9 +33,8 @@ def window_scaler(name: str) -> ScaleIntensityRange:
 
     Bit for bit the hand-written ``((hu - a_min) / width).clamp(0, 1)`` it replaced
     (tests/datamodules/test_transforms.py checks it on random HU and every synthetic slice): every shipped window
-    has integer edges, so ``a_max - a_min``
-    is exactly ``width``; MONAI's extra ``* (b_max - b_min) + b_min`` is ``* 1 + 0``, exact in float32. Raises
-    KeyError for an unknown name.
+    has integer edges, so ``a_max - a_min`` is exactly ``width``; MONAI's extra ``* (b_max - b_min) + b_min`` is
+    ``* 1 + 0``, exact in float32. Raises KeyError for an unknown name.
     """
     center, width = WINDOWS[name]
     return ScaleIntensityRange(a_min=center - width / 2, a_max=center + width / 2, b_min=0.0, b_max=1.0, clip=True)
