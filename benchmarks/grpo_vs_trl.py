@@ -276,16 +276,16 @@ def run_trl(
     peft_config = None
     if lora:
         from peft import LoraConfig
+        from transformers import AutoConfig
 
-        from models.loading import DEFAULT_LORA_TARGETS
+        from models.families import family_of
 
-        names = "|".join(DEFAULT_LORA_TARGETS)
         peft_config = LoraConfig(
             r=LORA["r"],
             lora_alpha=LORA["alpha"],
             lora_dropout=LORA["dropout"],
             # As models/loading.py: the language model's projections, not the vision tower's.
-            target_modules=rf"^(?!.*visual).*\.({names})$",
+            target_modules=family_of(AutoConfig.from_pretrained(model_dir)).lora_regex(None),
         )
     timer = Timer()
     trainer = GRPOTrainer(

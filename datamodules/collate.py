@@ -8,6 +8,45 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
+# Processor outputs that label each prompt token (image token or text; Gemma 3's bidirectional image attention):
+# padded and extended with the prompt. Every other processor output but the ids and mask is image data.
+TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+TEXT_KEYS = frozenset(
+    {"input_ids", "attention_mask", "labels", "meta", "prompt_input_ids", "prompt_attention_mask"}
+    | {k for key in TOKEN_KEYS for k in (key, f"prompt_{key}")}
+)
+# What a collated sample holds besides its processor outputs.
+SAMPLE_KEYS = frozenset({"prompt_ids", "target_ids", "meta"})
+
+
+def image_keys(batch: dict[str, Any]) -> list[str]:
+    """The batch's image inputs (``pixel_values``, ``image_grid_thw``, ``image_sizes``, …), as the processor named
+    them; one image per row."""
+    return [key for key in batch if key not in TEXT_KEYS]
+
+
+def prompt_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Model keyword arguments for the batch's prompts alone: ids, mask, token types and images."""
+    inputs = {key.removeprefix("prompt_"): value for key, value in batch.items() if key.startswith("prompt_")}
+    return inputs | {key: batch[key] for key in image_keys(batch)}
+
+
+def full_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Model keyword arguments for prompt + target (the SFT view): ids, mask, token types and images."""
+    text = ("input_ids", "attention_mask", *TOKEN_KEYS)
+    return {key: batch[key] for key in text if key in batch} | {key: batch[key] for key in image_keys(batch)}
+
+
+def concat_images(samples: list[dict[str, Any]], key: str) -> torch.Tensor:
+    """One image input of all samples, concatenated along its first dimension.
+
+    Raises ValueError when the samples' images differ in shape where they must not (e.g. differently sized
+    images for a family whose processor gives one fixed-size tensor per image)."""
+    try:
+        return torch.cat([s[key] for s in samples])
+    except RuntimeError as e:
+        shapes = sorted({tuple(s[key].shape) for s in samples})
+        raise ValueError(f"image input {key!r} of one batch has shapes {shapes}: give all images one size") from e
 
 
 def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -24,10 +63,12 @@ def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
 class VQACollator:
     """Collate samples (``None`` = skipped bad sample) into one batch with two views of the same prompts.
 
-    - ``input_ids``/``attention_mask``/``labels``/``mm_token_type_ids``: prompt + target, for the SFT loss;
-      labels are IGNORE_INDEX everywhere but the target (the assistant's answer turn).
-    - ``prompt_input_ids``/``prompt_attention_mask``/``prompt_mm_token_type_ids``: the prompt alone, for generation.
-    Images (``pixel_values``, ``image_grid_thw``) are shared by both views.
+    - ``input_ids``/``attention_mask``/``labels`` and the token types (``mm_token_type_ids`` for Qwen,
+      ``token_type_ids`` for Gemma 3): prompt + target, for the SFT loss; labels are IGNORE_INDEX everywhere but
+      the target (the assistant's answer turn).
+    - ``prompt_input_ids``/``prompt_attention_mask``/``prompt_<token types>``: the prompt alone, for generation.
+    Images (whatever else the processor returned: Qwen's ``pixel_values`` patches and ``image_grid_thw``, other
+    families' ``pixel_values``, ``image_sizes``, …) are shared by both views.
     """
 
     pad_token_id: int
@@ -36,22 +77,22 @@ class VQACollator:
         samples = [s for s in samples if s is not None]
         if not samples:
             return {}
-        full, labels, mm_full = [], [], []
+        full, labels = [], []
         for s in samples:
             full.append(torch.cat([s["prompt_ids"], s["target_ids"]]))
             labels.append(torch.cat([torch.full_like(s["prompt_ids"], IGNORE_INDEX), s["target_ids"]]))
-            mm_full.append(torch.cat([s["mm_token_type_ids"], torch.zeros_like(s["target_ids"])]))
-        input_ids = left_pad(full, self.pad_token_id)
-        prompt_ids = left_pad([s["prompt_ids"] for s in samples], self.pad_token_id)
-        return {
-            "input_ids": input_ids,
+        batch = {
+            "input_ids": left_pad(full, self.pad_token_id),
             "attention_mask": left_pad([torch.ones_like(r) for r in full], 0),
             "labels": left_pad(labels, IGNORE_INDEX),
-            "mm_token_type_ids": left_pad(mm_full, 0),
-            "prompt_input_ids": prompt_ids,
-            "prompt_attention_mask": left_pad([torch.ones_like(s["prompt_ids"]) for s in samples], 0),
-            "prompt_mm_token_type_ids": left_pad([s["mm_token_type_ids"] for s in samples], 0),
-            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
-            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
-            "meta": [s["meta"] for s in samples],
         }
+        for key in (k for k in TOKEN_KEYS if k in samples[0]):
+            batch[key] = left_pad([torch.cat([s[key], torch.zeros_like(s["target_ids"])]) for s in samples], 0)
+        batch["prompt_input_ids"] = left_pad([s["prompt_ids"] for s in samples], self.pad_token_id)
+        batch["prompt_attention_mask"] = left_pad([torch.ones_like(s["prompt_ids"]) for s in samples], 0)
+        for key in (k for k in TOKEN_KEYS if k in samples[0]):
+            batch[f"prompt_{key}"] = left_pad([s[key] for s in samples], 0)
+        for key in (k for k in samples[0] if k not in SAMPLE_KEYS and k not in TOKEN_KEYS):
+            batch[key] = concat_images(samples, key)
+        batch["meta"] = [s["meta"] for s in samples]
+        return batch

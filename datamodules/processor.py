@@ -7,9 +7,10 @@ from pathlib import Path
 from transformers import AutoProcessor, ProcessorMixin
 
 
-def load_processor(model_path: str | Path) -> ProcessorMixin:
-    """The model directory's processor (tokenizer, image processor, chat template)."""
-    processor = AutoProcessor.from_pretrained(model_path)
+def load_processor(model_path: str | Path, trust_remote_code: bool = False) -> ProcessorMixin:
+    """The model directory's processor (tokenizer, image processor, chat template); ``trust_remote_code`` runs
+    processor code the directory ships (checked by the model's loader, ``models/loading.remote_code_check``)."""
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     # Generation batches are left-padded so every prompt ends where its completion starts.
     processor.tokenizer.padding_side = "left"
     return processor

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import box_problem
+from datamodules.collate import TOKEN_KEYS
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
 from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
 from datamodules.slice_cache import SliceCache
@@ -172,11 +173,11 @@ class CTVQADataset(Dataset):
         }
         if self.keep_images:
             meta["image"] = pil
+        # Token types (row 0 of a batch of 1) and image inputs, as the processor names them (datamodules/collate.py).
+        inputs = {k: v[0] if k in TOKEN_KEYS else v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return {
             "prompt_ids": prompt_ids,
-            "mm_token_type_ids": enc["mm_token_type_ids"][0],
-            "pixel_values": enc["pixel_values"],
-            "image_grid_thw": enc["image_grid_thw"],
+            **inputs,
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "meta": meta,
         }

@@ -17,7 +17,8 @@ class VQAEvaluator(PolicyModule):
     wrote it from the checkpoint's hyperparameters, so the same test step runs with the trained weights.
 
     Args:
-        model_path: Hugging Face model directory (the exported tiny model, a real Qwen2.5-VL, another VLM).
+        model_path: Hugging Face model directory: the exported tiny model, a checkpoint of a training family, or
+            any VLM ``AutoModelForImageTextToText`` loads (Gemma 3 / MedGemma, LLaVA-OneVision, InternVL, …).
         build_embedded_if_missing: build the embedded tiny model at ``model_path`` if the directory is missing.
         lora: LoRA settings of a checkpoint to load into (null for plain model directories).
         max_new_tokens: generation budget per answer.
@@ -25,6 +26,8 @@ class VQAEvaluator(PolicyModule):
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
         sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
             efficient, math: cuDNN attention re-plans every new shape (``models/attention.py``).
+        trust_remote_code: load a model directory that ships its own code (``auto_map`` in its config.json, e.g.
+            HuatuoGPT-Vision); refused otherwise, as that code runs here.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class VQAEvaluator(PolicyModule):
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
         sdpa_backends: list[SdpaBackend] | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict

@@ -55,6 +55,8 @@ class PolicyModule(L.LightningModule):
             freeze_vision=self.hparams.get("freeze_vision", True),  # absent: an evaluator, which never trains
             attn_implementation=self.hparams.attn_implementation,
             gradient_checkpointing=self.hparams.get("gradient_checkpointing", False) and not reference,
+            trust_remote_code=self.hparams.get("trust_remote_code", False),  # the evaluator's opt-in
+            for_training="learning_rate" in self.hparams,
         )
         if reference:
             model.requires_grad_(False).eval()
@@ -71,7 +73,7 @@ class PolicyModule(L.LightningModule):
             return
         path = str(ensure_model_dir(self.hparams.model_path, build_embedded_if_missing=False))
         set_sdpa_backends(self.hparams.get("sdpa_backends"))
-        self.tokenizer = load_processor(path).tokenizer
+        self.tokenizer = load_processor(path, self.hparams.get("trust_remote_code", False)).tokenizer
         self.model = self.load_policy(path)
         # Once per model, not per batch: the tokens that end an answer and the ones never to generate.
         self.end_tokens = end_token_ids(self.model, self.tokenizer)

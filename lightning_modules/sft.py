@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import torch
 
-from datamodules.collate import IGNORE_INDEX
+from datamodules.collate import IGNORE_INDEX, full_inputs
 from lightning_modules.policy import PolicyModule
 from models.attention import SdpaBackend
 from models.loading import LoRASpec
@@ -60,15 +60,7 @@ class SFTModule(PolicyModule):
     def forward(self, batch: dict[str, Any], logits_to_keep: int = 0) -> torch.Tensor:
         """Logits of prompt + target (the SFT view of the batch); of its last ``logits_to_keep`` positions only
         when that is not 0."""
-        return self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            pixel_values=batch["pixel_values"],
-            image_grid_thw=batch["image_grid_thw"],
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-        ).logits
+        return self.model(**full_inputs(batch), use_cache=False, logits_to_keep=logits_to_keep).logits
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         # Position t predicts token t + 1. Shift the labels, not the logits: a slice of the (B, T, V) logits would

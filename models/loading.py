@@ -1,37 +1,54 @@
-"""Loading the policy model and processor: the one path for the embedded default and real checkpoints."""
+"""Loading a model directory: the one path for the embedded default, real checkpoints and every VLM family."""
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from common.checkpoint_types import allow_in_checkpoints
 from common.files import atomic_path
+from models.families import family_of, training_families
 
 log = logging.getLogger(__name__)
-
-# Language-model projections of every decoder layer; the vision tower's modules are excluded by LoRASpec.
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
 class LoRASpec:
-    """LoRA settings (peft). Applied to the language model only; the vision tower follows `freeze_vision`."""
+    """LoRA settings (peft). Applied to the language model only; the vision tower follows `freeze_vision`.
+    ``target_modules``: module names to wrap; null = the model family's (``models/families``)."""
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    target_modules: list[str] | None = None
 
 
 # Saved in checkpoints' hyperparameters: allow it under torch.load(weights_only=True) when resuming.
 # Checkpoints written before the renovation pickled it as lightning_modules.model_loading.LoRASpec.
 allow_in_checkpoints(LoRASpec, old_module="lightning_modules.model_loading")
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be loaded as asked: weights that do not match its class, code to trust."""
+
+
+def remote_code_check(model_path: str | Path, trust_remote_code: bool) -> None:
+    """Refuse a directory whose model needs its own Python code (``auto_map`` in config.json) unless trusted.
+
+    Raises ModelLoadError naming the directory and the option to set."""
+    config = Path(model_path) / "config.json"
+    needs_code = config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    if needs_code and not trust_remote_code:
+        raise ModelLoadError(
+            f"{model_path}: the model ships its own code (auto_map in config.json), which would run here; "
+            "set model.init_args.trust_remote_code: true only if you trust its source"
+        )
 
 
 def load_model(
@@ -41,27 +58,57 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    for_training: bool = False,
 ) -> PreTrainedModel:
-    """Load a Qwen2.5-VL model directory, optionally wrap it with LoRA and freeze the vision tower."""
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        model_path, dtype=dtype, attn_implementation=attn_implementation
+    """Load a model directory with ``AutoModelForImageTextToText`` (its own family's class), optionally wrap it
+    with LoRA and freeze the vision tower.
+
+    Raises ModelLoadError when a weight of the class is missing from the directory or a weight in the directory
+    has no place in the class (the model would be partly random), when its code is not trusted
+    (``remote_code_check``), or, with ``for_training``, when its family is not one SFT and GRPO support.
+    """
+    remote_code_check(model_path, trust_remote_code)
+    if for_training:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if not family_of(config).trainable:
+            raise ModelLoadError(
+                f"{model_path}: model type {config.model_type!r} can be evaluated but not trained here; "
+                f"SFT and GRPO support {', '.join(training_families())} (models/families)"
+            )
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        model_path,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        output_loading_info=True,
     )
+    bad = {kind: sorted(info.get(kind) or ()) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
+        found = "; ".join(
+            f"{len(keys)} {kind.replace('_', ' ')} (e.g. {', '.join(map(str, keys[:3]))})"
+            for kind, keys in bad.items()
+            if keys
+        )
+        raise ModelLoadError(
+            f"{model_path}: its weights do not fit {type(model).__name__}: {found}. Is the directory complete, "
+            "and its config.json the one its weights were saved with?"
+        )
+    family = family_of(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None:
-        names = "|".join(lora.target_modules)
         config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            # A regex (full match) so the vision tower's identically named projections stay untouched.
-            target_modules=rf"^(?!.*visual).*\.({names})$",
+            target_modules=family.lora_regex(lora.target_modules),
         )
         model = get_peft_model(model, config)
     if freeze_vision:
         for name, param in model.named_parameters():
-            if ".visual." in f".{name}":
+            if family.is_vision(name):
                 param.requires_grad_(False)
     return model
 

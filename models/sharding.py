@@ -1,4 +1,4 @@
-"""FSDP2 sharding of Qwen2.5-VL for Lightning's ModelParallelStrategy (used from ``configure_model``)."""
+"""FSDP2 sharding of a VLM for Lightning's ModelParallelStrategy (used from ``configure_model``)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from models.families import family_of
+
 
 def shardable_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Decoder layers and vision blocks: the units FSDP2 gathers one at a time."""
-    return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "VisionBlock"))]
+    """Decoder layers and vision blocks: the units FSDP2 gathers one at a time (the family's)."""
+    return family_of(model).shardable_blocks(model)
 
 
 def shard_model(model: torch.nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> torch.nn.Module:

@@ -12,7 +12,17 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rl.prompt_batch import PROMPT_KEYS, prompt_positions, select_rows
+from datamodules.collate import prompt_inputs
+from models.families import family_of
+from rl.prompt_batch import (
+    completion_positions,
+    prompt_keys,
+    prompt_positions,
+    repeat_prompts,
+    select_rows,
+    with_completions,
+)
+from rl.sampling import model_cache
 
 
 def completion_logits(
@@ -27,16 +37,10 @@ def completion_logits(
     GRPO uses ``grouped_completion_logits``, the same logits for less; this is the reference the tests hold it to.
     """
     positions, next_position = prompt_positions(model, prompts)
-    steps = torch.arange(completion_ids.size(1), device=completion_ids.device)
-    completion_positions = (next_position.unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
     length = completion_ids.size(1)
     out = model(
-        input_ids=torch.cat([prompts["prompt_input_ids"], completion_ids], dim=1),
-        attention_mask=torch.cat([prompts["prompt_attention_mask"], completion_mask], dim=1),
-        position_ids=torch.cat([positions, completion_positions], dim=2),
-        mm_token_type_ids=torch.cat([prompts["prompt_mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1),
-        pixel_values=prompts["pixel_values"],
-        image_grid_thw=prompts["image_grid_thw"],
+        **with_completions(prompts, completion_ids, completion_mask),
+        position_ids=torch.cat([positions, completion_positions(positions, next_position, length)], dim=-1),
         use_cache=False,
         logits_to_keep=length + 1,
     )
@@ -128,19 +132,22 @@ def grouped_forward(
     """
     g = num_generations
     start, stop, _ = rows.indices(completion_ids.size(0))
+    family = family_of(model)
+    if not family.shared_prefill:  # its prompt cache cannot carry gradients (models/families): one row each
+        prompts = select_rows(repeat_prompts(batch, g), rows)
+        logits = completion_logits(model, prompts, completion_ids[start:stop], completion_mask[start:stop])
+        if hidden:
+            raise ValueError(f"the {family.name} family has no grouped forward: set logprob_chunk_size: null")
+        return logits[:, :1], logits[:, 1:] if logits.size(1) > 1 else None
     first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
-    prompts = select_rows({key: batch[key] for key in PROMPT_KEYS}, slice(first, last))
+    prompts = select_rows({key: batch[key] for key in prompt_keys(batch)}, slice(first, last))
     positions, next_position = prompt_positions(model, prompts)
     layers = checkpointed_layers(model)
     checkpointing = bool(layers)
     with checkpoint_with_cache(layers):
         out = model(
-            input_ids=prompts["prompt_input_ids"],
-            attention_mask=prompts["prompt_attention_mask"],
+            **prompt_inputs(prompts),
             position_ids=positions,
-            mm_token_type_ids=prompts["prompt_mm_token_type_ids"],
-            pixel_values=prompts["pixel_values"],
-            image_grid_thw=prompts["image_grid_thw"],
             cache=Cache(layer_class_to_replicate=ReplaySafeLayer) if checkpointing else None,
             use_cache=True,
             logits_to_keep=1,
@@ -150,17 +157,15 @@ def grouped_forward(
         ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
         if ids.size(1) == 0:
             return first_logits, None
-        cache = out.cache
+        cache = model_cache(out)
         if checkpointing:
             cache = Cache(layers=[ReplaySafeLayer((layer.keys[owner], layer.values[owner])) for layer in cache.layers])
         else:
-            cache.batch_select_indices(owner)
-        steps = torch.arange(ids.size(1), device=ids.device)
-        completion_positions = (next_position[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
+            family.select_cache(cache, owner)
         out = model(
             input_ids=ids,  # the last token predicts nothing that is scored
             attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),
-            position_ids=completion_positions,
+            position_ids=completion_positions(positions, next_position[owner], ids.size(1)),
             cache=cache,
             use_cache=True,
             # No position's logits (an empty index), but the final, normed hidden states.

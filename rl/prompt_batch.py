@@ -1,5 +1,6 @@
 """The prompts of a collated CT-VQA batch as rows: repeated G times (one row per completion), sliced to a
-micro-batch with exactly their images' patches, and their multimodal rotary positions."""
+micro-batch with exactly their images, their rotary positions (the model family's), and the model inputs of
+prompt + completion."""
 
 from __future__ import annotations
 
@@ -7,56 +8,69 @@ from typing import Any
 
 import torch
 
-# What a collated batch holds for its prompts: token ids, masks, and one image per row.
-PROMPT_KEYS = (
-    "prompt_input_ids",
-    "prompt_attention_mask",
-    "prompt_mm_token_type_ids",
-    "pixel_values",
-    "image_grid_thw",
-)
+from datamodules.collate import TOKEN_KEYS, image_keys, prompt_inputs
+from models.families import family_of
 
 
-def vl_core(model: torch.nn.Module) -> torch.nn.Module:
-    """The inner ``Qwen2_5_VLModel`` (the module with ``get_rope_index``), under any LoRA/FSDP wrapping.
-
-    Raises TypeError when ``model`` has no such module (not a Qwen-VL model)."""
-    for module in model.modules():
-        if hasattr(module, "get_rope_index"):
-            return module
-    raise TypeError(f"{type(model).__name__} has no multimodal rotary positions (get_rope_index); not a Qwen-VL model")
+def prompt_keys(batch: dict[str, Any]) -> list[str]:
+    """What a collated batch holds for its prompts: token ids, mask, token types, and one image per row."""
+    return [key for key in batch if key.startswith("prompt_")] + image_keys(batch)
 
 
 def prompt_positions(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multimodal rotary positions of the prompts, (3, B, T), and each prompt's next text position, (B,)."""
-    mask = batch["prompt_attention_mask"]
-    positions, _ = vl_core(model).get_rope_index(
-        batch["prompt_input_ids"],
-        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
-        image_grid_thw=batch["image_grid_thw"],
-        attention_mask=mask,
-    )
-    next_position = positions.masked_fill(mask.unsqueeze(0) == 0, -1).amax(dim=(0, 2)) + 1
-    return positions, next_position
+    """Rotary positions of the prompts, (R, B, T) for multimodal RoPE (R sections) or (B, T), and each prompt's
+    next text position, (B,), as ``model``'s family builds them (``models/families``)."""
+    return family_of(model).prompt_positions(model, batch)
+
+
+def completion_positions(positions: torch.Tensor, next_position: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions of ``length`` completion tokens after prompts with ``positions``, (…, N, L)."""
+    steps = torch.arange(length, device=next_position.device)
+    return (next_position.unsqueeze(1) + steps).expand(*positions.shape[:-2], -1, -1)
+
+
+def with_completions(
+    prompts: dict[str, Any], completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> dict[str, Any]:
+    """Model inputs of prompt + completion rows: ids, mask and token types (completion tokens are text) joined,
+    images as they are. ``prompts`` holds one row per completion."""
+    inputs = prompt_inputs(prompts)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], completion_mask], dim=1)
+    for key in (k for k in TOKEN_KEYS if k in inputs):
+        inputs[key] = torch.cat([inputs[key], torch.zeros_like(completion_ids)], dim=1)
+    return inputs
+
+
+def image_rows(batch: dict[str, Any], key: str) -> list[int]:
+    """How many entries of image input ``key`` belong to each row: Qwen's ``pixel_values`` are patches, as many
+    per image as its ``image_grid_thw`` says; any other image input has the same count per row (one image each)."""
+    rows = batch["prompt_input_ids"].size(0)
+    if key == "pixel_values" and "image_grid_thw" in batch:
+        return batch["image_grid_thw"].prod(dim=-1).tolist()
+    size = batch[key].size(0)
+    if size % rows:
+        raise ValueError(f"image input {key!r} has {size} entries for {rows} prompts: expected one image per prompt")
+    return [size // rows] * rows
 
 
 def repeat_prompts(batch: dict[str, Any], num_generations: int) -> dict[str, torch.Tensor]:
     """The batch's prompts and images with every row repeated G times (the layout of a Rollout)."""
     g = num_generations
-    per_image = batch["image_grid_thw"].prod(dim=-1).tolist()
-    images = torch.split(batch["pixel_values"], per_image)
-    return {
-        **{key: batch[key].repeat_interleave(g, dim=0) for key in PROMPT_KEYS if key != "pixel_values"},
-        "pixel_values": torch.cat([image for image in images for _ in range(g)]),
-    }
+    out = {key: batch[key].repeat_interleave(g, dim=0) for key in batch if key.startswith("prompt_")}
+    for key in image_keys(batch):
+        parts = torch.split(batch[key], image_rows(batch, key))
+        out[key] = torch.cat([part for part in parts for _ in range(g)])
+    return out
 
 
 def select_rows(prompts: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
-    """Rows ``rows`` of repeated prompts, with exactly their images' patches."""
-    per_image = prompts["image_grid_thw"].prod(dim=-1)
-    offsets = torch.cat([per_image.new_zeros(1), per_image.cumsum(0)]).tolist()
-    start, stop, _ = rows.indices(per_image.numel())
-    return {
-        **{k: v[rows] for k, v in prompts.items() if k != "pixel_values"},
-        "pixel_values": prompts["pixel_values"][offsets[start] : offsets[stop]],
-    }
+    """Rows ``rows`` of repeated prompts, with exactly their images."""
+    out = {key: prompts[key][rows] for key in prompts if key.startswith("prompt_")}
+    start, stop, _ = rows.indices(prompts["prompt_input_ids"].size(0))
+    for key in image_keys(prompts):
+        offsets = [0]
+        for count in image_rows(prompts, key):
+            offsets.append(offsets[-1] + count)
+        out[key] = prompts[key][offsets[start] : offsets[stop]]
+    return out

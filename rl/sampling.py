@@ -18,7 +18,9 @@ import torch
 import torch.distributed as dist
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from rl.prompt_batch import prompt_positions
+from datamodules.collate import prompt_inputs
+from models.families import family_of
+from rl.prompt_batch import completion_positions, prompt_positions
 
 
 @dataclass
@@ -115,6 +117,12 @@ def next_tokens(
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def model_cache(out: Any) -> Any:
+    """The cache a forward with ``use_cache=True`` returned (``cache`` in transformers 5, else ``past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _all_ranks_done(done: bool, device: torch.device) -> bool:
     """True when every rank is done; with one process just ``done``. Sharded forwards are collectives."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -143,20 +151,12 @@ def sample_completions(
     """
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     device = prompt_ids.device
+    family = family_of(model)
     positions, next_position = prompt_positions(model, batch)
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=positions,
-        mm_token_type_ids=batch["prompt_mm_token_type_ids"],
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out = model(**prompt_inputs(batch), position_ids=positions, use_cache=True, logits_to_keep=1)
     g = num_generations
-    cache = out.cache
-    cache.batch_repeat_interleave(g)
+    cache = model_cache(out)
+    family.repeat_cache(cache, g)
     logits = out.logits[:, -1].repeat_interleave(g, dim=0)
     attention = prompt_mask.repeat_interleave(g, dim=0)
     next_position = next_position.repeat_interleave(g)
@@ -180,7 +180,7 @@ def sample_completions(
         if step == sampling.max_new_tokens - 1 or _all_ranks_done(bool(finished.all()), device):
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        step_positions = (next_position + step).view(1, n, 1).expand(3, n, 1)
+        step_positions = completion_positions(positions, next_position + step, 1)
         logits = model(
             input_ids=token.unsqueeze(1),
             attention_mask=attention,

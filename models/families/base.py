@@ -1,0 +1,68 @@
+"""What the training and decoding code needs to know about a VLM family, behind one interface.
+
+A family adapter says how to build rotary positions for a prompt and its completions, how to repeat a prompt's
+cache for its G completions, which modules FSDP2 shards one at a time, which modules LoRA targets and which form
+the vision side (frozen by ``freeze_vision``, never LoRA-wrapped), and whether GRPO's grouped forward may share a
+prompt's cache with gradients (``shared_prefill``). The base class is any ``AutoModelForImageTextToText``
+model with 1-D text positions: enough to evaluate it; families that train subclass it (``models/families/``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from transformers.cache_utils import Cache
+
+# Language-model projections of every decoder layer (attention and MLP), the names of Qwen, Llama, Gemma.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Module-name parts of vision towers and projectors across transformers' VLMs.
+DEFAULT_VISION_MODULES = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
+
+
+class VLMFamily:
+    """The defaults: text-only (1-D) positions; a prompt cache of attention layers; evaluation only."""
+
+    name: ClassVar[str] = "generic"
+    model_types: ClassVar[tuple[str, ...]] = ()  # ``config.model_type`` values of this family
+    trainable: ClassVar[bool] = False  # SFT and GRPO are tested on it
+    shared_prefill: ClassVar[bool] = True  # GRPO's grouped forward shares the prompt cache (else repeated rows)
+    lora_targets: ClassVar[tuple[str, ...]] = DEFAULT_LORA_TARGETS
+    vision_modules: ClassVar[tuple[str, ...]] = DEFAULT_VISION_MODULES
+
+    def prompt_positions(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary positions of the left-padded prompts, (B, T), and each prompt's next text position, (B,).
+
+        As ``generate`` counts them: from 0 at the first real token (padding gets 0).
+        """
+        mask = batch["prompt_attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions, mask.long().sum(-1)
+
+    def repeat_cache(self, cache: Cache, repeats: int) -> None:
+        """Repeat every row of a prompt's ``cache`` ``repeats`` times, in place (rows i·G … i·G + G − 1)."""
+        cache.batch_repeat_interleave(repeats)
+
+    def select_cache(self, cache: Cache, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of ``cache`` (repeats allowed), in place."""
+        cache.batch_select_indices(index)
+
+    def shardable_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The units FSDP2 gathers one at a time: the classes transformers never splits across devices
+        (``_no_split_modules``: decoder layers, vision blocks), else every ``…DecoderLayer``/``…VisionBlock``."""
+        names = set(getattr(model, "_no_split_modules", None) or ())
+        if names:
+            return [m for m in model.modules() if type(m).__name__ in names]
+        return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "VisionBlock"))]
+
+    def is_vision(self, parameter_name: str) -> bool:
+        """Whether a parameter (or module) name belongs to the vision tower or its projector."""
+        parts = parameter_name.split(".")
+        return any(part in self.vision_modules for part in parts)
+
+    def lora_regex(self, targets: tuple[str, ...] | list[str] | None) -> str:
+        """peft's ``target_modules`` as a full-match regex: ``targets`` (None: this family's) in the language model
+        only, so the vision tower's identically named projections stay untouched."""
+        names = "|".join(targets or self.lora_targets)
+        vision = "|".join(self.vision_modules)
+        return rf"^(?!.*\.({vision})\.)(?!({vision})\.).*\.({names})$"

@@ -1,0 +1,1 @@
+"""Tiny offline models of each supported VLM family (tests, benchmarks, the comparison table)."""
