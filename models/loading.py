@@ -82,8 +82,10 @@ def load_model(
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
         output_loading_info=True,
+        ignore_mismatched_sizes=True,  # reported with the missing and unexpected keys below, then refused
     )
-    bad = {kind: sorted(info.get(kind) or ()) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")  # mismatched: (name, saved shape, class shape)
+    bad = {kind: sorted(k[0] if isinstance(k, tuple) else k for k in info.get(kind) or ()) for kind in kinds}
     if any(bad.values()):
         found = "; ".join(
             f"{len(keys)} {kind.replace('_', ' ')} (e.g. {', '.join(map(str, keys[:3]))})"

@@ -27,3 +27,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.embedded import build_embedded_model
 
     return build_embedded_model(tmp_path_factory.mktemp("models") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """``family_model_dir(name)``: the tiny model of a VLM family (models/tiny), built once per session."""
+    from models.tiny.builders import build_tiny
+
+    built = {"qwen2_5_vl": tiny_model_dir}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny(family, tmp_path_factory.mktemp("models") / family)
+        return built[family]
+
+    return get

@@ -1,0 +1,200 @@
+"""Every VLM family on its tiny offline model: the decode loop equals ``generate``; for the training families the
+grouped forward equals repeated rows (values and gradients), SFT and GRPO steps run through the CLI with LoRA,
+export + reload gives the trained logits, and a 2-process FSDP2 step runs. Loading refuses what would be wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText
+
+from cli import main
+from datamodules.collate import prompt_inputs
+from datamodules.ct_vqa import CTVQADataModule
+from datamodules.processor import load_processor
+from models.families import GENERIC, family_of
+from models.loading import ModelLoadError, load_model
+from models.tiny.builders import TINY_BUILDERS, TRAINING_FAMILIES
+from rl.sampling import SamplingConfig, end_token_ids, sample_completions
+from tests.lightning_modules.test_fsdp import _fit
+from tests.rl.test_grouped_forward import _scored, _training_model_and_rollout
+
+ROOT = Path(__file__).resolve().parents[2]
+NEW_TRAINING_FAMILIES = [f for f in TRAINING_FAMILIES if f != "qwen2_5_vl"]  # the default is tested everywhere
+
+
+def batch_of(synthetic_root: Path, model_dir: Path, size: int = 3) -> dict:
+    dm = CTVQADataModule(
+        data_dir=str(synthetic_root), processor_path=str(model_dir), synthetic=None, batch_size=size, num_workers=0
+    )
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("family", sorted(TINY_BUILDERS))
+def test_greedy_decode_equals_generate(family, family_model_dir, synthetic_root):
+    """Our decode loop (one prefill, the family's positions and cache) gives ``model.generate``'s greedy tokens."""
+    model_dir = family_model_dir(family)
+    model = load_model(model_dir).eval()
+    assert family_of(model).name == family.removesuffix("_moe") or family_of(model) is GENERIC
+    tokenizer = load_processor(model_dir).tokenizer
+    batch = batch_of(synthetic_root, model_dir)
+    eos = end_token_ids(model, tokenizer)
+    greedy = SamplingConfig(max_new_tokens=8, do_sample=False)
+    ours = sample_completions(model, batch, 2, greedy, eos, tokenizer.pad_token_id).completion_ids
+    assert torch.equal(ours[0::2], ours[1::2])  # the prompt's repeated cache gives each copy the same answer
+    prompt = batch["prompt_input_ids"]
+    inputs = prompt_inputs(batch)
+    reference = model.generate(
+        **inputs, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )[:, prompt.shape[1] :]
+    assert torch.equal(ours[0::2][:, : reference.shape[1]], reference)
+
+
+@pytest.mark.parametrize("family", NEW_TRAINING_FAMILIES)
+def test_grouped_logps_and_gradients_equal_repeated_rows(family, family_model_dir, synthetic_root):
+    """GRPO's training forward on a micro-batch that cuts a group: the log-probs and gradients of full rows."""
+    model_dir = family_model_dir(family)
+    batch = batch_of(synthetic_root, model_dir)
+    model, rollout = _training_model_and_rollout(model_dir, batch, False, max_new_tokens=6, seed=0)
+    rows = slice(3, 10)
+    full, full_grads, _ = _scored(model, batch, rollout, rows, grouped=False)
+    grouped, grouped_grads, patches = _scored(model, batch, rollout, rows, grouped=True)
+    torch.testing.assert_close(grouped, full, atol=1e-5, rtol=1e-5)
+    assert grouped_grads.keys() == full_grads.keys() and any(".visual." in n for n in full_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grouped_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+    shared = family_of(model).shared_prefill
+    assert len(patches) == 1 and (patches[0] < sum(full_patches_of(batch, rows)) if shared else True)
+
+
+def full_patches_of(batch: dict, rows: slice, g: int = 4) -> list[int]:
+    per_image = batch["image_grid_thw"].prod(-1).tolist()
+    start, stop, _ = rows.indices(3 * g)
+    return [per_image[i // g] for i in range(start, stop)]
+
+
+def _overlay(tmp_path: Path, name: str, config: dict) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _trainer(run: Path, **extra) -> dict:
+    return {
+        "max_steps": 1,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "default_root_dir": str(run),
+        "logger": False,
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "ckpt")}}
+        ],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("family", NEW_TRAINING_FAMILIES)
+def test_sft_then_grpo_with_lora_and_export(family, family_model_dir, synthetic_root, tmp_path):
+    """One SFT step with LoRA through the CLI, its export reloads with the trained logits, then one GRPO step from
+    the export with LoRA (the adapter-disabled model is the reference) moves the adapter only."""
+    model_dir = family_model_dir(family)
+    data = {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2, "max_samples": 8}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    sft_run = tmp_path / "sft"
+    sft = {
+        "model": {"init_args": {"model_path": str(model_dir), "lora": lora, "learning_rate": 1e-2}},
+        "data": data,
+        "trainer": _trainer(sft_run),
+    }
+    cfg = _overlay(tmp_path, "sft", sft)
+    cli = main(["fit", "--config", "configs/sft.yaml", "--config", cfg])
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    wrapped = [n for n, _ in cli.model.model.named_modules() if n.endswith("lora_A")]
+    assert wrapped and not any(family_of(model_dir_config(model_dir)).is_vision(n) for n in wrapped)
+    ckpt = next((sft_run / "ckpt").glob("*.ckpt"))
+    out = tmp_path / "exported"
+    main(["export", "--config", "configs/sft.yaml", "--config", cfg, "--ckpt_path", str(ckpt), "--out_dir", str(out)])
+    batch = batch_of(synthetic_root, out, size=2)
+    cli.model.eval()
+    reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = cli.model(batch)
+        got = reloaded(**{k: v for k, v in batch.items() if k not in ("labels", "meta") and not k.startswith("prompt_")})
+    torch.testing.assert_close(got.logits, expected, atol=1e-5, rtol=1e-5)
+
+    grpo_run = tmp_path / "grpo"
+    grpo = {
+        "model": {
+            "init_args": {
+                "model_path": str(out),
+                "lora": lora,
+                "generation": {"num_generations": 2},
+                "max_new_tokens": 4,
+                "loss": {"beta": 0.1, "mask_truncated_completions": False},
+                "reward_funcs": ["tests.lightning_modules.test_grpo.vowel_reward"],
+                "rewards": {"reward_weights": None},
+                "logging": {"log_completions_every_n_steps": 0},
+            }
+        },
+        "data": data,
+        "trainer": _trainer(grpo_run),
+    }
+    cli = main(["fit", "--config", "configs/grpo.yaml", "--config", _overlay(tmp_path, "grpo", grpo)])
+    assert cli.trainer.global_step == 1
+    trained = {n for n, p in cli.model.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+
+
+def model_dir_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("family", NEW_TRAINING_FAMILIES)
+def test_two_process_fsdp2_sft_step(family, family_model_dir, synthetic_root, tmp_path):
+    """Sharded per decoder layer and vision block (the family's units) on 2 gloo processes: it trains."""
+    strategy = {
+        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+    }
+    losses = _fit(tmp_path, "fsdp", synthetic_root, family_model_dir(family), 2, devices=2, strategy=strategy)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_weights_that_do_not_fit_the_class_are_refused(family_model_dir, tmp_path):
+    """A Qwen3-VL directory whose config says Qwen2.5-VL loads only partly: refused, naming the directory."""
+    wrong = tmp_path / "qwen3-as-qwen2.5"
+    shutil.copytree(family_model_dir("qwen3_vl"), wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    source = json.loads((family_model_dir("qwen2_5_vl") / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**source, "vocab_size": config.get("vocab_size")}))
+    with pytest.raises(ModelLoadError, match=rf"{wrong}: its weights do not fit Qwen2_5_VL.*unexpected keys"):
+        load_model(wrong)
+
+
+def test_a_model_with_its_own_code_needs_trust(family_model_dir, tmp_path):
+    shaky = tmp_path / "remote"
+    shutil.copytree(family_model_dir("qwen2_5_vl"), shaky)
+    config = json.loads((shaky / "config.json").read_text())
+    (shaky / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "x.Config"}}))
+    with pytest.raises(ModelLoadError, match="trust_remote_code: true"):
+        load_model(shaky)
+
+
+def test_an_evaluation_only_family_is_refused_for_training(tmp_path, family_model_dir):
+    """A model type without an adapter can be evaluated, not trained: one clear error before any weight loads."""
+    assert load_model(family_model_dir("qwen2_vl"), for_training=True) is not None
+    other = tmp_path / "other"
+    shutil.copytree(family_model_dir("qwen2_5_vl"), other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gemma3"}))
+    with pytest.raises(ModelLoadError, match="'gemma3' can be evaluated but not trained here; SFT and GRPO support"):
+        load_model(other, for_training=True)
