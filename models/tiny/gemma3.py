@@ -5,13 +5,10 @@ SigLIP vision tower, an average-pooling projector down to ``mm_tokens_per_image`
 SentencePiece-style tokenizer (``<bos>`` added, ``<start_of_turn>``/``<end_of_turn>`` turns, the ``model`` role) and
 ``Gemma3Processor``, which expands ``<start_of_image>`` into ``\\n\\n<start_of_image>`` + soft tokens +
 ``<end_of_image>\\n\\n``. Scaled down so a 112×112 image becomes 16 soft tokens.
-
-    python -m models.tiny.gemma3 --out artifacts/tiny-gemma3
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -179,15 +176,3 @@ def build(out: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = ids("<pad>")
     model.generation_config.bos_token_id = ids("<bos>")
     return save_model_dir(model, processor, Path(out))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/tiny-gemma3"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny Gemma 3 to {build(args.out, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

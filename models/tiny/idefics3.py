@@ -7,13 +7,10 @@ pixel-shuffle connector with ``scale_factor`` 2, a Llama 3 language model), the 
 ``Idefics3Processor``, which writes an image as ``<fake_token_around_image><global-img>`` + ``image_seq_len`` ×
 ``<image>`` + ``<fake_token_around_image>`` (plus row/column tiles for images above one tile). Scaled down: one
 112-pixel tile per edge, 16 tokens per tile.
-
-    python -m models.tiny.idefics3 --out artifacts/tiny-idefics3
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -132,15 +129,3 @@ def build(out: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = [ids(END_OF_TURN), ids("<|end_of_text|>")]
     model.generation_config.pad_token_id = ids("<|end_of_text|>")
     return save_model_dir(model, processor, Path(out))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/tiny-idefics3"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny Idefics3 to {build(args.out, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

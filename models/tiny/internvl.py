@@ -5,13 +5,10 @@ projector into a Qwen2 language model; the Qwen2.5-VL tokenizer with InternVL's 
 ``<IMG_CONTEXT>`` (plus ``<video>`` and the grounding tags), the converted checkpoints' ChatML template, and
 ``InternVLProcessor`` with ``GotOcr2ImageProcessor``, which expands ``<IMG_CONTEXT>`` into
 ``<img>`` + ``image_seq_length`` × ``<IMG_CONTEXT>`` + ``</img>``. Scaled down: 112-pixel tiles, 16 tokens per tile.
-
-    python -m models.tiny.internvl --out artifacts/tiny-internvl
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -137,15 +134,3 @@ def build(out: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = [ids(END_OF_TURN)]
     model.generation_config.pad_token_id = ids("<|endoftext|>")
     return save_model_dir(model, processor, Path(out))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/tiny-internvl"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny InternVL to {build(args.out, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,13 +6,10 @@ tower, two-layer GELU projector, learned ``image_newline``, a Qwen2 language mod
 crops, capped by ``vision_aspect_ratio``). Scaled down: 56-pixel crops on a grid of at most 2×2, capped at one crop's
 worth of features (``anyres_max_1``, the real one is ``anyres_max_9`` of 384-pixel crops), so a 112×112 image is
 16 base + 4×(4+1) tokens = 36.
-
-    python -m models.tiny.llava_onevision --out artifacts/tiny-llava-onevision
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -124,15 +121,3 @@ def build(out: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = [ids(END_OF_TURN)]
     model.generation_config.pad_token_id = ids("<|endoftext|>")
     return save_model_dir(model, processor, Path(out))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/tiny-llava-onevision"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny LLaVA-OneVision to {build(args.out, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,13 +6,10 @@ SigLIP-style vision tower, pixel-shuffle connector, a SmolLM2 language model) wi
 tokens, its ``<|im_start|>User:``/``Assistant:`` template, and ``SmolVLMProcessor`` with ``SmolVLMImageProcessor``
 (the same tile writing as Idefics3). Scaled down: one 112-pixel tile per edge, 16 tokens per tile. (SmolVLM v1
 checkpoints are ``model_type`` ``idefics3``: see models/tiny/idefics3.py.)
-
-    python -m models.tiny.smolvlm --out artifacts/tiny-smolvlm
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -129,15 +126,3 @@ def build(out: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = ids("<|im_end|>")
     model.generation_config.bos_token_id = ids("<|im_start|>")
     return save_model_dir(model, processor, Path(out))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/tiny-smolvlm"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny SmolVLM to {build(args.out, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()
