@@ -1,1 +1,1 @@
-"""Tiny offline models of each supported VLM family (tests, benchmarks, the comparison table)."""
+"""Tiny offline models of every supported VLM family, built like the embedded default (models/tiny/builders.py)."""
