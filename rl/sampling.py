@@ -56,15 +56,20 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+# Chat-turn ends of the families we run: Qwen/ChatML, Gemma, Idefics3/SmolVLM, Llama 3. A real Idefics3 checkpoint
+# stops only on Llama's end of text, not on the end of its assistant turn.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>", "<|eot_id|>")
+
+
 def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
-    """Tokens that end a completion: the chat turn's end (``<|im_end|>``) and the model's EOS ids."""
+    """Tokens that end a completion: the model's EOS ids and the chat turn's end (``END_OF_TURN_TOKENS`` the
+    tokenizer has)."""
     ids = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
         eos = getattr(source, "eos_token_id", None)
         ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[token] for token in END_OF_TURN_TOKENS if token in vocab}
     return sorted(ids)
 
 

@@ -1,6 +1,6 @@
 """Every tiny offline model by family name: what tests, benchmarks and the comparison table build.
 
-    python -m models.tiny.builders --family qwen3_vl --out artifacts/tiny-qwen3-vl
+python -m models.tiny.builders --family qwen3_vl --out artifacts/tiny-qwen3-vl
 """
 
 from __future__ import annotations
@@ -11,13 +11,19 @@ from functools import partial
 from pathlib import Path
 
 from models.embedded import build_embedded_model
-from models.tiny import qwen
+from models.tiny import gemma3, idefics3, internvl, llava_onevision, qwen, smolvlm
 
 Builder = Callable[[Path, int], Path]
 
 TINY_BUILDERS: dict[str, Builder] = {
     "qwen2_5_vl": lambda out, seed: build_embedded_model(out, seed=seed),
     **{family: partial(qwen.build, family) for family in qwen.QWEN_FAMILIES},
+    # Evaluated only (models/families: the generic adapter).
+    "gemma3": lambda out, seed: gemma3.build(out, seed=seed),
+    "llava_onevision": lambda out, seed: llava_onevision.build(out, seed=seed),
+    "internvl": lambda out, seed: internvl.build(out, seed=seed),
+    "idefics3": lambda out, seed: idefics3.build(out, seed=seed),
+    "smolvlm": lambda out, seed: smolvlm.build(out, seed=seed),
 }
 # Families SFT and GRPO are tested on (models/families); the others are evaluated only.
 TRAINING_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")

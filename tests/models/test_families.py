@@ -14,7 +14,7 @@ import yaml
 from transformers import AutoModelForImageTextToText
 
 from cli import main
-from datamodules.collate import prompt_inputs
+from datamodules.collate import full_inputs, prompt_inputs
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.processor import load_processor
 from models.families import GENERIC, family_of
@@ -126,7 +126,7 @@ def test_sft_then_grpo_with_lora_and_export(family, family_model_dir, synthetic_
     reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
     with torch.no_grad():
         expected = cli.model(batch)
-        got = reloaded(**{k: v for k, v in batch.items() if k not in ("labels", "meta") and not k.startswith("prompt_")})
+        got = reloaded(**full_inputs(batch))
     torch.testing.assert_close(got.logits, expected, atol=1e-5, rtol=1e-5)
 
     grpo_run = tmp_path / "grpo"
@@ -198,3 +198,27 @@ def test_an_evaluation_only_family_is_refused_for_training(tmp_path, family_mode
     (other / "config.json").write_text(json.dumps({**config, "model_type": "gemma3"}))
     with pytest.raises(ModelLoadError, match="'gemma3' can be evaluated but not trained here; SFT and GRPO support"):
         load_model(other, for_training=True)
+
+
+EVAL_ONLY_FAMILIES = [f for f in sorted(TINY_BUILDERS) if f not in TRAINING_FAMILIES]
+
+
+@pytest.mark.parametrize("family", [*EVAL_ONLY_FAMILIES, "qwen3_vl"])
+def test_cli_test_evaluates_the_family_and_writes_a_report(family, family_model_dir, synthetic_root, tmp_path):
+    """``cli.py test --config configs/eval.yaml --model.init_args.model_path DIR`` on any family: the same questions,
+    answer parsing and metrics, p(yes) on presence questions, a report."""
+    from tests.evaluation.test_evaluate import EVAL, overlay
+
+    cfg = overlay(tmp_path, synthetic_root, family_model_dir(family), name=family)
+    cli = main(["test", "--config", EVAL, "--config", cfg])
+    run = tmp_path / "eval" / family
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and (run / "report.md").is_file()
+    assert (
+        type(cli.model.model).__name__
+        == type(AutoModelForImageTextToText.from_config(model_dir_config(family_model_dir(family)))).__name__
+    )
+    presence = [r for r in rows if r["question_type"] == "presence"]
+    assert presence and all(0.0 <= r["p_yes"] <= 1.0 for r in presence)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
