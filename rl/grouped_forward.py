@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from datamodules.collate import prompt_inputs
 from models.families import family_of
@@ -18,7 +17,6 @@ from rl.prompt_batch import (
     completion_positions,
     prompt_keys,
     prompt_positions,
-    repeat_prompts,
     select_rows,
     with_completions,
 )
@@ -47,35 +45,6 @@ def completion_logits(
     return out.logits[:, :-1]
 
 
-class ReplaySafeLayer(DynamicLayer):
-    """One decoder layer's KV cache whose ``update`` gives the same answer when gradient checkpointing replays the
-    layer in backward, so a checkpointed layer may use it (HF's ``_can_checkpoint_with_cache``).
-
-    A ``DynamicLayer`` appends on every call, so a replay would append the same states twice. Here the states
-    before this forward are a fixed ``prefix`` (the prompt's, for completion rows) and ``update`` returns the
-    prefix joined with the new states without keeping them; with no prefix (the prompt's own forward) the first
-    call's states are recorded, for the completion forward to use, and the replay's equal states are not.
-    """
-
-    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        super().__init__()
-        self.prefix = prefix
-        if prefix is not None:
-            self.keys, self.values = prefix
-            self.device, self.is_initialized = prefix[0].device, True
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prefix is not None:
-            keys, values = self.prefix
-            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
-        if not self.is_initialized:
-            self.keys, self.values = key_states, value_states
-            self.device, self.is_initialized = key_states.device, True
-        return key_states, value_states
-
-
 def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The layers of ``model`` that gradient checkpointing would replay in a forward now (none without grad)."""
     if not torch.is_grad_enabled():
@@ -86,7 +55,7 @@ def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 @contextmanager
 def checkpoint_with_cache(layers: list[torch.nn.Module]) -> Iterator[None]:
     """Let these checkpointed layers take a cache for the block (transformers drops it otherwise); only sound
-    with ``ReplaySafeLayer`` caches, which a replay does not change."""
+    with ``models.cache_layers`` caches, which a replay does not change."""
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
@@ -127,18 +96,13 @@ def grouped_forward(
     image go through the vision tower and the decoder once, not once per completion: the prompt's KV cache is
     indexed out to the rows of its completions, as in sampling, and gradients flow back through that indexing.
     The prompt is most of each row (image tokens, system prompt, question), so this is most of the training forward.
-    Under gradient checkpointing the caches are ``ReplaySafeLayer``s, which the backward replay of a layer reads
-    without changing, so checkpointed layers keep them (same logits and gradients as without checkpointing).
+    Under gradient checkpointing the caches are replay-safe (``models.cache_layers``): the backward replay of a layer
+    reads them without changing them, so checkpointed layers keep them (same logits and gradients as without).
+    The model's family (``models/families``) says how its prompt cache is recorded and indexed.
     """
     g = num_generations
     start, stop, _ = rows.indices(completion_ids.size(0))
     family = family_of(model)
-    if not family.shared_prefill:  # its prompt cache cannot carry gradients (models/families): one row each
-        prompts = select_rows(repeat_prompts(batch, g), rows)
-        logits = completion_logits(model, prompts, completion_ids[start:stop], completion_mask[start:stop])
-        if hidden:
-            raise ValueError(f"the {family.name} family has no grouped forward: set logprob_chunk_size: null")
-        return logits[:, :1], logits[:, 1:] if logits.size(1) > 1 else None
     first, last = start // g, (stop - 1) // g + 1  # the prompts these rows belong to (a slice may cut a group)
     prompts = select_rows({key: batch[key] for key in prompt_keys(batch)}, slice(first, last))
     positions, next_position = prompt_positions(model, prompts)
@@ -148,7 +112,7 @@ def grouped_forward(
         out = model(
             **prompt_inputs(prompts),
             position_ids=positions,
-            cache=Cache(layer_class_to_replicate=ReplaySafeLayer) if checkpointing else None,
+            cache=family.prompt_cache(model, checkpointing),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -157,11 +121,7 @@ def grouped_forward(
         ids, mask = completion_ids[start:stop, :-1], completion_mask[start:stop, :-1]
         if ids.size(1) == 0:
             return first_logits, None
-        cache = model_cache(out)
-        if checkpointing:
-            cache = Cache(layers=[ReplaySafeLayer((layer.keys[owner], layer.values[owner])) for layer in cache.layers])
-        else:
-            family.select_cache(cache, owner)
+        cache = family.completion_cache(model_cache(out), owner, checkpointing)
         out = model(
             input_ids=ids,  # the last token predicts nothing that is scored
             attention_mask=torch.cat([prompts["prompt_attention_mask"][owner], mask], dim=1),

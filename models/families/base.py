@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from transformers.cache_utils import Cache
 
+from models.cache_layers import ReplaySafeLayer
+
 # Language-model projections of every decoder layer (attention and MLP), the names of Qwen, Llama, Gemma.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Module-name parts of vision towers and projectors across transformers' VLMs.
@@ -26,7 +28,6 @@ class VLMFamily:
     name: ClassVar[str] = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()  # ``config.model_type`` values of this family
     trainable: ClassVar[bool] = False  # SFT and GRPO are tested on it
-    shared_prefill: ClassVar[bool] = True  # GRPO's grouped forward shares the prompt cache (else repeated rows)
     lora_targets: ClassVar[tuple[str, ...]] = DEFAULT_LORA_TARGETS
     vision_modules: ClassVar[tuple[str, ...]] = DEFAULT_VISION_MODULES
 
@@ -46,6 +47,19 @@ class VLMFamily:
     def select_cache(self, cache: Cache, index: torch.Tensor) -> None:
         """Keep rows ``index`` of ``cache`` (repeats allowed), in place."""
         cache.batch_select_indices(index)
+
+    def prompt_cache(self, model: torch.nn.Module, checkpointing: bool) -> Cache | None:
+        """The cache a prompt's forward records into when its completions follow with gradients: None (the
+        model's own) or, under gradient checkpointing, one whose replay in backward changes nothing."""
+        return Cache(layer_class_to_replicate=ReplaySafeLayer) if checkpointing else None
+
+    def completion_cache(self, cache: Cache, index: torch.Tensor, checkpointing: bool) -> Cache:
+        """The prompt's ``cache`` indexed to completion rows ``index``, for a forward with gradients through it:
+        the cache itself, indexed in place, or under checkpointing replay-safe copies of its layers."""
+        if checkpointing:
+            return Cache(layers=[ReplaySafeLayer((layer.keys[index], layer.values[index])) for layer in cache.layers])
+        self.select_cache(cache, index)
+        return cache
 
     def shardable_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         """The units FSDP2 gathers one at a time: the classes transformers never splits across devices

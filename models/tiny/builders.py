@@ -26,7 +26,7 @@ TINY_BUILDERS: dict[str, Builder] = {
     "smolvlm": lambda out, seed: smolvlm.build(out, seed=seed),
 }
 # Families SFT and GRPO are tested on (models/families); the others are evaluated only.
-TRAINING_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+TRAINING_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 def build_tiny(family: str, out: Path, seed: int = 0) -> Path:

@@ -22,6 +22,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeConfig,
@@ -130,6 +132,16 @@ def qwen3_5_config(tokenizer: Any) -> PretrainedConfig:
     return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=True, **_special_ids(tokenizer))
 
 
+def qwen3_5_moe_config(tokenizer: Any) -> PretrainedConfig:
+    """Qwen3.5-MoE: Qwen3.5's hybrid layers with every MLP a mixture of 4 experts (2 per token) and a shared one."""
+    text = qwen3_5_config(tokenizer).text_config.to_dict()
+    text |= {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": HIDDEN}
+    text |= {"shared_expert_intermediate_size": HIDDEN}
+    text = {k: v for k, v in text.items() if k not in ("model_type", "transformers_version", "architectures")}
+    vision = _vision(16, num_position_embeddings=64)
+    return Qwen3_5MoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **_special_ids(tokenizer))
+
+
 def _processor(tokenizer: Any, patch_size: int, qwen3: bool) -> Any:
     sizes = {"size": {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}, "merge_size": 2, "temporal_patch_size": 2}
     image = Qwen2VLImageProcessor(patch_size=patch_size, **sizes)
@@ -146,6 +158,7 @@ QWEN_FAMILIES = {
     "qwen3_vl": (qwen3_vl_config, Qwen3VLForConditionalGeneration, 16, True),
     "qwen3_vl_moe": (qwen3_vl_moe_config, Qwen3VLMoeForConditionalGeneration, 16, True),
     "qwen3_5": (qwen3_5_config, Qwen3_5ForConditionalGeneration, 16, True),
+    "qwen3_5_moe": (qwen3_5_moe_config, Qwen3_5MoeForConditionalGeneration, 16, True),
 }
 
 
