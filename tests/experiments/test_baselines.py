@@ -27,6 +27,7 @@ from experiments.baselines import (
     render_markdown,
     table_rows,
 )
+from experiments.replicate import write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "configs" / "experiments" / "baselines.yaml"
@@ -39,12 +40,35 @@ def spec_file(tmp_path: Path, **spec) -> str:
 
 
 @pytest.mark.parametrize("smoke", [False, True])
-def test_shipped_spec_loads(smoke):
+def test_shipped_spec_loads(smoke, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the spec's paths are relative to the repository root, as `make` runs it
     table = load_table([str(SPEC)], smoke=smoke)
     assert {m.group for m in table.models} == {"general", "ours"}
     assert (ROOT / table.eval_config).is_file()
     budgets = {table.settings(m).max_new_tokens for m in table.models}
     assert budgets == ({8} if smoke else {None}) and (table.n_boot == 200) == smoke
+
+
+def test_shipped_spec_commands_parse(tmp_path, capsys, monkeypatch):
+    """Every shipped model's ``cli.py test`` command resolves (its overlay's keys are the datamodule's and
+    the evaluator's) into the settings the spec asked for."""
+    from cli import main as cli
+
+    monkeypatch.chdir(ROOT)
+    table = load_table([str(SPEC)], smoke=True)
+    table.out = str(tmp_path)
+    for model in table.models:
+        args, overlay = command(table, model)
+        config = Path(args[args.index("--config", 3) + 1])
+        write_yaml(config, overlay)
+        with pytest.raises(SystemExit) as done:
+            cli([*args, "--print_config"])
+        assert done.value.code in (0, None)
+        resolved = yaml.safe_load(capsys.readouterr().out)
+        assert resolved["model"]["init_args"]["model_path"] == model.path
+        assert resolved["data"]["init_args"]["max_samples"] == 8
+        zero_shot = resolved["data"]["init_args"]["system_prompt"]
+        assert (zero_shot is None) == (model.group == "ours")
 
 
 def test_commands_prompt_zero_shot_models_with_the_answer_format(tmp_path):
