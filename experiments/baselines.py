@@ -73,6 +73,8 @@ class Baseline:
 
 @dataclass
 class BaselineTable:
+    """The spec of ``configs/experiments/baselines.yaml``: the models, and what every one of them shares."""
+
     models: list[Baseline]
     eval_config: str = "configs/eval.yaml"
     data: str | None = None  # data file laid over eval.yaml's (``--data``); null: eval.yaml's own
@@ -149,6 +151,7 @@ def command(table: BaselineTable, model: Baseline) -> tuple[list[str], dict[str,
     overlay_data = {**table.split, "prompt_format": prompt_format, "system_prompt": system_prompt}
     if m.batch_size is not None:
         overlay_data["eval_batch_size"] = m.batch_size
+    # <out>/runs is this command's own: a changed entry replaces its folder (evaluate() says so in the log).
     report = {"out_dir": str(Path(table.out) / "runs"), "name": m.name, "overwrite": True}
     overlay = {
         "data": overlay_data,
