@@ -1,6 +1,6 @@
 """The comparison table's numbers for one model: every column from ``predictions.jsonl``, with a 95 % CI.
 
-Columns (``COLUMNS``): accuracy per question type, their mean (MedReason-R1's "average", arXiv 2510.19626), overall
+Columns (``columns``): accuracy per question type, their mean (MedReason-R1's "average", arXiv 2510.19626), overall
 accuracy, macro F1 and AUROC over abnormalities (presence questions), format and validity rates. Each is defined
 exactly as ``evaluation.metrics`` / ``evaluation.detection`` define it, so the point estimates equal the run's
 ``metrics.json`` (``mismatches`` checks it).
