@@ -36,7 +36,8 @@ EXPERIMENT_CASES = [
     ["replication.yaml", "roi_sources.yaml"],
 ]
 OTHER = {
-    "experiments/roi_proposals.yaml": "tests/datamodules/test_roi_sources.py (evaluation.roi_proposals' own parser)"
+    "experiments/roi_proposals.yaml": "tests/datamodules/test_roi_sources.py (evaluation.roi_proposals' own parser)",
+    "experiments/baselines.yaml": "tests/experiments/test_baselines.py (experiments.baselines' own loader)",
 }
 
 
