@@ -69,6 +69,7 @@ class Baseline:
     trust_remote_code: bool = False  # the model directory's own code may run (HuatuoGPT-Vision)
     batch_size: int | None = None  # questions per generation batch (data.eval_batch_size); null: the data file's
     overrides: list[str] = field(default_factory=list)  # further cli.py arguments, e.g. ["--trainer.precision", …]
+    tiny_family: str | None = None  # build this family's tiny offline model at ``path`` if missing (models/tiny)
 
 
 @dataclass
@@ -192,6 +193,11 @@ def evaluate(table: BaselineTable, model: Baseline) -> str | None:
             return None
         log.info("%s: its settings changed since its run folder was written: evaluating again", model.name)
     done.unlink(missing_ok=True)  # an interrupted re-run leaves no folder that looks finished
+    if model.tiny_family and not Path(model.path).exists():
+        from models.tiny.builders import build_tiny
+
+        log.info("%s: building the tiny %s model at %s", model.name, model.tiny_family, model.path)
+        build_tiny(model.tiny_family, Path(model.path))
     if not Path(model.path).exists() and "--model.init_args.build_embedded_if_missing" not in args:
         return f"model directory {model.path} does not exist (download it, or correct its path)"
     write_yaml(out / "configs" / f"{model.name}.yaml", overlay)

@@ -43,7 +43,7 @@ def spec_file(tmp_path: Path, **spec) -> str:
 def test_shipped_spec_loads(smoke, monkeypatch):
     monkeypatch.chdir(ROOT)  # the spec's paths are relative to the repository root, as `make` runs it
     table = load_table([str(SPEC)], smoke=smoke)
-    assert {m.group for m in table.models} == {"general", "ours"}
+    assert {m.group for m in table.models} == {"general", "medical", "ours"}
     assert (ROOT / table.eval_config).is_file()
     budgets = {table.settings(m).max_new_tokens for m in table.models}
     assert budgets == ({8} if smoke else {None}) and (table.n_boot == 200) == smoke
@@ -139,14 +139,13 @@ def test_table_groups_rows_and_shows_failed_ones(tmp_path):
     assert [line["status"] for line in lines] == ["ok", "failed", "ok"] and lines[2]["accuracy_low"] == "1.0"
 
 
-def test_runner_on_two_tiny_models_then_resumes(tmp_path, synthetic_root, tiny_model_dir, caplog):
-    """Two tiny models (general and ours) on 6 test questions; a re-run skips both and reports a new failing one."""
-    from models.embedded import build_embedded_model
-
-    second = build_embedded_model(tmp_path / "tiny-seed1", seed=1)
+def test_runner_on_tiny_models_of_three_families_then_resumes(tmp_path, synthetic_root, tiny_model_dir, caplog):
+    """Tiny models of three families (InternVL general, Gemma 3 medical, Qwen2.5-VL ours) on 6 test questions, one
+    built by the runner itself; a re-run skips all three and reports a new failing one."""
     models = [
-        {"name": "tiny-general", "path": str(tiny_model_dir), "group": "general"},
-        {"name": "tiny-ours", "path": str(second), "group": "ours"},
+        {"name": "tiny-general", "path": str(tmp_path / "internvl"), "group": "general", "tiny_family": "internvl"},
+        {"name": "tiny-medical", "path": str(tmp_path / "gemma3"), "group": "medical", "tiny_family": "gemma3"},
+        {"name": "tiny-ours", "path": str(tiny_model_dir), "group": "ours"},
     ]
     spec = {
         "out": str(tmp_path / "out"),
@@ -160,20 +159,27 @@ def test_runner_on_two_tiny_models_then_resumes(tmp_path, synthetic_root, tiny_m
     summary = json.loads((out / "table.json").read_text())
     assert [(r["name"], r["status"], r["n"]) for r in summary["rows"]] == [
         ("tiny-general", "ok", 6),
+        ("tiny-medical", "ok", 6),
         ("tiny-ours", "ok", 6),
     ]
     md = (out / "table.md").read_text()
     assert "| tiny-general |" in md and "| tiny-ours |" in md and "Problems" not in md
-    run = json.loads((out / "runs" / "tiny-general" / "run.json").read_text())
+    run = json.loads((out / "runs" / "tiny-ours" / "run.json").read_text())
     assert run["model_path"] == str(tiny_model_dir) and run["max_new_tokens"] == 8
+    assert json.loads((tmp_path / "gemma3" / "config.json").read_text())["model_type"] == "gemma3"
     reports = {m["name"]: (out / "runs" / m["name"] / "report.md").stat().st_mtime_ns for m in models}
 
     caplog.clear()
     spec["models"] = [*models, {"name": "gone", "path": str(tmp_path / "nowhere"), "group": "medical"}]
     with caplog.at_level(logging.INFO, logger="experiments.baselines"):
         assert main(["--config", spec_file(tmp_path, **spec)]) == 1  # a model failed: status 1, table still written
-    assert sum("evaluated before, skipped" in r.getMessage() for r in caplog.records) == 2
+    assert sum("evaluated before, skipped" in r.getMessage() for r in caplog.records) == 3
     assert reports == {m["name"]: (out / "runs" / m["name"] / "report.md").stat().st_mtime_ns for m in models}
     rows = json.loads((out / "table.json").read_text())["rows"]
-    assert [(r["name"], r["status"]) for r in rows] == [("tiny-general", "ok"), ("gone", "failed"), ("tiny-ours", "ok")]
-    assert "does not exist" in rows[1]["error"] and (out / "runs" / "tiny-ours" / DONE).is_file()
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("tiny-general", "ok"),
+        ("tiny-medical", "ok"),
+        ("gone", "failed"),
+        ("tiny-ours", "ok"),
+    ]
+    assert "does not exist" in rows[2]["error"] and (out / "runs" / "tiny-ours" / DONE).is_file()
