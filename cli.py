@@ -247,7 +247,7 @@ class CLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": f"{CTVQADataModule.__module__}.{CTVQADataModule.__name__}"}})
         # Applied only where both ends exist: the ROI classifier has no model_path, its datamodule no processor.
         parser.link_arguments("model.init_args.model_path", "data.init_args.processor_path")
-        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.processor_trust_remote_code")
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI re-reads a checkpoint's hyperparameters here (``weights_only=True``); its refusal of a

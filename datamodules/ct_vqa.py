@@ -34,7 +34,8 @@ class CTVQADataModule(L.LightningDataModule):
     Args:
         data_dir: CT-RATE root (the folder holding ``dataset/``), real or synthetic.
         processor_path: model directory whose processor renders prompts and images (linked to the model's path).
-        trust_remote_code: run the processor code a model directory ships (linked to the evaluator's setting).
+        processor_trust_remote_code: run processor code the model directory ships (linked to the evaluator's
+            ``trust_remote_code``).
         vqa_dir: folder with ``train.jsonl`` and ``valid.jsonl``; default ``data_dir/vqa``.
         synthetic: if set and ``data_dir`` is missing, a synthetic CT-RATE and its VQA files are generated there.
         windows: CT windows (lung, mediastinal, bone); one → grey, three → RGB.
@@ -68,7 +69,7 @@ class CTVQADataModule(L.LightningDataModule):
         self,
         data_dir: str = "data/synthetic-ctrate",
         processor_path: str = "artifacts/tiny-qwen2.5-vl",
-        trust_remote_code: bool = False,
+        processor_trust_remote_code: bool = False,
         vqa_dir: str | None = None,
         synthetic: SyntheticData | None = None,
         windows: list[str] | None = None,
@@ -185,7 +186,7 @@ class CTVQADataModule(L.LightningDataModule):
         """A dataset of ``records`` with this module's image and prompt settings (also used by ``cli.py ask``
         with no records, to render and encode a user's own volume exactly as in training)."""
         if self.processor is None:
-            self.processor = load_processor(self.hparams.processor_path, self.hparams.trust_remote_code)
+            self.processor = load_processor(self.hparams.processor_path, self.hparams.processor_trust_remote_code)
         return CTVQADataset(
             records,
             self.root,

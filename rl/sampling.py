@@ -56,14 +56,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-# Chat-turn ends of the families we run: Qwen/ChatML, Gemma, Idefics3/SmolVLM, Llama 3. A real Idefics3 checkpoint
-# stops only on Llama's end of text, not on the end of its assistant turn.
+# Chat-turn ends: Qwen/ChatML, Gemma, Idefics3/SmolVLM (a real Idefics3 stops only on Llama's end of text), Llama 3.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>", "<|eot_id|>")
 
 
 def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
-    """Tokens that end a completion: the model's EOS ids and the chat turn's end (``END_OF_TURN_TOKENS`` the
-    tokenizer has)."""
+    """Tokens that end a completion: the model's EOS ids and the chat turn's ends the tokenizer has."""
     ids = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
         eos = getattr(source, "eos_token_id", None)
