@@ -51,6 +51,16 @@ def prepare(
     return model_dir, data_dir
 
 
+def family_model(workdir: str | Path, family: str) -> Path:
+    """The tiny model of a training ``family`` (``models.tiny.builders``) under ``workdir``, built once."""
+    from models.tiny.builders import build_tiny
+
+    model_dir = Path(workdir) / f"tiny-{family}"
+    if not (model_dir / "config.json").is_file():
+        build_tiny(family, model_dir)
+    return model_dir
+
+
 def bench_datamodule(model_dir: str | Path, data_dir: str | Path, batch_size: int, **overrides: Any) -> Any:
     """The CT-VQA data module with configs/sft.yaml's image settings (lung window, inset zoom, 112 px, think
     prompts), seed 0, and no worker processes unless ``overrides`` say otherwise (a worker's memory would not count

@@ -2,16 +2,19 @@
 
     pip install -r benchmarks/requirements.txt   # trl, datasets
     python benchmarks/grpo_vs_trl.py [--generations 8 --max-new-tokens 64 --prompts-per-step 4 --steps 5 --lora]
+    python benchmarks/grpo_vs_trl.py --family qwen3_5   # another training family's tiny model
 
-Both sides train the same embedded tiny Qwen2.5-VL (``common.prepare()``) on the same CT-VQA train prompts, in the
-same order, with the same zoom-embedded images: rendered once by our ``CTVQADataset`` and handed to TRL as PIL
-images in a ``datasets.Dataset`` with a conversational ``prompt`` (the benchmark checks that TRL's processor gives
-the same prompt token ids as ours). Per optimizer step each side does one rollout of prompts-per-step × G
-completions, scores them with the same rewards (accuracy, format, validity; weights 1, 0.5, 0.5), runs one
-reference forward (beta > 0) and one policy forward/backward over the whole rollout, and takes one AdamW step
-(num_iterations = 1, so neither side recomputes the rollout policy's log-probs). fp32 on CPU by default
-(``--accelerator gpu --precision bf16-mixed`` on a GPU: bf16 autocast over fp32 weights on both sides), one process each
-(``common.measure``), timed over ``--steps`` optimizer steps after ``--warmup`` steps, data loading included.
+Both sides train the same model: the embedded tiny Qwen2.5-VL (``common.prepare()``), or with ``--family`` the tiny
+model of that training family (``models.tiny.builders``, built once under ``--workdir``), on the same CT-VQA train
+prompts, in the same order, with the same zoom-embedded images: rendered once by our ``CTVQADataset`` (with that
+model's processor) and handed to TRL as PIL images in a ``datasets.Dataset`` with a conversational ``prompt`` (the
+benchmark checks that TRL's processor gives the same prompt token ids as ours). Per optimizer step each side does
+one rollout of prompts-per-step × G completions, scores them with the same rewards (accuracy, format, validity;
+weights 1, 0.5, 0.5), runs one reference forward (beta > 0) and one policy forward/backward over the whole rollout,
+and takes one AdamW step (num_iterations = 1, so neither side recomputes the rollout policy's log-probs). fp32 on
+CPU by default (``--accelerator gpu --precision bf16-mixed`` on a GPU: bf16 autocast over fp32 weights on both
+sides), one process each (``common.measure``), timed over ``--steps`` optimizer steps after ``--warmup`` steps, data
+loading included.
 
 Completions are forced to full length on both sides (the end tokens are suppressed while sampling, next to the
 special tokens our sampler never emits, which TRL gets as ``generation_kwargs["suppress_tokens"]``), so both
@@ -47,8 +50,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+# The repository root first: its package ``common`` (and every other) over this folder's files.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
+DEFAULT_FAMILY = "qwen2_5_vl"  # the embedded model, or a wider/deeper one with --hidden-size / --num-layers
 
 REWARD_WEIGHTS = [1.0, 0.5, 0.5]
 LEARNING_RATE = 2e-5
@@ -185,6 +191,13 @@ def run_ours(
     return result
 
 
+def parameter_count(model_dir: Path) -> int:
+    """Parameters of the model in ``model_dir`` (tied embeddings counted once)."""
+    from models.loading import load_model
+
+    return sum(p.numel() for p in load_model(model_dir).parameters())
+
+
 def _trl_reward(func: Any) -> Any:
     """One of our rewards with TRL's signature: conversational completions → text, dataset columns as kwargs."""
 
@@ -304,6 +317,9 @@ def run_trl(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Here, not at the top: each spawned side imports this file, and the builders import every family's classes.
+    from models.tiny.builders import TRAINING_FAMILIES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="completion budget (max_completion_length)")
@@ -331,15 +347,29 @@ def main(argv: list[str] | None = None) -> None:
         help="ours: LM-head chunk of the log-prob forwards (TRL always tiles its head)",
     )
     common.add_device_arguments(parser)
+    parser.add_argument(
+        "--family",
+        choices=TRAINING_FAMILIES,
+        default=DEFAULT_FAMILY,
+        help=f"the training family whose tiny model both sides train ({DEFAULT_FAMILY}: the embedded model)",
+    )
     parser.add_argument("--hidden-size", type=int, default=128, help="model width (128: the embedded tiny model)")
     parser.add_argument("--num-layers", type=int, default=4, help="decoder layers (4: the embedded tiny model)")
     parser.add_argument("--workdir", default="runs/bench")
-    parser.add_argument("--out", default="runs/bench/grpo_vs_trl.json")
+    parser.add_argument("--out", default=None, help="raw numbers (default runs/bench/grpo_vs_trl[_FAMILY].json)")
     args = parser.parse_args(argv)
     if args.steps < 1 or (args.warmup < 1 and args.steps < 2):
         parser.error("time at least one step after the first")
+    if args.family != DEFAULT_FAMILY and (args.hidden_size, args.num_layers) != (128, 4):
+        parser.error(f"--hidden-size / --num-layers resize the embedded {DEFAULT_FAMILY} only, not --family")
+    if args.out is None:
+        suffix = "" if args.family == DEFAULT_FAMILY else f"_{args.family}"
+        args.out = f"runs/bench/grpo_vs_trl{suffix}.json"
 
     model_dir, data_dir = common.prepare(args.workdir, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    if args.family != DEFAULT_FAMILY:
+        model_dir = common.family_model(args.workdir, args.family)
+    parameters = parameter_count(model_dir)
     full_length = not args.natural_length
     n_prompts = args.prompts_per_step * (args.warmup + args.steps)
     rows = render_prompts(model_dir, data_dir, n_prompts)
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     g, p, L = args.generations, args.prompts_per_step, args.max_new_tokens
     lora = f"r={LORA['r']}, alpha={LORA['alpha']}, dropout={LORA['dropout']}" if args.lora else "off"
     settings = [
-        ("model", f"Qwen2.5-VL {model_dir.name} ({args.hidden_size} wide, {args.num_layers} layers)", "same"),
+        ("model", f"{args.family} {model_dir.name} ({parameters / 1e6:.2f}M parameters)", "same"),
         (
             "device / precision",
             f"accelerator={args.accelerator}, precision={args.precision}",
@@ -430,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     common.save(
         {
             "args": vars(args),
+            "family": args.family,
+            "parameters": parameters,
             "settings": {name: {"ours": a, "trl": b} for name, a, b in settings},
             "ours": ours,
             "trl": trl,
