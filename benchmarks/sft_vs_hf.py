@@ -15,11 +15,15 @@ so its model computes the same answer-only cross-entropy from ``labels``. Each s
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-import common
+# The repository root first: `common` is our package there, and benchmarks/common.py is imported by its full name.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 
 # Settings both sides share (the CLI adds batch size, steps, workers, image size and threads).
 LEARNING_RATE = 1e-3

@@ -152,3 +152,22 @@ def test_tests_mirror_the_packages():
     assert folders <= set(PACKAGES + TOP), folders - set(PACKAGES + TOP)
     top = {p.name for p in (ROOT / "tests").glob("test_*.py")}
     assert top == {"test_cli.py", "test_configs.py", "test_layout.py"}, top
+
+
+# check_against_trl.py takes no options and needs TRL, a benchmark-only dependency: `make bench` runs it.
+BENCHMARK_SCRIPTS = sorted(
+    p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name not in ("common.py", "check_against_trl.py")
+)
+
+
+@pytest.mark.parametrize("script", BENCHMARK_SCRIPTS)
+def test_benchmark_scripts_start(script):
+    """Each benchmark imports our packages, not a same-named file beside it (benchmarks/common.py once shadowed
+    the ``common`` package), and shows its options."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr[-2000:]
