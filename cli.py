@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
+from models.loading import ModelLoadError
 from rl.config import MOVED_KEYS
 from training.checkpoint_files import UnsafeCheckpointError, checkpoint_metadata, unsafe_checkpoint_error
 from training.checkpoint_selection import best_checkpoint
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 
 
 # What a user's input, not a bug, causes: one line, no traceback.
-INPUT_ERRORS = (BadSampleError, ConfigError, UnsafeCheckpointError, FileNotFoundError, FileExistsError)
+INPUT_ERRORS = (BadSampleError, ConfigError, ModelLoadError, UnsafeCheckpointError, FileNotFoundError, FileExistsError)
 # jsonargparse's report lines that repeat the value given or list the alternatives of a union: noise in one line.
 _NOISE = (
     "Given value",

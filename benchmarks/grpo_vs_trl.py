@@ -24,7 +24,7 @@ lets completions end, and then completion tokens/s is the fairer number.
 Each side runs ``--threads`` torch threads (default 1: on a shared 2-core machine, two OpenMP threads stall
 whenever another process holds a core, and both sides' times swing by 5-10×). Gradient checkpointing is off on
 both sides (TRL's default is on; ``--gradient-checkpointing`` turns it on for both: our checkpointed layers still
-share each prompt's KV cache among its G completions, through ``grouped_forward.ReplaySafeLayer``).
+share each prompt's KV cache among its G completions, through ``models.cache_layers.ReplaySafeLayer``).
 
 What is not like-for-like (by design of each library):
 - images: our data path renders each slice from its CT volume every step (NIfTI cache, windowing, zoom, resize,

@@ -76,14 +76,18 @@ def load_model(
                 f"{model_path}: model type {config.model_type!r} can be evaluated but not trained here; "
                 f"SFT and GRPO support {', '.join(training_families())} (models/families)"
             )
-    model, info = AutoModelForImageTextToText.from_pretrained(
-        model_path,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,  # reported with the missing and unexpected keys below, then refused
-    )
+    try:
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            model_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported with the missing and unexpected keys below, then refused
+        )
+    except ValueError as error:  # e.g. "Unrecognized configuration class …": not an image-text-to-text model
+        first = str(error).strip().splitlines()[0]
+        raise ModelLoadError(f"{model_path}: AutoModelForImageTextToText cannot load it: {first}") from error
     kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")  # mismatched: (name, saved shape, class shape)
     bad = {kind: sorted(k[0] if isinstance(k, tuple) else k for k in info.get(kind) or ()) for kind in kinds}
     if any(bad.values()):

@@ -224,3 +224,25 @@ def test_cli_test_evaluates_the_family_and_writes_a_report(family, family_model_
     assert presence and all(0.0 <= r["p_yes"] <= 1.0 for r in presence)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+
+
+def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthetic_root, tmp_path):
+    """The issue's case: a Qwen3-VL directory presented as Qwen2.5-VL was once evaluated with random weights. Now
+    ``cli.py test`` exits 2 with one line naming the directory, and a text-only model is refused likewise."""
+    import subprocess
+    import sys
+
+    wrong = tmp_path / "qwen3-as-qwen2.5"
+    shutil.copytree(family_model_dir("qwen3_vl"), wrong)
+    (wrong / "config.json").write_text((family_model_dir("qwen2_5_vl") / "config.json").read_text())
+    text_only = tmp_path / "text-only"
+    shutil.copytree(family_model_dir("qwen2_5_vl"), text_only)
+    config = json.loads((text_only / "config.json").read_text())
+    (text_only / "config.json").write_text(json.dumps({**config["text_config"], "model_type": "qwen2"}))
+    data = ["--data.init_args.data_dir", str(synthetic_root), "--data.init_args.synthetic", "null"]
+    for directory, reason in ((wrong, "its weights do not fit Qwen2_5_VL"), (text_only, "cannot load it")):
+        args = ["cli.py", "test", "--config", "configs/eval.yaml", "--model.init_args.model_path", str(directory)]
+        done = subprocess.run([sys.executable, *args, *data], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+        assert str(directory) in errors[0] and reason in errors[0]
