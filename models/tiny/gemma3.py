@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
@@ -20,7 +19,7 @@ from transformers import (
     GemmaTokenizer,
 )
 
-from models.loading import save_model_dir
+from models.tiny.common import save_tiny, text_decoder, vision_encoder
 from models.tiny.tokenizers import build_tokenizer
 
 # The Gemma 3 tokenizer's own special tokens (named ones first), as in the -it checkpoints.
@@ -124,36 +123,23 @@ def build_processor() -> Gemma3Processor:
 def tiny_config(processor: Gemma3Processor, hidden_size: int = 64) -> Gemma3Config:
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
-    text_config = {
-        "vocab_size": len(tok),
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 32,
-        "query_pre_attn_scalar": 32,
-        "max_position_embeddings": 4096,
-        "sliding_window": 512,
+    text_config = text_decoder(
+        tok,
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        hidden_size=hidden_size,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=512,
         # Gemma 3 interleaves local (sliding) and global layers; keep one of each.
-        "layer_types": ["sliding_attention", "full_attention"],
-        "rope_parameters": {
+        layer_types=["sliding_attention", "full_attention"],
+        rope={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
         },
-        "bos_token_id": ids("<bos>"),
-        "eos_token_id": ids("<eos>"),
-        "pad_token_id": ids("<pad>"),
-    }
-    vision_config = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        "vision_use_head": False,
-    }
+    )
+    vision_config = vision_encoder(IMAGE_SIZE, PATCH_SIZE, vision_use_head=False)
     return Gemma3Config(
         text_config=text_config,
         vision_config=vision_config,
@@ -168,11 +154,7 @@ def build(out: Path, seed: int = 0) -> Path:
     """Write the tiny Gemma 3 model directory to ``out`` (atomically)."""
     processor = build_processor()
     config = tiny_config(processor)
-    torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config)
     ids = processor.tokenizer.convert_tokens_to_ids
     # The -it checkpoints stop on <eos> or <end_of_turn>.
-    model.generation_config.eos_token_id = [ids("<eos>"), ids(END_OF_TURN)]
-    model.generation_config.pad_token_id = ids("<pad>")
-    model.generation_config.bos_token_id = ids("<bos>")
-    return save_model_dir(model, processor, Path(out))
+    eos_ids = [ids("<eos>"), ids(END_OF_TURN)]
+    return save_tiny(Gemma3ForConditionalGeneration, config, processor, out, seed, eos_ids, ids("<pad>"), ids("<bos>"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -22,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from models.loading import save_model_dir
+from models.tiny.common import save_tiny, text_decoder, vision_encoder
 from models.tiny.tokenizers import build_tokenizer
 
 # Tokens the Idefics3 processors write around and between image tiles (row/column tags up to a 6×6 split).
@@ -86,28 +85,16 @@ def build_processor() -> Idefics3Processor:
 def tiny_config(processor: Idefics3Processor, hidden_size: int = 64) -> Idefics3Config:
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
-    text_config = {
-        "model_type": "llama",
-        "vocab_size": len(tok),
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 500_000.0},
-        "bos_token_id": ids("<|begin_of_text|>"),
-        "eos_token_id": [ids("<|end_of_text|>"), ids("<|eot_id|>")],
-        "pad_token_id": ids("<|end_of_text|>"),
-    }
-    vision_config = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": TILE,
-        "patch_size": PATCH_SIZE,
-    }
+    text_config = text_decoder(
+        tok,
+        model_type="llama",
+        bos="<|begin_of_text|>",
+        eos=["<|end_of_text|>", "<|eot_id|>"],
+        pad="<|end_of_text|>",
+        rope=500_000.0,
+        hidden_size=hidden_size,
+    )
+    vision_config = vision_encoder(TILE, PATCH_SIZE)
     return Idefics3Config(
         text_config=text_config,
         vision_config=vision_config,
@@ -121,11 +108,8 @@ def build(out: Path, seed: int = 0) -> Path:
     """Write the tiny Idefics3 model directory to ``out`` (atomically)."""
     processor = build_processor()
     config = tiny_config(processor)
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
     ids = processor.tokenizer.convert_tokens_to_ids
     # The real checkpoint ships no generation_config and stops only on Llama 3's ids; the end of a turn is
     # <end_of_utterance>, so it is a stop token here.
-    model.generation_config.eos_token_id = [ids(END_OF_TURN), ids("<|end_of_text|>")]
-    model.generation_config.pad_token_id = ids("<|end_of_text|>")
-    return save_model_dir(model, processor, Path(out))
+    eos_ids = [ids(END_OF_TURN), ids("<|end_of_text|>")]
+    return save_tiny(Idefics3ForConditionalGeneration, config, processor, out, seed, eos_ids, ids("<|end_of_text|>"))

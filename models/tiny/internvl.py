@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     GotOcr2ImageProcessor,
     InternVLConfig,
@@ -22,7 +21,7 @@ from transformers import (
 )
 
 from models.embedded import QWEN_SPECIAL_TOKENS
-from models.loading import save_model_dir
+from models.tiny.common import qwen2_decoder, save_tiny, vision_encoder
 from models.tiny.tokenizers import build_tokenizer
 
 # The Qwen2.5-VL tokenizer's special tokens, then those InternVL's converter adds.
@@ -90,30 +89,8 @@ def build_processor() -> InternVLProcessor:
 def tiny_config(processor: InternVLProcessor, hidden_size: int = 64) -> InternVLConfig:
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
-    text_config = {
-        "model_type": "qwen2",
-        "vocab_size": len(tok),
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
-        "bos_token_id": ids("<|endoftext|>"),
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": ids("<|endoftext|>"),
-        "tie_word_embeddings": True,
-    }
-    vision_config = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "attention_bias": True,
-        "image_size": [TILE, TILE],
-        "patch_size": [PATCH_SIZE, PATCH_SIZE],
-    }
+    text_config = qwen2_decoder(tok, hidden_size)
+    vision_config = vision_encoder([TILE, TILE], [PATCH_SIZE, PATCH_SIZE], attention_bias=True)
     return InternVLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -128,9 +105,7 @@ def build(out: Path, seed: int = 0) -> Path:
     """Write the tiny InternVL model directory to ``out`` (atomically)."""
     processor = build_processor()
     config = tiny_config(processor)
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config)
-    ids = processor.tokenizer.convert_tokens_to_ids
-    model.generation_config.eos_token_id = [ids(END_OF_TURN)]
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
-    return save_model_dir(model, processor, Path(out))
+    text = config.text_config  # generation stops on the decoder's eos (<|im_end|>) and pads with its pad
+    return save_tiny(
+        InternVLForConditionalGeneration, config, processor, out, seed, [text.eos_token_id], text.pad_token_id
+    )

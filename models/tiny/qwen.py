@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
     PretrainedConfig,
     Qwen2VLConfig,
@@ -33,7 +32,7 @@ from transformers import (
 )
 
 from models.embedded import QWEN_VL_CHAT_TEMPLATE, build_tokenizer, tiny_config
-from models.loading import save_model_dir
+from models.tiny.common import save_tiny, text_decoder
 
 HIDDEN = 128
 HEADS = 4
@@ -51,26 +50,24 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
 
 def _text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
     """The text decoder's shape: 128 wide, 4 layers, GQA 4:2, interleaved M-RoPE sections like the real 3:8:8."""
-    ids = tokenizer.convert_tokens_to_ids
     head_dim = HIDDEN // HEADS
     half = head_dim // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    return {
-        "vocab_size": len(tokenizer),
-        "hidden_size": HIDDEN,
-        "intermediate_size": HIDDEN * 3,
-        "num_hidden_layers": 4,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": 2,
-        "head_dim": head_dim,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-        "bos_token_id": ids("<|endoftext|>"),
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": ids("<|endoftext|>"),
-        "tie_word_embeddings": True,
+    return text_decoder(
+        tokenizer,
+        bos="<|endoftext|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        rope={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+        hidden_size=HIDDEN,
+        intermediate_size=HIDDEN * 3,
+        num_layers=4,
+        num_heads=HEADS,
+        num_kv_heads=2,
+        tie_word_embeddings=True,
+        head_dim=head_dim,
         **extra,
-    }
+    )
 
 
 def _vision(patch_size: int, **extra: Any) -> dict[str, Any]:
@@ -168,9 +165,5 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer()
     processor = _processor(tokenizer, patch_size, qwen3)
     config = make_config(tokenizer)
-    torch.manual_seed(seed)
-    model = model_class(config)
     text = config.text_config
-    model.generation_config.eos_token_id = [text.eos_token_id]
-    model.generation_config.pad_token_id = text.pad_token_id
-    return save_model_dir(model, processor, out)
+    return save_tiny(model_class, config, processor, out, seed, [text.eos_token_id], text.pad_token_id)

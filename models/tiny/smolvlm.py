@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     GPT2Tokenizer,
     SmolVLMConfig,
@@ -22,7 +21,7 @@ from transformers import (
     SmolVLMVideoProcessor,
 )
 
-from models.loading import save_model_dir
+from models.tiny.common import save_tiny, text_decoder, vision_encoder
 from models.tiny.idefics3 import IMAGE_SPLIT_TOKENS
 from models.tiny.tokenizers import build_tokenizer
 
@@ -82,29 +81,17 @@ def build_processor() -> SmolVLMProcessor:
 def tiny_config(processor: SmolVLMProcessor, hidden_size: int = 64) -> SmolVLMConfig:
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
-    text_config = {
-        "model_type": "llama",
-        "vocab_size": len(tok),
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 100_000.0},
-        "bos_token_id": ids("<|im_start|>"),
-        "eos_token_id": ids(END_OF_TURN),
-        "pad_token_id": ids("<|im_end|>"),
-        "tie_word_embeddings": True,
-    }
-    vision_config = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": TILE,
-        "patch_size": PATCH_SIZE,
-    }
+    text_config = text_decoder(
+        tok,
+        model_type="llama",
+        bos="<|im_start|>",
+        eos=END_OF_TURN,
+        pad="<|im_end|>",
+        rope=100_000.0,
+        hidden_size=hidden_size,
+        tie_word_embeddings=True,
+    )
+    vision_config = vision_encoder(TILE, PATCH_SIZE)
     return SmolVLMConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -119,10 +106,6 @@ def build(out: Path, seed: int = 0) -> Path:
     """Write the tiny SmolVLM model directory to ``out`` (atomically)."""
     processor = build_processor()
     config = tiny_config(processor)
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(config)
     ids = processor.tokenizer.convert_tokens_to_ids
-    model.generation_config.eos_token_id = [ids(END_OF_TURN)]
-    model.generation_config.pad_token_id = ids("<|im_end|>")
-    model.generation_config.bos_token_id = ids("<|im_start|>")
-    return save_model_dir(model, processor, Path(out))
+    eos_ids, pad_id, bos_id = [ids(END_OF_TURN)], ids("<|im_end|>"), ids("<|im_start|>")
+    return save_tiny(SmolVLMForConditionalGeneration, config, processor, out, seed, eos_ids, pad_id, bos_id)
