@@ -42,6 +42,9 @@ class CTVQADataModule(L.LightningDataModule):
         zoom: zoom-in embedding settings, or null for the plain global image (ablation).
         image_size: longest side of the image given to the processor (pixels).
         prompt_format: ``think`` (<think>…</think><answer>…</answer>) or ``no_think`` (<answer> only).
+        system_prompt: replaces the default system prompt (a radiologist's task, the image, the answer format).
+        chat_template_kwargs: extra arguments of the model's chat template, e.g. ``{enable_thinking: false}`` for
+            templates that open a reasoning block themselves (Qwen3-style); our targets write their own <think>.
         question_types: keep only these question types (all when null).
         val_fraction: share of CT-RATE-train patients held out for validation.
         max_samples: cap per split, for quick runs (all when null).
@@ -77,6 +80,7 @@ class CTVQADataModule(L.LightningDataModule):
         image_size: int = 112,
         prompt_format: PromptFormat = "think",
         system_prompt: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         question_types: list[str] | None = None,
         val_fraction: float = 0.15,
         max_samples: int | None = None,
@@ -197,6 +201,7 @@ class CTVQADataModule(L.LightningDataModule):
             image_size=self.hparams.image_size,
             prompt_format=self.hparams.prompt_format,
             system_prompt=self.hparams.system_prompt,
+            chat_template_kwargs=self.hparams.chat_template_kwargs,
             max_length=self.hparams.max_length,
             skip_bad_samples=self.hparams.skip_bad_samples,
             volume_cache_size=self.hparams.volume_cache_size,

@@ -60,8 +60,10 @@ class CTVQADataset(Dataset):
         volume_cache_size: int,
         keep_images: bool = False,
         slice_cache_dir: str | Path | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.records = records
+        self.chat_template_kwargs = chat_template_kwargs or {}
         self.keep_images = keep_images
         self.processor = processor
         self.metadata = metadata
@@ -147,7 +149,9 @@ class CTVQADataset(Dataset):
     def encode(self, record: dict[str, Any], image: torch.Tensor) -> dict[str, Any]:
         """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
         messages = build_messages(record["question"], record["options"], self.system_prompt)
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         pil = to_pil(image)
         with one_intra_op_thread():
             enc = self.processor(text=[prompt], images=[pil], return_tensors="pt")

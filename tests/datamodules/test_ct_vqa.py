@@ -195,3 +195,14 @@ def test_synthetic_scanner_b_is_generated_and_a_folder_of_the_other_scanner_refu
         BadSampleError, match=r"train_metadata\.csv:2: field 'Manufacturer': 'SYNTHETIC' is scanner A's"
     ):
         generate_if_missing(synthetic_root, SyntheticData(scanner="B"))
+
+
+def test_chat_template_kwargs_reach_the_models_template(synthetic_root, tiny_model_dir):
+    """``chat_template_kwargs`` are the template's own switches (Qwen's ``add_vision_id`` here; ``enable_thinking``
+    for Qwen3-style templates): the rendered prompt follows them, the default prompt does not change."""
+    plain = make(synthetic_root, tiny_model_dir, max_samples=2).datasets["train"][0]
+    numbered = make(synthetic_root, tiny_model_dir, max_samples=2, chat_template_kwargs={"add_vision_id": True})
+    sample = numbered.datasets["train"][0]
+    text = numbered.processor.tokenizer.decode(sample["prompt_ids"])
+    assert "Picture 1: <|vision_start|>" in text
+    assert "Picture 1" not in numbered.processor.tokenizer.decode(plain["prompt_ids"])

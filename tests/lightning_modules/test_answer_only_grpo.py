@@ -35,20 +35,7 @@ def test_grpo_step_on_records_without_reasoning(tmp_path, synthetic_root, tiny_m
             "batch_size": 2,
             "annotation": {"fraction": 0.2, "part": "answers_only"},
         },
-        "trainer": {
-            "max_steps": 1,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "default_root_dir": str(run),
-            "logger": False,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
-                }
-            ],
-        },
+        "trainer": one_step_trainer(run),
     }
     path = tmp_path / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
@@ -59,3 +46,21 @@ def test_grpo_step_on_records_without_reasoning(tmp_path, synthetic_root, tiny_m
     assert torch.isfinite(cli.trainer.logged_metrics["train/reward"])
     state = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["datamodule_hyper_parameters"]["annotation"] == AnnotationSubset(part="answers_only", fraction=0.2)
+
+
+def one_step_trainer(run: Path) -> dict:
+    """Trainer settings of a one-step fit with no validation, checkpointed (with last.ckpt) under ``run/ckpt``."""
+    return {
+        "max_steps": 1,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "default_root_dir": str(run),
+        "logger": False,
+        "callbacks": [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
+            }
+        ],
+    }

@@ -21,8 +21,9 @@ from models.families import GENERIC, family_of
 from models.loading import ModelLoadError, load_model
 from models.tiny.builders import TINY_BUILDERS, TRAINING_FAMILIES
 from rl.sampling import SamplingConfig, end_token_ids, sample_completions
+from tests.lightning_modules.test_answer_only_grpo import one_step_trainer
 from tests.lightning_modules.test_fsdp import _fit
-from tests.rl.test_grouped_forward import _scored, _training_model_and_rollout
+from tests.rl.test_grouped_forward import _training_model_and_rollout, check_grouped_against_full_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW_TRAINING_FAMILIES = [f for f in TRAINING_FAMILIES if f != "qwen2_5_vl"]  # the default is tested everywhere
@@ -64,42 +65,13 @@ def test_grouped_logps_and_gradients_equal_repeated_rows(family, checkpointing, 
     model_dir = family_model_dir(family)
     batch = batch_of(synthetic_root, model_dir)
     model, rollout = _training_model_and_rollout(model_dir, batch, checkpointing, max_new_tokens=6, seed=0)
-    rows = slice(3, 10)
-    full, full_grads, _ = _scored(model, batch, rollout, rows, grouped=False)
-    grouped, grouped_grads, patches = _scored(model, batch, rollout, rows, grouped=True)
-    torch.testing.assert_close(grouped, full, atol=1e-5, rtol=1e-5)
-    assert grouped_grads.keys() == full_grads.keys() and any(".visual." in n for n in full_grads)
-    for name, grad in full_grads.items():
-        torch.testing.assert_close(grouped_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
-    assert patches == [sum(set(full_patches_of(batch, rows)))] or len(patches) == 1  # each prompt's image once
-    assert patches[0] < sum(full_patches_of(batch, rows))
-
-
-def full_patches_of(batch: dict, rows: slice, g: int = 4) -> list[int]:
-    per_image = batch["image_grid_thw"].prod(-1).tolist()
-    start, stop, _ = rows.indices(3 * g)
-    return [per_image[i // g] for i in range(start, stop)]
+    check_grouped_against_full_rows(model, batch, rollout, slice(3, 10))
 
 
 def _overlay(tmp_path: Path, name: str, config: dict) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
-
-
-def _trainer(run: Path, **extra) -> dict:
-    return {
-        "max_steps": 1,
-        "limit_val_batches": 0,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "default_root_dir": str(run),
-        "logger": False,
-        "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "ckpt")}}
-        ],
-        **extra,
-    }
 
 
 @pytest.mark.parametrize("family", NEW_TRAINING_FAMILIES)
@@ -113,14 +85,14 @@ def test_sft_then_grpo_with_lora_and_export(family, family_model_dir, synthetic_
     sft = {
         "model": {"init_args": {"model_path": str(model_dir), "lora": lora, "learning_rate": 1e-2}},
         "data": data,
-        "trainer": _trainer(sft_run),
+        "trainer": one_step_trainer(sft_run),
     }
     cfg = _overlay(tmp_path, "sft", sft)
     cli = main(["fit", "--config", "configs/sft.yaml", "--config", cfg])
     assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     wrapped = [n for n, _ in cli.model.model.named_modules() if n.endswith("lora_A")]
     assert wrapped and not any(family_of(model_dir_config(model_dir)).is_vision(n) for n in wrapped)
-    ckpt = next((sft_run / "ckpt").glob("*.ckpt"))
+    ckpt = sft_run / "ckpt" / "last.ckpt"
     out = tmp_path / "exported"
     main(["export", "--config", "configs/sft.yaml", "--config", cfg, "--ckpt_path", str(ckpt), "--out_dir", str(out)])
     batch = batch_of(synthetic_root, out, size=2)
@@ -146,7 +118,7 @@ def test_sft_then_grpo_with_lora_and_export(family, family_model_dir, synthetic_
             }
         },
         "data": data,
-        "trainer": _trainer(grpo_run),
+        "trainer": one_step_trainer(grpo_run),
     }
     cli = main(["fit", "--config", "configs/grpo.yaml", "--config", _overlay(tmp_path, "grpo", grpo)])
     assert cli.trainer.global_step == 1

@@ -70,8 +70,14 @@ def test_grouped_logits_and_gradients_equal_one_row_per_completion(batch, tiny_m
     micro-batches that cut a group, and runs the vision tower on each prompt's image once."""
     # In training mode: gradients as in the policy update (the tiny model has no dropout).
     model, rollout = _training_model_and_rollout(tiny_model_dir, batch, False, max_new_tokens=10, seed=0)
-    g = rollout.num_generations
     rollout.completion_mask[5, 4:] = 0  # an ended completion: nothing attends to its padded tail
+    check_grouped_against_full_rows(model, batch, rollout, rows)
+
+
+def check_grouped_against_full_rows(model, batch, rollout, rows: slice) -> None:
+    """Grouped and full-row log-probs and gradients of rollout rows ``rows`` agree, and the grouped forward runs
+    each prompt's image through the vision tower once."""
+    g = rollout.num_generations
     full, full_grads, full_patches = _scored(model, batch, rollout, rows, grouped=False)
     grouped, grouped_grads, grouped_patches = _scored(model, batch, rollout, rows, grouped=True)
     torch.testing.assert_close(grouped, full, atol=1e-5, rtol=1e-5)
