@@ -19,9 +19,9 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from common.model_dirs import ModelLoadError
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
-from models.loading import ModelLoadError
 from rl.config import MOVED_KEYS
 from training.checkpoint_files import UnsafeCheckpointError, checkpoint_metadata, unsafe_checkpoint_error
 from training.checkpoint_selection import best_checkpoint

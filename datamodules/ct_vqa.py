@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from datamodules.collate import VQACollator
 from datamodules.ctrate import BadSampleError, read_metadata
 from datamodules.processor import load_processor
-from datamodules.prompts import PromptFormat
+from datamodules.prompts import PromptFormat, check_generation_prompt
 from datamodules.roi_sources import ROISource
 from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip, world
 from datamodules.seeding import resolve_seed
@@ -191,6 +191,7 @@ class CTVQADataModule(L.LightningDataModule):
         with no records, to render and encode a user's own volume exactly as in training)."""
         if self.processor is None:
             self.processor = load_processor(self.hparams.processor_path, self.hparams.processor_trust_remote_code)
+            check_generation_prompt(self.processor, self.hparams.prompt_format, self.hparams.chat_template_kwargs or {})
         return CTVQADataset(
             records,
             self.root,

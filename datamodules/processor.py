@@ -6,10 +6,13 @@ from pathlib import Path
 
 from transformers import AutoProcessor, ProcessorMixin
 
+from common.model_dirs import remote_code_check
+
 
 def load_processor(model_path: str | Path, trust_remote_code: bool = False) -> ProcessorMixin:
     """The model directory's processor (tokenizer, image processor, chat template); ``trust_remote_code`` runs
-    processor code the directory ships (checked by the model's loader, ``models/loading.remote_code_check``)."""
+    processor code the directory ships; without it such a directory is refused (ModelLoadError)."""
+    remote_code_check(model_path, trust_remote_code)
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     # Generation batches are left-padded so every prompt ends where its completion starts.
     processor.tokenizer.padding_side = "left"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
+
+from common.model_dirs import ModelLoadError
 
 PromptFormat = Literal["think", "no_think"]
+# Chat-turn ends: Qwen/ChatML, Gemma, Idefics3/SmolVLM (a real Idefics3 stops only on Llama's end of text), Llama 3.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>", "<|eot_id|>")
 
 # What the picture holds, per zoom layout ("none": the plain global slice, for ablations).
 IMAGE_NOTES: dict[str, str] = {
@@ -51,3 +55,28 @@ def target_text(reasoning: str, answer: str, prompt_format: PromptFormat) -> str
     if prompt_format == "think" and reasoning.strip():
         return f"<think>{reasoning}</think><answer>{answer}</answer>"
     return f"<answer>{answer}</answer>"
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """The token that closes the assistant's turn: the first of ``END_OF_TURN_TOKENS`` the tokenizer has, else its
+    EOS (a base checkpoint's EOS, e.g. Qwen2-VL's ``<|endoftext|>``, is not its chat turn's end)."""
+    vocab = tokenizer.get_vocab()
+    return next((token for token in END_OF_TURN_TOKENS if token in vocab), tokenizer.eos_token)
+
+
+def check_generation_prompt(processor: Any, prompt_format: PromptFormat, template_kwargs: dict[str, Any]) -> None:
+    """Refuse a chat template that writes ``<think>`` into the generation prompt (Qwen3-style thinking templates)
+    under ``prompt_format: think``, whose targets open their own reasoning block: the model would see two.
+
+    Raises ModelLoadError naming the model directory and the settings that resolve it."""
+    if prompt_format != "think":
+        return
+    messages = build_messages("?", [], "")
+    turns = processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False, **template_kwargs)
+    full = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+    if "<think>" in full[len(turns) :]:
+        raise ModelLoadError(
+            f"{processor.tokenizer.name_or_path}: its chat template opens <think> in the generation prompt, and "
+            "prompt_format: think writes its own; set data.init_args.chat_template_kwargs to the template's switch "
+            "that leaves it out, or prompt_format: no_think"
+        )

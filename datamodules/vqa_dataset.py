@@ -18,7 +18,7 @@ from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import box_problem
 from datamodules.collate import TOKEN_KEYS
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
-from datamodules.prompts import PromptFormat, build_messages, system_prompt_for, target_text
+from datamodules.prompts import PromptFormat, build_messages, end_of_turn, system_prompt_for, target_text
 from datamodules.slice_cache import SliceCache
 from datamodules.transforms import HUWindowd, ZoomEmbedd, one_intra_op_thread, to_pil
 
@@ -87,7 +87,7 @@ class CTVQADataset(Dataset):
             )
         steps.append(Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"))
         self.transform = Compose(steps)
-        self.end_of_turn = processor.tokenizer.eos_token or "<|im_end|>"
+        self.end_of_turn = end_of_turn(processor.tokenizer)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -59,6 +59,9 @@ class PrefixLinearAttentionLayer(LinearAttentionLayer):
         self.is_conv_states_initialized[0] = self.is_recurrent_states_initialized[0] = True
         self.has_previous_state[0] = True
         self.dtype, self.device = conv_state.dtype, conv_state.device
+        # A one-token continuation would otherwise take the fused decode step, which updates the window in place;
+        # "recording past" sends it through update_conv_state like a longer one (Qwen3_5GatedDeltaNet.forward).
+        self.record_past = True
 
     def update_conv_state(self, conv_states: torch.Tensor, state_idx: int = 0, **kwargs: Any) -> torch.Tensor:
         return torch.cat([self.conv_states[state_idx], conv_states], dim=-1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedMode
 
 from common.checkpoint_types import allow_in_checkpoints
 from common.files import atomic_path
+from common.model_dirs import ModelLoadError, remote_code_check
 from models.families import family_of, training_families
 
 log = logging.getLogger(__name__)
@@ -32,23 +32,6 @@ class LoRASpec:
 # Saved in checkpoints' hyperparameters: allow it under torch.load(weights_only=True) when resuming.
 # Checkpoints written before the renovation pickled it as lightning_modules.model_loading.LoRASpec.
 allow_in_checkpoints(LoRASpec, old_module="lightning_modules.model_loading")
-
-
-class ModelLoadError(ValueError):
-    """A model directory that cannot be loaded as asked: weights that do not match its class, code to trust."""
-
-
-def remote_code_check(model_path: str | Path, trust_remote_code: bool) -> None:
-    """Refuse a directory whose model needs its own Python code (``auto_map`` in config.json) unless trusted.
-
-    Raises ModelLoadError naming the directory and the option to set."""
-    config = Path(model_path) / "config.json"
-    needs_code = config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
-    if needs_code and not trust_remote_code:
-        raise ModelLoadError(
-            f"{model_path}: the model ships its own code (auto_map in config.json), which would run here; "
-            "set model.init_args.trust_remote_code: true only if you trust its source"
-        )
 
 
 def load_model(
@@ -97,8 +80,9 @@ def load_model(
             if keys
         )
         raise ModelLoadError(
-            f"{model_path}: its weights do not fit {type(model).__name__}: {found}. Is the directory complete, "
-            "and its config.json the one its weights were saved with?"
+            f"{model_path}: its weights do not fit {type(model).__name__} (model_type {model.config.model_type!r} in "
+            f"its config.json): {found}. Is the directory complete, and its config.json the one its weights were "
+            "saved with?"
         )
     family = family_of(model)
     if gradient_checkpointing:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from datamodules.collate import prompt_inputs
+from datamodules.prompts import END_OF_TURN_TOKENS
 from models.families import family_of
 from rl.prompt_batch import completion_positions, prompt_positions
 
@@ -54,10 +55,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-# Chat-turn ends: Qwen/ChatML, Gemma, Idefics3/SmolVLM (a real Idefics3 stops only on Llama's end of text), Llama 3.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>", "<|eot_id|>")
 
 
 def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:

@@ -16,7 +16,8 @@ step as ours are, but vLLM's random stream is its own, so the same seed does not
 This module was written against TRL 1.16's colocate code path and vLLM's sources (V1 engine), and reviewed
 against them: prompts go in with one image placeholder per image (vLLM expands it; the processor's expanded run
 would be expanded again, silently), the stop token stays in ``token_ids``, and the transformers 5 parameter
-names are mapped by vLLM's Qwen2.5-VL loader. The project's machines have no vLLM (and no GPU in CI), so only the
+names are mapped by vLLM's Qwen2.5-VL loader (other families: by theirs, unreviewed; MoE models' fused expert
+weights in particular may not map). The project's machines have no vLLM (and no GPU in CI), so only the
 parts that do not need vLLM are tested: turning vLLM's outputs into a ``Rollout``, the prompts it is given and
 the weights it is sent (``rl/vllm_io.py``), and GRPO training on an engine's tokens (``tests/rl/test_vllm_rollout.py``).
 """
@@ -178,7 +179,7 @@ class VLLMRollout:
             allowed_token_ids=self.allowed_tokens(module),
             seed=seed,
         )
-        image_token = module.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        image_token = module.model.config.image_token_id  # the family's placeholder (Qwen: <|image_pad|>)
         try:
             if self.enable_sleep_mode:
                 self.llm.wake_up(tags=["kv_cache"])

@@ -30,6 +30,7 @@ class VLMFamily:
     trainable: ClassVar[bool] = False  # SFT and GRPO are tested on it
     lora_targets: ClassVar[tuple[str, ...]] = DEFAULT_LORA_TARGETS
     vision_modules: ClassVar[tuple[str, ...]] = DEFAULT_VISION_MODULES
+    block_suffixes: ClassVar[tuple[str, ...]] = ("DecoderLayer", "VisionBlock")  # without _no_split_modules
 
     def prompt_positions(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary positions of the left-padded prompts, (B, T), and each prompt's next text position, (B,).
@@ -65,9 +66,14 @@ class VLMFamily:
         """The units FSDP2 gathers one at a time: the classes transformers never splits across devices
         (``_no_split_modules``: decoder layers, vision blocks), else every ``…DecoderLayer``/``…VisionBlock``."""
         names = set(getattr(model, "_no_split_modules", None) or ())
-        if names:
-            return [m for m in model.modules() if type(m).__name__ in names]
-        return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "VisionBlock"))]
+        chosen = [
+            (name.count("."), module)
+            for name, module in model.named_modules()
+            if (type(module).__name__ in names if names else type(module).__name__.endswith(self.block_suffixes))
+        ]
+        # Deepest first (a stable sort keeps the model's order among equals): FSDP2 shards a module inside another
+        # chosen one before its parent.
+        return [module for _, module in sorted(chosen, key=lambda pair: -pair[0])]
 
     def is_vision(self, parameter_name: str) -> bool:
         """Whether a parameter (or module) name belongs to the vision tower or its projector."""

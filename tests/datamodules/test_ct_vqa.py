@@ -206,3 +206,21 @@ def test_chat_template_kwargs_reach_the_models_template(synthetic_root, tiny_mod
     text = numbered.processor.tokenizer.decode(sample["prompt_ids"])
     assert "Picture 1: <|vision_start|>" in text
     assert "Picture 1" not in numbered.processor.tokenizer.decode(plain["prompt_ids"])
+
+
+def test_a_template_that_opens_think_itself_is_refused_under_the_think_format(synthetic_root, tiny_model_dir, tmp_path):
+    """A Qwen3-style thinking template writes ``<think>`` into the generation prompt; our ``think`` targets open
+    their own block. Refused in one line naming the directory, unless its switch leaves it out (or no_think)."""
+    from common.model_dirs import ModelLoadError
+
+    thinking = Path(shutil.copytree(tiny_model_dir, tmp_path / "thinking"))
+    template = (thinking / "chat_template.jinja").read_text()
+    opened = "<|im_start|>assistant\n{% if enable_thinking is not defined or enable_thinking %}<think>\n{% endif %}"
+    assert template.count("<|im_start|>assistant\n") == 1
+    (thinking / "chat_template.jinja").write_text(template.replace("<|im_start|>assistant\n", opened))
+    with pytest.raises(ModelLoadError, match=rf"{thinking}: its chat template opens <think>"):
+        make(synthetic_root, thinking, max_samples=2)
+    switched = make(synthetic_root, thinking, max_samples=2, chat_template_kwargs={"enable_thinking": False})
+    prompt = switched.processor.tokenizer.decode(switched.datasets["train"][0]["prompt_ids"])
+    assert prompt.endswith("<|im_start|>assistant\n")
+    make(synthetic_root, thinking, max_samples=2, prompt_format="no_think")

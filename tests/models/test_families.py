@@ -66,6 +66,9 @@ def test_grouped_logps_and_gradients_equal_repeated_rows(family, checkpointing, 
     batch = batch_of(synthetic_root, model_dir)
     model, rollout = _training_model_and_rollout(model_dir, batch, checkpointing, max_new_tokens=6, seed=0)
     check_grouped_against_full_rows(model, batch, rollout, slice(3, 10))
+    if family.startswith("qwen3_5"):  # two tokens: the completion forward continues the prompt by one token
+        model, rollout = _training_model_and_rollout(model_dir, batch, checkpointing, max_new_tokens=2, seed=0)
+        check_grouped_against_full_rows(model, batch, rollout, slice(3, 10))
 
 
 def _overlay(tmp_path: Path, name: str, config: dict) -> str:
@@ -92,6 +95,9 @@ def test_sft_then_grpo_with_lora_and_export(family, family_model_dir, synthetic_
     assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     wrapped = [n for n, _ in cli.model.model.named_modules() if n.endswith("lora_A")]
     assert wrapped and not any(family_of(model_dir_config(model_dir)).is_vision(n) for n in wrapped)
+    assert any(".self_attn.q_proj." in n for n in wrapped)
+    if family.startswith("qwen3_5"):  # the linear-attention layers' projections too
+        assert any(".linear_attn.in_proj_qkv." in n for n in wrapped)
     ckpt = sft_run / "ckpt" / "last.ckpt"
     out = tmp_path / "exported"
     main(["export", "--config", "configs/sft.yaml", "--config", cfg, "--ckpt_path", str(ckpt), "--out_dir", str(out)])
@@ -200,7 +206,8 @@ def test_cli_test_evaluates_the_family_and_writes_a_report(family, family_model_
 
 def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthetic_root, tmp_path):
     """The issue's case: a Qwen3-VL directory presented as Qwen2.5-VL was once evaluated with random weights. Now
-    ``cli.py test`` exits 2 with one line naming the directory, and a text-only model is refused likewise."""
+    ``cli.py test`` exits 2 with one line naming the directory; a text-only model and a model with its own code
+    (not trusted) are refused likewise, before its processor's code could run."""
     import subprocess
     import sys
 
@@ -211,8 +218,16 @@ def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthet
     shutil.copytree(family_model_dir("qwen2_5_vl"), text_only)
     config = json.loads((text_only / "config.json").read_text())
     (text_only / "config.json").write_text(json.dumps({**config["text_config"], "model_type": "qwen2"}))
+    remote = tmp_path / "remote"
+    shutil.copytree(family_model_dir("qwen2_5_vl"), remote)
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "x.Config"}}))
     data = ["--data.init_args.data_dir", str(synthetic_root), "--data.init_args.synthetic", "null"]
-    for directory, reason in ((wrong, "its weights do not fit Qwen2_5_VL"), (text_only, "cannot load it")):
+    cases = (
+        (wrong, "its weights do not fit Qwen2_5_VL"),
+        (text_only, "cannot load it"),
+        (remote, "set model.init_args.trust_remote_code: true only if you trust its source"),
+    )
+    for directory, reason in cases:
         args = ["cli.py", "test", "--config", "configs/eval.yaml", "--model.init_args.model_path", str(directory)]
         done = subprocess.run([sys.executable, *args, *data], cwd=ROOT, capture_output=True, text=True, timeout=300)
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
