@@ -233,3 +233,34 @@ def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthet
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
         assert str(directory) in errors[0] and reason in errors[0]
+
+
+def test_two_process_fsdp2_evaluation_of_an_evaluation_only_family(family_model_dir, synthetic_root, tmp_path):
+    """SmolVLM sharded by its own ``_no_split_modules`` (vision attention blocks) on 2 gloo processes: every
+    question answered once, as in one process."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.evaluation.test_evaluate import EVAL, overlay
+
+    model_dir = family_model_dir("smolvlm")
+    cfg = overlay(tmp_path, synthetic_root, model_dir, name="smolvlm")
+    sharded = {
+        "data": {"max_samples": 7, "eval_batch_size": 2},
+        "model": {"init_args": {"max_new_tokens": 8}},
+        "trainer": {
+            "devices": 2,
+            "strategy": {
+                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+            },
+        },
+    }
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(sharded))
+    cmd = [sys.executable, "cli.py", "test", "--config", EVAL, "--config", cfg, "--config", str(tmp_path / "fsdp.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "smolvlm" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == 7
