@@ -15,6 +15,7 @@ from datamodules.collate import VQACollator
 from datamodules.ctrate import BadSampleError, read_metadata
 from datamodules.processor import load_processor
 from datamodules.prompts import PromptFormat, check_generation_prompt
+from datamodules.protocol_records import Protocol, protocol_records
 from datamodules.roi_sources import ROISource
 from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip, world
 from datamodules.seeding import resolve_seed
@@ -66,6 +67,8 @@ class CTVQADataModule(L.LightningDataModule):
         roi_source: where the VQA files' boxes come from (datamodules/roi_sources.py; default lesion masks with
             anatomy for the rest). The VQA files are built with it when ``vqa_dir`` holds none yet; files built
             with another source are refused, so point ``vqa_dir`` at a folder per source.
+        protocol: the test split asks a benchmark's questions instead of the VQA file's: ``ctrate_18``, every volume
+            about each of the 18 CT-RATE labels (``datamodules/protocol_records.py``; configs/eval_18label.yaml).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class CTVQADataModule(L.LightningDataModule):
         predict_split: Stage = "test",
         roi_source: ROISource | None = None,
         annotation: AnnotationSubset | None = None,
+        protocol: Protocol | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -154,6 +158,9 @@ class CTVQADataModule(L.LightningDataModule):
         return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"
 
     def _records(self, split: str) -> list[dict[str, Any]]:
+        if split == "valid" and self.hparams.protocol is not None:  # the test split (CT-RATE valid)
+            protocol = self.hparams.protocol
+            return protocol_records(self.root, self._vqa_dir(), split, self.seed, self.roi_source, protocol)
         path = self._vqa_dir() / f"{split}.jsonl"
         records, problems = read_vqa_jsonl(path, skip_bad=self.hparams.skip_bad_samples, split=split)
         if problems:
