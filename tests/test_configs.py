@@ -19,6 +19,7 @@ CONFIGS = ROOT / "configs"
 CLI_CASES = [
     ["sft.yaml"],
     ["eval.yaml"],
+    ["eval_18label.yaml"],
     ["sft.yaml", "sft_tiny_gpu_fsdp.yaml"],
     ["sft_qwen2.5vl_3b_fsdp.yaml"],
     ["grpo.yaml"],
