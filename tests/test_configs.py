@@ -130,9 +130,11 @@ def test_training_logs_csv_and_tensorboard_in_its_run_folder(name):
     beside it (<run>/tb/version_N): one name each, as two loggers of one name would count versions apart."""
     csv, tb = resolved("fit", *configs(name))["trainer"]["logger"]
     assert (csv["class_path"], tb["class_path"]) == (CSV, TENSORBOARD)
-    assert csv["init_args"]["save_dir"] == tb["init_args"]["save_dir"] == yaml.safe_load(
-        (CONFIGS / name).read_text()
-    )["trainer"]["default_root_dir"]
+    assert (
+        csv["init_args"]["save_dir"]
+        == tb["init_args"]["save_dir"]
+        == yaml.safe_load((CONFIGS / name).read_text())["trainer"]["default_root_dir"]
+    )
     assert (csv["init_args"]["name"], tb["init_args"]["name"]) == ("logs", "tb")
 
 
