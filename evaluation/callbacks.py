@@ -72,7 +72,8 @@ IDENTITY = ("model", "model_path", "ckpt_path", "split", "vqa_file_sha256")
 
 
 class EvaluationReport(L.Callback):
-    """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report, plots, provenance).
+    """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report.md and report.html with
+    the cases and their images, plots, provenance; ``evaluation/run_folder.py``).
 
     A folder that already holds the results of another evaluation (another model, checkpoint, split or VQA
     file) is never replaced silently: the test refuses to start. Re-running the same evaluation replaces it.
