@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from common.files import atomic_write_text, file_sha256
+from datamodules.transforms import to_pil
+from evaluation.case_images import Renderer
 from evaluation.formatting import json_safe
 from evaluation.run_folder import write_run
 
@@ -48,12 +50,30 @@ def run_info(trainer: L.Trainer, module: L.LightningModule, name: str, split: st
     }
 
 
+def dataset_renderer(datamodule: Any, split: str = "test") -> Renderer | None:
+    """A prediction row → the PIL image its question was encoded with: the datamodule's own dataset renders the
+    row's record again (``CTVQADataset.image``: windowed, zoom-embedded, resized; deterministic) and ``to_pil``
+    makes the image the processor was given. Rendering only the few cases a report shows keeps evaluation free of
+    image copies (``keep_images`` would hold one per question). None when the datamodule has no such dataset."""
+    dataset = getattr(datamodule, "datasets", {}).get(split)
+    if dataset is None or not hasattr(dataset, "image"):
+        return None
+    records = {r["id"]: r for r in dataset.records}
+
+    def render(row: dict[str, Any]) -> Any:
+        record = records.get(row["id"])
+        return None if record is None else to_pil(dataset.image(record))
+
+    return render
+
+
 # What makes two evaluations the same one (run.json keys): the same model and weights on the same questions.
 IDENTITY = ("model", "model_path", "ckpt_path", "split", "vqa_file_sha256")
 
 
 class EvaluationReport(L.Callback):
-    """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report, plots, provenance).
+    """After ``test``, write the run folder ``out_dir/name`` (metrics, predictions, report.md and report.html with
+    the cases and their images, plots, provenance; ``evaluation/run_folder.py``).
 
     A folder that already holds the results of another evaluation (another model, checkpoint, split or VQA
     file) is never replaced silently: the test refuses to start. Re-running the same evaluation replaces it.
@@ -61,13 +81,24 @@ class EvaluationReport(L.Callback):
 
     Args:
         out_dir: parent folder of evaluation runs.
+        cases_per_type: wrong and right answers per question type the reports show with their images.
+        case_seed: seed of the cases' draw (the same run shows the same cases).
         name: run name (rows of a comparison group by it); default: ``<run>-<checkpoint>`` (``sft-last`` for
             runs/sft/checkpoints/last.ckpt) or the model folder's name.
         overwrite: replace the folder even when it holds another evaluation's results.
     """
 
-    def __init__(self, out_dir: str = "runs/eval", name: str | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str = "runs/eval",
+        name: str | None = None,
+        overwrite: bool = False,
+        cases_per_type: int = 2,
+        case_seed: int = 0,
+    ) -> None:
         self.out_dir = Path(out_dir)
+        self.cases_per_type = cases_per_type
+        self.case_seed = case_seed
         self.name = name
         self.overwrite = overwrite
         self.config_yaml: str | None = None  # set by cli.py from the parsed config
@@ -107,7 +138,14 @@ class EvaluationReport(L.Callback):
         name = self._name(trainer, pl_module)
         info = run_info(trainer, pl_module, name, split="test")
         self.report_path = write_run(
-            self.out_dir / name, results["metrics"], results["predictions"], info, self.config_yaml
+            self.out_dir / name,
+            results["metrics"],
+            results["predictions"],
+            info,
+            self.config_yaml,
+            render=dataset_renderer(trainer.datamodule),
+            cases_per_type=self.cases_per_type,
+            case_seed=self.case_seed,
         )
         print(f"evaluation report: {self.report_path}")
 

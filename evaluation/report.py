@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.case_images import pick_cases
 from evaluation.formatting import DASH, as_float, cell, fmt, markdown_table, qtype_key
 
 PLOT_TITLES: dict[str, str] = {
@@ -45,39 +46,24 @@ def _qtype_rows(metrics: Mapping[str, Any], predictions: Sequence[Mapping[str, A
     return rows
 
 
-def _pick_examples(predictions: Sequence[Mapping[str, Any]], correct: bool, k: int) -> list[Mapping[str, Any]]:
-    """Up to ``k`` predictions with the given correctness, one per question type first so the examples vary."""
-    pool = [p for p in predictions if bool(p.get("correct")) == correct]
-    picked: list[Mapping[str, Any]] = []
-    seen: set[str] = set()
-    for p in pool:
-        if len(picked) < k and p.get("question_type") not in seen:
-            picked.append(p)
-            seen.add(str(p.get("question_type")))
-    for p in pool:
-        if len(picked) >= k:
-            break
-        if not any(p is q for q in picked):
-            picked.append(p)
-    return picked
-
-
 def _support(stats: Mapping[str, Any]) -> int:
     """Support as an int, -1 when missing (sorts last, shown as "–")."""
     v = as_float(stats.get("support"))
     return int(v) if math.isfinite(v) else -1
 
 
-def _example(p: Mapping[str, Any]) -> list[str]:
-    answer = p.get("answer")
-    flags = []
-    if not p.get("formatted"):
-        flags.append("unformatted")
-    if answer is not None and not p.get("valid"):
-        flags.append("not an option")
+def answer_flags(p: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an answer's form: "unformatted" (no answer parsed), "not an option"."""
+    unformatted, invalid = not p.get("formatted"), p.get("answer") is not None and not p.get("valid")
+    return [flag for flag, bad in (("unformatted", unformatted), ("not an option", invalid)) if bad]
+
+
+def _example(p: Mapping[str, Any], image: str | None) -> list[str]:
+    answer, flags = p.get("answer"), answer_flags(p)
     answer_text = DASH if answer is None else f"`{cell(answer, 80)}`"
     lines = [
         f"- **{cell(p.get('id', '?'))}** ({cell(p.get('question_type', '?'))}, {cell(p.get('volume_name', '?'))})",
+        f"  - Image the model saw: ![{cell(p.get('id', '?'))}]({image})" if image else "  - Image: not available",
         f"  - Q: {cell(p.get('question', ''), 200)}",
         f"  - Options: {' / '.join(cell(o, 60) for o in p.get('options') or [])}",
         f"  - Truth: `{cell(p.get('truth', ''), 80)}` · Answer: {answer_text}"
@@ -92,18 +78,46 @@ def _example(p: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _cases_section(cases: Sequence[Mapping[str, Any]], images: Mapping[str, str]) -> list[str]:
+    """Cases grouped by question type, wrong ones first, each with its image link when there is one."""
+    if not cases:
+        return []
+    out = [
+        "## Cases",
+        "",
+        "A fixed-seed sample of wrong and right answers per question type, each with the image the "
+        "model was given (global view with the ROI outlined and its zoomed inset).",
+        "",
+    ]
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for p in cases:
+        by_type.setdefault(str(p.get("question_type")), []).append(p)
+    for qtype in sorted(by_type, key=qtype_key):
+        out += [f"### {qtype}", ""]
+        for label, correct in (("Wrong", False), ("Right", True)):
+            shown = [p for p in by_type[qtype] if bool(p.get("correct")) == correct]
+            if shown:
+                out += [f"#### {label}", ""]
+                out += [line for p in shown for line in _example(p, images.get(str(p.get("id"))))] + [""]
+    return out
+
+
 def render_report(
     metrics: Mapping[str, Any],
     predictions: Sequence[Mapping[str, Any]],
     info: Mapping[str, Any],
     plots: Mapping[str, str | os.PathLike],
     base_dir: str | os.PathLike | None = None,
+    cases: Sequence[Mapping[str, Any]] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> str:
     """Markdown report of one evaluation run: reproduction info, headline / per-type / per-abnormality tables,
-    plots and a few example predictions.
+    plots and cases (right and wrong answers per question type, with the image the model saw).
 
     ``plots`` maps a plot key (e.g. "abnormality_f1", "confusion", "calibration") to its PNG path; paths are
-    linked as given, or relative to ``base_dir`` (the report's folder) when that is passed.
+    linked as given, or relative to ``base_dir`` (the report's folder) when that is passed. ``cases``: the
+    predictions to show (default: ``pick_cases(predictions)``); ``images``: case id → its image's path relative to
+    the report (``evaluation.case_images.write_case_images``).
     """
     name = info.get("name") or "evaluation"
     out: list[str] = [f"# Evaluation report: {name}", ""]
@@ -180,11 +194,5 @@ def render_report(
             title = PLOT_TITLES.get(key, key.replace("_", " "))
             out += [f"### {title}", "", f"![{title}]({link.as_posix()})", ""]
 
-    wrong, right = _pick_examples(predictions, False, 3), _pick_examples(predictions, True, 2)
-    if wrong or right:
-        out += ["## Example predictions", ""]
-        if wrong:
-            out += ["### Wrong", ""] + [line for p in wrong for line in _example(p)] + [""]
-        if right:
-            out += ["### Right", ""] + [line for p in right for line in _example(p)] + [""]
+    out += _cases_section(pick_cases(predictions) if cases is None else cases, images or {})
     return "\n".join(out).rstrip() + "\n"

@@ -2,8 +2,10 @@
 
     <run>/metrics.json       every metric (NaN → null)
     <run>/predictions.jsonl  one scored row per question
-    <run>/report.md          the report a person reads, with the plots below
+    <run>/report.md          the report a person reads, with the plots and cases below
+    <run>/report.html        the cases with their images beside question, reasoning, answer and truth, and the plots
     <run>/plots/*.png        per-abnormality F1, confusion matrices per question type, calibration of p(yes)
+    <run>/cases/<id>.png     the image the model was given for each case the reports show (evaluation/case_images.py)
     <run>/run.json           what was evaluated, on which data (file hashes, sample ids hash), with which seeds
     <run>/config.yaml        the exact LightningCLI config of the run (when launched from the CLI)
 
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text
+from evaluation.case_images import Renderer, pick_cases, write_case_images
 from evaluation.formatting import json_safe
 from evaluation.plots import plot_abnormality_f1, plot_calibration, plot_confusion_matrices
 from evaluation.report import render_report
+from evaluation.report_html import render_html
 
 ROW_KEYS_DROPPED = ("padding",)
 
@@ -37,8 +41,16 @@ def write_run(
     predictions: Sequence[Mapping[str, Any]],
     info: Mapping[str, Any],
     config_yaml: str | None = None,
+    render: Renderer | None = None,
+    cases_per_type: int = 2,
+    case_seed: int = 0,
 ) -> Path:
-    """Write the run folder (see the module docstring); returns the path of ``report.md``."""
+    """Write the run folder (see the module docstring); returns the path of ``report.md``.
+
+    ``render`` gives the image of a prediction row (``evaluation.callbacks.dataset_renderer``): the reports show
+    ``cases_per_type`` wrong and right answers of each question type, drawn with ``case_seed``, with their images
+    when ``render`` is given.
+    """
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in row.items() if k not in ROW_KEYS_DROPPED} for row in predictions]
@@ -58,7 +70,10 @@ def write_run(
         plots["calibration"] = plot_calibration(
             metrics["calibration"], run_dir / "plots/calibration.png", ece=metrics.get("ece")
         )
-    relative = {name: str(Path(path).relative_to(run_dir)) for name, path in plots.items()}
+    relative = {name: Path(path).relative_to(run_dir).as_posix() for name, path in plots.items()}
+    cases = pick_cases(rows, cases_per_type, case_seed)
+    images = write_case_images(run_dir, cases, render)
+    atomic_write_text(run_dir / "report.html", render_html(info, metrics, cases, images, relative))
     report = run_dir / "report.md"
-    atomic_write_text(report, render_report(dict(metrics), rows, dict(info), relative))
+    atomic_write_text(report, render_report(dict(metrics), rows, dict(info), relative, cases=cases, images=images))
     return report

@@ -28,6 +28,8 @@ CLI_CASES = [
     ["roi_classifier.yaml"],
     ["sft.yaml", "annotation/sft_cold_start.yaml"],
     ["grpo.yaml", "annotation/grpo_answers_only.yaml"],
+    ["sft.yaml", "loggers/wandb.yaml"],
+    ["grpo.yaml", "loggers/mlflow.yaml"],
 ]
 DATA_FILES = sorted(p.name for p in (CONFIGS / "data").glob("*.yaml"))
 # Experiment specs (python -m experiments.replicate), alone or on the spec they overlay.
@@ -117,6 +119,32 @@ def test_experiment_spec_loads_and_names_shipped_configs(files, smoke):
     assert exp.arms and exp.seeds
     for stage in exp.stages.values():
         assert (ROOT / stage["config"]).is_file(), stage["config"]
+
+
+CSV, TENSORBOARD = "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger"
+TRAINING = ["sft.yaml", "grpo.yaml", "sft_qwen2.5vl_3b_fsdp.yaml", "grpo_qwen2.5vl_3b_fsdp.yaml"]
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_training_logs_csv_and_tensorboard_in_its_run_folder(name):
+    """metrics.csv stays where resumes and experiments read it (<run>/logs/version_N); TensorBoard files sit
+    beside it (<run>/tb/version_N): one name each, as two loggers of one name would count versions apart."""
+    csv, tb = resolved("fit", *configs(name))["trainer"]["logger"]
+    assert (csv["class_path"], tb["class_path"]) == (CSV, TENSORBOARD)
+    assert (
+        csv["init_args"]["save_dir"]
+        == tb["init_args"]["save_dir"]
+        == yaml.safe_load((CONFIGS / name).read_text())["trainer"]["default_root_dir"]
+    )
+    assert (csv["init_args"]["name"], tb["init_args"]["name"]) == ("logs", "tb")
+
+
+@pytest.mark.parametrize(("overlay", "added"), [("wandb.yaml", "WandbLogger"), ("mlflow.yaml", "MLFlowLogger")])
+def test_a_logger_overlay_adds_to_the_loggers(overlay, added):
+    """configs/loggers/*.yaml append (``logger+:``): CSV and TensorBoard keep logging; W&B / MLflow need not be
+    installed to resolve the config (they are imported only when the logger starts)."""
+    loggers = resolved("fit", *configs("sft.yaml", f"loggers/{overlay}"))["trainer"]["logger"]
+    assert [lg["class_path"] for lg in loggers] == [CSV, TENSORBOARD, f"lightning.pytorch.loggers.{added}"]
 
 
 def test_no_setting_name_is_shared_by_a_module_and_the_datamodule():

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from cli import main
 from datamodules.ct_vqa import CTVQADataModule
 from evaluation.answers import answer_prefix, yes_probabilities
 from lightning_modules.evaluator import VQAEvaluator
+from tests.evaluation.test_case_images import linked_images, shown_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = str(ROOT / "configs" / "eval.yaml")
@@ -95,12 +98,35 @@ def test_eval_writes_a_run_folder_and_predict_writes_jsonl(tmp_path, synthetic_r
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["max_new_tokens"] == 12
     assert list((run / "plots").glob("*.png"))
     assert "tiny" in (run / "report.md").read_text()
+    assert_cases_show_what_the_model_saw(run, rows, cli.datamodule.hparams)
     assert cli.trainer.callback_metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
 
     main(["predict", "--config", EVAL, "--config", cfg])
     predicted = (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in predicted] == [r["id"] for r in rows]
     assert not list((tmp_path / "predict").glob(".*part"))
+
+
+def assert_cases_show_what_the_model_saw(run: Path, rows: list[dict], data_settings: dict) -> None:
+    """Every image report.md and report.html link exists; each question type shows a wrong and a right case where
+    it has both; a case's PNG is, pixel for pixel, the image its processor inputs were made from (``keep_images``
+    of the evaluation's own data settings)."""
+    links = linked_images(run)
+    assert links["md"] and links["html"]
+    for link in links["md"] + links["html"]:
+        assert (run / link).is_file(), link
+    verdicts = {
+        q: {"right" if r["correct"] else "wrong" for r in rows if r["question_type"] == q}
+        for q in {r["question_type"] for r in rows}
+    }
+    assert shown_verdicts(run) == verdicts
+    settings = {k: v for k, v in data_settings.items() if not k.startswith("_")}
+    data = CTVQADataModule(**{**settings, "keep_images": True})
+    data.setup("test")
+    index = {r["id"]: i for i, r in enumerate(data.datasets["test"].records)}
+    for link in (link for link in links["md"] if link.startswith("cases/")):
+        seen = data.datasets["test"][index[Path(link).stem]]["meta"]["image"]
+        assert np.array_equal(np.asarray(Image.open(run / link)), np.asarray(seen)), link
 
 
 def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_root, tiny_model_dir):

@@ -154,6 +154,10 @@ def test_confusion_counts_invalid_answers():
     assert counts.tolist() == [[0, 1, 0], [0, 1, 2]]
 
 
+def _ids(section: str) -> list[str]:
+    return [line.split("**")[1] for line in section.splitlines() if line.startswith("- **")]
+
+
 def test_render_report(metrics, predictions, info):
     plots = {"abnormality_f1": "plots/abnormality_f1.png", "calibration": "plots/calibration.png"}
     md = render_report(metrics, predictions, info, plots)
@@ -172,12 +176,17 @@ def test_render_report(metrics, predictions, info):
     assert md.index("| Cardiomegaly |") < md.index("| Emphysema |") < md.index("| Atelectasis |")
     assert "| Atelectasis | – | – | – | 0 | – | – |" in md
     assert "![F1 per abnormality](plots/abnormality_f1.png)" in md
-    # Examples: 3 wrong then 2 right, pipes escaped, reasoning shortened.
-    wrong, right = md.split("### Wrong")[1].split("### Right")
-    assert wrong.count("- **q") == 3 and right.count("- **q") == 2
-    # One example per question type before repeats: q1 (presence), q3 and q4 (location, q4 unformatted).
-    assert [line.split("**")[1] for line in wrong.splitlines() if line.startswith("- **")] == ["q1", "q3", "q4"]
-    assert "unformatted" in wrong
+    # Cases: per question type in report order, wrong then right, each with its image link or a note.
+    cases = md.split("## Cases")[1]
+    presence, location = cases.split("### presence")[1].split("### location")
+    p_wrong, p_right = presence.split("#### Wrong")[1].split("#### Right")
+    assert _ids(p_wrong) == ["q1"] and _ids(p_right) == ["q0", "q2"]
+    l_wrong, l_right = location.split("#### Wrong")[1].split("#### Right")
+    assert len(_ids(l_wrong)) == 2 and set(_ids(l_wrong)) < {"q3", "q4", "q5"} and _ids(l_right) == ["q6"]
+    assert cases.count("Image: not available") == 6
+    with_image = render_report(metrics, predictions, info, {}, images={"q1": "cases/q1.png"})
+    assert "- Image the model saw: ![q1](cases/q1.png)" in with_image
+    assert "(unformatted)" in render_report(metrics, [predictions[4]], info, {})
     assert "(not an option)" in render_report(metrics, [predictions[5]], info, {})
     assert "\\| with a pipe" in md
     assert "…" in md and "Looked at the lower lobes. " * 30 not in md
@@ -186,7 +195,7 @@ def test_render_report(metrics, predictions, info):
 def test_render_report_relative_to_base_dir(tmp_path, metrics, info):
     md = render_report(metrics, [], info, {"confusion": tmp_path / "plots" / "c.png"}, base_dir=tmp_path)
     assert "](plots/c.png)" in md
-    assert "## Example predictions" not in md
+    assert "## Cases" not in md
 
 
 def test_atomic_write_text_replaces(tmp_path):

@@ -110,7 +110,7 @@ def test_saved_configs_hold_no_absolute_paths(tmp_path, synthetic_root, tiny_mod
             "limit_val_batches": 0,
             "enable_progress_bar": False,
             "default_root_dir": "runs/sft",
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/sft"}},
+            "log_every_n_steps": 1,  # the loggers are sft.yaml's own: CSV and TensorBoard under runs/sft
             "callbacks": [
                 {
                     "class_path": "training.checkpointing.ResumableCheckpoint",
@@ -126,6 +126,12 @@ def test_saved_configs_hold_no_absolute_paths(tmp_path, synthetic_root, tiny_mod
     for path in saved:
         text = path.read_text()
         assert str(tmp_path) not in text and str(Path(CONFIG).parents[1]) not in text, path
+    # Both loggers of sft.yaml wrote this run, side by side: the loss curve in the CSV and in TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert "train/loss" in Path("runs/sft/logs/version_0/metrics.csv").read_text().splitlines()[0]
+    (events,) = Path("runs/sft/tb/version_0").glob("events.out.tfevents.*")
+    assert "train/loss" in EventAccumulator(str(events)).Reload().Tags()["scalars"]
 
 
 @pytest.mark.parametrize(("value", "finite"), [(1.0, True), (3e38, True), (math.inf, False), (math.nan, False)])
