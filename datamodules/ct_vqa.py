@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.collate import VQACollator
 from datamodules.ctrate import BadSampleError, read_metadata
+from datamodules.image_conditions import ImageCondition
 from datamodules.processor import load_processor
 from datamodules.prompts import PromptFormat, check_generation_prompt
 from datamodules.roi_sources import ROISource
@@ -66,6 +67,9 @@ class CTVQADataModule(L.LightningDataModule):
         roi_source: where the VQA files' boxes come from (datamodules/roi_sources.py; default lesion masks with
             anatomy for the rest). The VQA files are built with it when ``vqa_dir`` holds none yet; files built
             with another source are refused, so point ``vqa_dir`` at a folder per source.
+        image_condition: show every question another image (the visual-reliance audit, ``evaluation/audit.py``;
+            ``datamodules/image_conditions.py``): blank, shuffled, global/outline/zoom only, wrong region, box source.
+            Null: the original image.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class CTVQADataModule(L.LightningDataModule):
         predict_split: Stage = "test",
         roi_source: ROISource | None = None,
         annotation: AnnotationSubset | None = None,
+        image_condition: ImageCondition | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -106,10 +111,13 @@ class CTVQADataModule(L.LightningDataModule):
             zoom = ZoomSpec(**zoom)
         if isinstance(annotation, dict):
             annotation = AnnotationSubset(**annotation)
+        if isinstance(image_condition, dict):
+            image_condition = ImageCondition(**image_condition)
         # The source is an object with caches: it lives on the module, not in checkpoints' hyperparameters.
         self.save_hyperparameters(ignore=["roi_source"])
         self.roi_source = roi_source
         self.hparams.synthetic, self.hparams.zoom, self.hparams.annotation = synthetic, zoom, annotation
+        self.hparams.image_condition = image_condition
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
         self.processor: Any = None
@@ -208,6 +216,7 @@ class CTVQADataModule(L.LightningDataModule):
             volume_cache_size=self.hparams.volume_cache_size,
             keep_images=self.hparams.keep_images,
             slice_cache_dir=self.hparams.slice_cache_dir,
+            image_condition=self.hparams.image_condition,
         )
 
     def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:
