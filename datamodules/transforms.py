@@ -129,17 +129,20 @@ class ConditionViewd(MapTransform):
         return d
 
 
-def condition_steps(condition: Any, zoom: ZoomEmbedd | None) -> list[ConditionViewd]:
-    """The step that draws a pixel condition (``image_conditions.ImageCondition``) after ``zoom`` (a `ZoomEmbedd`
-    writing to ``zoomed``; None: no zoom), or none. Raises ValueError for a zoom condition without a zoom."""
+def condition_steps(condition: Any, zoom: ZoomEmbedd | None, resize: Any) -> list[Any]:
+    """The last steps of rendering: ``resize``, with the step that draws a pixel condition
+    (``image_conditions.ImageCondition``) before it, or after it for ``blank`` (so that the blank stays exactly
+    uniform). ``zoom``: the `ZoomEmbedd` writing to ``zoomed``, or None. Raises ValueError for a zoom condition
+    without a zoom."""
     mode = getattr(condition, "name", "original")
     if mode not in PIXEL_CONDITIONS:
-        return []
+        return [resize]
     if zoom is None and mode in NEEDS_ZOOM:
         raise ValueError(f"image_condition {mode} needs the zoom embedding, but data.zoom is null")
     outline = (zoom.zoom.outline_color, zoom.zoom.outline_width) if zoom is not None else (None, 1)
-    return [ConditionViewd("image", mode, outline_color=outline[0], outline_width=outline[1],
-                           blank_value=condition.blank_value)]  # fmt: skip
+    step = ConditionViewd("image", mode, outline_color=outline[0], outline_width=outline[1],
+                          blank_value=condition.blank_value)  # fmt: skip
+    return [resize, step] if mode == "blank" else [step, resize]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -18,7 +18,7 @@ from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import box_problem
 from datamodules.collate import TOKEN_KEYS
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
-from datamodules.image_conditions import PIXEL_CONDITIONS, ImageCondition
+from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, ImageCondition
 from datamodules.prompts import PromptFormat, build_messages, end_of_turn, system_prompt_for, target_text
 from datamodules.record_views import RecordViews
 from datamodules.slice_cache import SliceCache
@@ -90,11 +90,11 @@ class CTVQADataset(Dataset):
                     layout=zoom.layout,
                     margin=zoom.margin,
                     inset_fraction=zoom.inset_fraction,
-                    out_key="zoomed" if mode in PIXEL_CONDITIONS else None,
+                    out_key="zoomed" if mode in NEEDS_ZOOM else None,
                 )
             )
-        steps += condition_steps(image_condition, steps[-1] if zoom is not None else None)
-        steps.append(Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"))
+        resize = Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear")
+        steps += condition_steps(image_condition, steps[-1] if zoom is not None else None, resize)
         self.transform = Compose(steps)
         self.end_of_turn = end_of_turn(processor.tokenizer)
 
