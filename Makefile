@@ -5,13 +5,14 @@
 #   make replicate  the paper's ablation at small scale (not part of demo)
 #   make annotation  does GRPO learn from answer-only questions? cold start + GRPO vs answer-only SFT, two test sets
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
+#   make audit  how much of the demo exports' accuracy depends on the image and on the oracle box
 #   make bench  throughput and memory against TRL and the Hugging Face Trainer, side by side (benchmarks/README.md)
 #   make bench-gpu  the same on one GPU in bf16
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate annotation trl-crosscheck roi-sources bench bench-gpu lint clean
+.PHONY: install demo test replicate annotation trl-crosscheck roi-sources audit bench bench-gpu lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -55,6 +56,16 @@ roi-sources: install
 	$(PY) -m evaluation.roi_proposals --config configs/experiments/roi_proposals.yaml
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
 		--config configs/experiments/roi_sources.yaml
+
+# Visual-reliance audit of the demo's exports (README, "Visual-reliance audit"): the same test questions shown a
+# blank, shuffled, partial or wrong-region image, or boxes from another ROI source (CAM too once make roi-sources
+# has trained the classifier). Tables, figure and cases: runs/audit/<export>/.
+CAM_CKPT := runs/roi_classifier/checkpoints/last.ckpt
+audit: install
+	for model in sft-model grpo-model; do \
+		$(PY) -m evaluation.audit --config configs/eval.yaml --model.init_args.model_path artifacts/$$model \
+			--out runs/audit/$$model $(if $(wildcard $(CAM_CKPT)),--cam_checkpoint $(CAM_CKPT)) || exit 1; \
+	done
 
 # Benchmarks: our GRPO vs TRL's GRPOTrainer, our SFT vs the HF Trainer, the data path, GRPO's scaling with G and
 # completion length. TRL is a benchmark-only dependency (benchmarks/requirements.txt). Numbers: runs/bench/*.json.

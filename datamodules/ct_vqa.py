@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.collate import VQACollator
 from datamodules.ctrate import BadSampleError, read_metadata
+from datamodules.image_conditions import ImageCondition
 from datamodules.processor import load_processor
 from datamodules.prompts import PromptFormat, check_generation_prompt
 from datamodules.protocol_records import Protocol, protocol_records
@@ -69,6 +70,9 @@ class CTVQADataModule(L.LightningDataModule):
             with another source are refused, so point ``vqa_dir`` at a folder per source.
         protocol: the test split asks a benchmark's questions instead of the VQA file's: ``ctrate_18``, every volume
             about each of the 18 CT-RATE labels (``datamodules/protocol_records.py``; configs/eval_18label.yaml).
+        image_condition: show every question another image (the visual-reliance audit, ``evaluation/audit.py``;
+            ``datamodules/image_conditions.py``): blank, shuffled, global/outline/zoom only, wrong region, box source.
+            Null: the original image.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class CTVQADataModule(L.LightningDataModule):
         roi_source: ROISource | None = None,
         annotation: AnnotationSubset | None = None,
         protocol: Protocol | None = None,
+        image_condition: ImageCondition | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -110,10 +115,13 @@ class CTVQADataModule(L.LightningDataModule):
             zoom = ZoomSpec(**zoom)
         if isinstance(annotation, dict):
             annotation = AnnotationSubset(**annotation)
+        if isinstance(image_condition, dict):
+            image_condition = ImageCondition(**image_condition)
         # The source is an object with caches: it lives on the module, not in checkpoints' hyperparameters.
         self.save_hyperparameters(ignore=["roi_source"])
         self.roi_source = roi_source
         self.hparams.synthetic, self.hparams.zoom, self.hparams.annotation = synthetic, zoom, annotation
+        self.hparams.image_condition = image_condition
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
         self.processor: Any = None
@@ -215,6 +223,7 @@ class CTVQADataModule(L.LightningDataModule):
             volume_cache_size=self.hparams.volume_cache_size,
             keep_images=self.hparams.keep_images,
             slice_cache_dir=self.hparams.slice_cache_dir,
+            image_condition=self.hparams.image_condition,
         )
 
     def _loader(self, split: Stage, shuffle: bool, batch_size: int) -> DataLoader:

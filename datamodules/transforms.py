@@ -2,7 +2,8 @@
 
 As MONAI's ``dictionary.py`` to its ``array.py``: each dict transform is a thin loop over keys around an array
 transform that holds the maths. `HUWindowd` wraps `datamodules.windowing.HUWindow` (HU → (3, H, W) in [0, 1]);
-`ZoomEmbedd` wraps `datamodules.zoom.ZoomEmbed` (the coarse-to-fine "zoom-in embedding"); `to_pil` hands the result
+`ZoomEmbedd` wraps `datamodules.zoom.ZoomEmbed` (the coarse-to-fine "zoom-in embedding"); `ConditionViewd` wraps
+`datamodules.image_conditions.condition_view` (the audit's pixel conditions); `to_pil` hands the result
 to the HF image processor; `one_intra_op_thread` keeps rendering independent of the machine's cores.
 """
 
@@ -17,6 +18,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from PIL import Image
 
+from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, condition_view
 from datamodules.windowing import HUWindow
 from datamodules.zoom import ZoomEmbed
 
@@ -89,6 +91,58 @@ class ZoomEmbedd(MapTransform):
         if meta is not None:
             d[self.meta_key] = meta
         return d
+
+
+class ConditionViewd(MapTransform):
+    """Dict version of `condition_view`: replaces each of ``keys`` (the windowed global view) with the image of pixel
+    condition ``mode``, from ``data[zoomed_key]`` and ``data[meta_key]`` (`ZoomEmbedd` with ``out_key=zoomed_key``;
+    absent without a zoom) and the boxes ``data[box_key]``. ``outline_color`` / ``outline_width``: the zoom's own.
+    Raises ValueError as `condition_view` does, naming the key.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mode: str,
+        zoomed_key: str = "zoomed",
+        meta_key: str = "zoom_meta",
+        box_key: str = "roi",
+        outline_color: torch.Tensor | None = None,
+        outline_width: int = 1,
+        blank_value: float = 0.5,
+    ) -> None:
+        super().__init__(keys)
+        self.mode, self.zoomed_key, self.meta_key, self.box_key = mode, zoomed_key, meta_key, box_key
+        color = torch.tensor([1.0, 1.0, 0.0]) if outline_color is None else outline_color
+        self.outline, self.blank_value = (color, outline_width), blank_value
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = condition_view(
+                    self.mode, d[key], d.pop(self.zoomed_key, None), d.get(self.meta_key), d[self.box_key],
+                    self.outline, self.blank_value,
+                )  # fmt: skip
+            except ValueError as e:
+                raise ValueError(f"'{key}': {e}") from e
+        return d
+
+
+def condition_steps(condition: Any, zoom: ZoomEmbedd | None, resize: Any) -> list[Any]:
+    """The last steps of rendering: ``resize``, with the step that draws a pixel condition
+    (``image_conditions.ImageCondition``) before it, or after it for ``blank`` (so that the blank stays exactly
+    uniform). ``zoom``: the `ZoomEmbedd` writing to ``zoomed``, or None. Raises ValueError for a zoom condition
+    without a zoom."""
+    mode = getattr(condition, "name", "original")
+    if mode not in PIXEL_CONDITIONS:
+        return [resize]
+    if zoom is None and mode in NEEDS_ZOOM:
+        raise ValueError(f"image_condition {mode} needs the zoom embedding, but data.zoom is null")
+    outline = (zoom.zoom.outline_color, zoom.zoom.outline_width) if zoom is not None else (None, 1)
+    step = ConditionViewd("image", mode, outline_color=outline[0], outline_width=outline[1],
+                          blank_value=condition.blank_value)  # fmt: skip
+    return [resize, step] if mode == "blank" else [step, resize]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -18,9 +18,11 @@ from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import box_problem
 from datamodules.collate import TOKEN_KEYS
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
+from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, ImageCondition
 from datamodules.prompts import PromptFormat, build_messages, end_of_turn, system_prompt_for, target_text
+from datamodules.record_views import RecordViews
 from datamodules.slice_cache import SliceCache
-from datamodules.transforms import HUWindowd, ZoomEmbedd, one_intra_op_thread, to_pil
+from datamodules.transforms import HUWindowd, ZoomEmbedd, condition_steps, one_intra_op_thread, to_pil
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ allow_in_checkpoints(ZoomSpec, old_module="datamodules.ct_vqa")
 class CTVQADataset(Dataset):
     """One VQA record → processor inputs for its zoom-embedded slice, plus the SFT target ids.
 
-    Decoded volumes are kept in a small LRU cache because several questions share one volume.
+    Decoded volumes are kept in a small LRU cache because several questions share one volume. ``image_condition``
+    (the visual-reliance audit) shows each question another image (datamodules/image_conditions.py).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class CTVQADataset(Dataset):
         keep_images: bool = False,
         slice_cache_dir: str | Path | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        image_condition: ImageCondition | None = None,
     ) -> None:
         self.records = records
         self.chat_template_kwargs = chat_template_kwargs or {}
@@ -75,6 +79,9 @@ class CTVQADataset(Dataset):
         self.slice_cache = SliceCache(slice_cache_dir, self.volumes) if slice_cache_dir else None
         self.skipped: dict[str, str] = {}  # record id -> problem; a dict so later epochs don't recount
         steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
+        mode = image_condition.name if image_condition is not None else "original"
+        record_mode = mode not in ("original", *PIXEL_CONDITIONS)
+        self.views = RecordViews(image_condition, records, self.volumes, metadata, root) if record_mode else None
         if zoom is not None:
             steps.append(
                 ZoomEmbedd(
@@ -83,9 +90,11 @@ class CTVQADataset(Dataset):
                     layout=zoom.layout,
                     margin=zoom.margin,
                     inset_fraction=zoom.inset_fraction,
+                    out_key="zoomed" if mode in NEEDS_ZOOM else None,
                 )
             )
-        steps.append(Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear"))
+        resize = Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear")
+        steps += condition_steps(image_condition, steps[-1] if zoom is not None else None, resize)
         self.transform = Compose(steps)
         self.end_of_turn = end_of_turn(processor.tokenizer)
 
@@ -94,6 +103,8 @@ class CTVQADataset(Dataset):
 
     def image(self, record: dict[str, Any]) -> torch.Tensor:
         """The (3, H, W) image in [0, 1] the model sees for this record (also used to save what it saw)."""
+        if self.views is not None:
+            record = self.views.view(record)[0]
         hu = self.hu_slice(record)
         height, width = hu.shape
         for box in record["roi"]:

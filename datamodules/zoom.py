@@ -50,7 +50,7 @@ def _crop_range(lo: int, hi: int, side: int, size: int) -> tuple[int, int]:
     return start, start + side
 
 
-def _draw_rect(img: torch.Tensor, box: Sequence[int], color: torch.Tensor, width: int) -> None:
+def draw_rect(img: torch.Tensor, box: Sequence[int], color: torch.Tensor, width: int) -> None:
     """Paint a `width`-px frame on the border pixels inside `box`, in place."""
     x0, y0, x1, y1 = box
     c = color[:, None, None]
@@ -170,9 +170,9 @@ class ZoomEmbed(Transform):
             antialias=False,
         )[0]
         for box in boxes:
-            _draw_rect(out, box, color, frame)
+            draw_rect(out, box, color, frame)
         if self.layout == "inset" and frame > 0:
             panel = [ix0 - frame, iy0 - frame, ix0 + side + frame, iy0 + side + frame]
-            _draw_rect(out, panel, color, frame)
+            draw_rect(out, panel, color, frame)
         out[:, iy0 : iy0 + side, ix0 : ix0 + side] = zoomed
         return out, {"box": union, "crop": crop, "inset": inset, "layout": self.layout}
