@@ -24,6 +24,7 @@ import logging
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -180,8 +181,18 @@ def error_line(log_text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def evaluate(table: BaselineTable, model: Baseline) -> str | None:
-    """Evaluate one model into ``<out>/runs/<name>`` unless done before by the same command; None, or the error."""
+def run_cli(args: list[str], log_path: Path) -> int:
+    """``cli.py ARGS`` in a process of its own, its output in ``log_path``: a third-party model's code or memory
+    cannot reach the next model's evaluation. Returns its exit status."""
+    with log_path.open("w", encoding="utf-8") as f:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), *args], stdout=f, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def evaluate(table: BaselineTable, model: Baseline, runner: Callable[[list[str], Path], int] = run_cli) -> str | None:
+    """Evaluate one model into ``<out>/runs/<name>`` unless done before by the same command; None, or the error.
+    ``runner`` runs ``cli.py`` (``run_cli``: a process per model)."""
     out = Path(table.out)
     run_dir, log_path = out / "runs" / model.name, out / "logs" / f"{model.name}.log"
     args, overlay = command(table, model)
@@ -203,10 +214,9 @@ def evaluate(table: BaselineTable, model: Baseline) -> str | None:
     write_yaml(out / "configs" / f"{model.name}.yaml", overlay)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: evaluating %s (log: %s)", model.name, model.path, log_path)
-    with log_path.open("w", encoding="utf-8") as f:
-        status = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], stdout=f, stderr=subprocess.STDOUT)
-    if status.returncode != 0:
-        return f"exit status {status.returncode}: {error_line(log_path.read_text(encoding='utf-8'))} (log: {log_path})"
+    if (status := runner(args, log_path)) != 0:
+        text = log_path.read_text(encoding="utf-8") if log_path.is_file() else ""
+        return f"exit status {status}: {error_line(text)} (log: {log_path})"
     if missing := [f for f in RUN_FILES if not (run_dir / f).is_file()]:
         return f"finished without a complete run folder ({', '.join(missing)} missing in {run_dir})"
     atomic_write_text(done, json.dumps(record, indent=2) + "\n")
@@ -309,11 +319,11 @@ def write_table(table: BaselineTable, rows: list[dict[str, Any]]) -> Path:
     return atomic_write_text(out / "table.md", render_markdown(table, rows))
 
 
-def run(table: BaselineTable) -> tuple[Path, list[dict[str, Any]]]:
+def run(table: BaselineTable, runner: Callable[[list[str], Path], int] = run_cli) -> tuple[Path, list[dict[str, Any]]]:
     """Every model, then the table: (table.md, its rows)."""
     errors = {}
     for model in table.models:
-        errors[model.name] = evaluate(table, model)
+        errors[model.name] = evaluate(table, model, runner)
         if errors[model.name]:
             log.error("%s failed: %s", model.name, errors[model.name])
     rows = table_rows(table, errors)

@@ -204,12 +204,12 @@ def test_cli_test_evaluates_the_family_and_writes_a_report(family, family_model_
     assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
 
 
-def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthetic_root, tmp_path):
+def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthetic_root, tmp_path, capsys):
     """The issue's case: a Qwen3-VL directory presented as Qwen2.5-VL was once evaluated with random weights. Now
     ``cli.py test`` exits 2 with one line naming the directory; a text-only model and a model with its own code
-    (not trusted) are refused likewise, before its processor's code could run."""
-    import subprocess
-    import sys
+    (not trusted) are refused likewise, before its processor's code could run. (In process: ``cli.run`` is what
+    ``python cli.py`` runs; tests/test_cli.py covers the subprocess.)"""
+    from cli import run
 
     wrong = tmp_path / "qwen3-as-qwen2.5"
     shutil.copytree(family_model_dir("qwen3_vl"), wrong)
@@ -228,11 +228,11 @@ def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthet
         (remote, "set model.init_args.trust_remote_code: true only if you trust its source"),
     )
     for directory, reason in cases:
-        args = ["cli.py", "test", "--config", "configs/eval.yaml", "--model.init_args.model_path", str(directory)]
-        done = subprocess.run([sys.executable, *args, *data], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-        assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
-        assert str(directory) in errors[0] and reason in errors[0]
+        args = ["test", "--config", str(ROOT / "configs" / "eval.yaml"), "--model.init_args.model_path", str(directory)]
+        capsys.readouterr()
+        assert run([*args, *data]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(directory) in errors[0] and reason in errors[0], errors
 
 
 def test_two_process_fsdp2_evaluation_of_an_evaluation_only_family(family_model_dir, synthetic_root, tmp_path):
