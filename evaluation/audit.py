@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from common.files import atomic_write_text
+from evaluation.cli_runs import Runner, done_before, run_cli, run_once
 
 log = logging.getLogger("evaluation.audit")
-ROOT = Path(__file__).resolve().parents[1]
 ANATOMY = {"class_path": "datamodules.roi_sources.AnatomyROI"}
 CAM = "lightning_modules.roi_classifier.CAMROI"
 # Condition → data.image_condition (None: the original image, exactly the plain evaluation).
@@ -47,7 +45,6 @@ CONDITIONS: dict[str, dict[str, Any] | None] = {
 }
 RUN_FILES = ("metrics.json", "predictions.jsonl", "run.json", "config.yaml", "report.md")
 DONE = "audit.json"  # the command that made the run folder, written after it succeeded
-Runner = Callable[[list[str], Path], int]  # (cli.py arguments, log file) -> exit status
 
 
 def image_condition(condition: str, seed: int, cam_checkpoint: str | None) -> dict[str, Any] | None:
@@ -81,34 +78,15 @@ def command(configs: list[str], extra: list[str], out: Path, condition: str, spe
     return ["test", *[a for c in configs for a in ("--config", c)], "--config", str(path), *extra]
 
 
-def run_cli(args: list[str], log_path: Path) -> int:
-    """``cli.py`` with ``args`` in a process of its own, its output to ``log_path``; its exit status."""
-    with log_path.open("w", encoding="utf-8") as f:
-        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], stdout=f, stderr=subprocess.STDOUT)
-    return done.returncode
-
-
 def evaluate(args: list[str], out: Path, condition: str, runner: Runner = run_cli) -> str | None:
     """Run one condition (``runner``: a process per condition by default) unless its folder was made by the same
     command; None, or why it failed."""
     run_dir, log_path = out / "runs" / condition, out / "logs" / f"{condition}.log"
-    done = run_dir / DONE
-    if done.is_file() and all((run_dir / f).is_file() for f in RUN_FILES):
-        if json.loads(done.read_text(encoding="utf-8")) == {"command": args}:
-            log.info("%s: evaluated before, skipped", condition)
-            return None
-    done.unlink(missing_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": args}
+    if done_before(condition, run_dir, DONE, record, RUN_FILES):
+        return None
     log.info("%s: evaluating (log: %s)", condition, log_path)
-    status = runner(args, log_path)
-    if status != 0:
-        text = log_path.read_text(encoding="utf-8") if log_path.is_file() else ""
-        lines = [line for line in text.splitlines() if line.strip()]
-        return f"exit status {status}: {lines[-1] if lines else 'no output'} (log: {log_path})"
-    if missing := [f for f in RUN_FILES if not (run_dir / f).is_file()]:
-        return f"finished without a complete run folder ({', '.join(missing)} missing in {run_dir})"
-    atomic_write_text(done, json.dumps({"command": args}, indent=2) + "\n")
-    return None
+    return run_once(args, run_dir, log_path, DONE, record, RUN_FILES, runner)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

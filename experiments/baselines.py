@@ -22,9 +22,7 @@ import io
 import json
 import logging
 import re
-import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +31,10 @@ import yaml
 
 from common.files import atomic_write_text
 from datamodules.prompts import IMAGE_NOTES
+from evaluation.cli_runs import Runner, done_before, run_cli, run_once
 from experiments.replicate import deep_merge, write_yaml
 
 log = logging.getLogger("experiments.baselines")
-ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"general": "General-purpose VLMs", "medical": "Medical VLMs", "ours": "Ours"}
 RUN_FILES = ("metrics.json", "predictions.jsonl", "run.json", "report.md")  # report.md: written last
 DONE = "baseline.json"  # the command that made the run folder, written after it succeeded
@@ -171,39 +169,15 @@ def command(table: BaselineTable, model: Baseline) -> tuple[list[str], dict[str,
     return args + list(m.overrides), overlay
 
 
-def error_line(log_text: str) -> str:
-    """The line of a failed run's output that says why: cli.py's ``error: …``, else an exception's last line."""
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    for pattern in (r"^error: ", r"^[\w.]*(Error|Exception|Interrupt)\b"):
-        found = [line for line in lines if re.match(pattern, line)]
-        if found:
-            return found[-1]
-    return lines[-1] if lines else "no output"
-
-
-def run_cli(args: list[str], log_path: Path) -> int:
-    """``cli.py ARGS`` in a process of its own, its output in ``log_path``: a third-party model's code or memory
-    cannot reach the next model's evaluation. Returns its exit status."""
-    with log_path.open("w", encoding="utf-8") as f:
-        return subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), *args], stdout=f, stderr=subprocess.STDOUT
-        ).returncode
-
-
-def evaluate(table: BaselineTable, model: Baseline, runner: Callable[[list[str], Path], int] = run_cli) -> str | None:
+def evaluate(table: BaselineTable, model: Baseline, runner: Runner = run_cli) -> str | None:
     """Evaluate one model into ``<out>/runs/<name>`` unless done before by the same command; None, or the error.
     ``runner`` runs ``cli.py`` (``run_cli``: a process per model)."""
     out = Path(table.out)
     run_dir, log_path = out / "runs" / model.name, out / "logs" / f"{model.name}.log"
     args, overlay = command(table, model)
     record = {"command": args, "overlay": overlay}
-    done = run_dir / DONE
-    if done.is_file() and all((run_dir / f).is_file() for f in RUN_FILES):
-        if json.loads(done.read_text()) == record:
-            log.info("%s: evaluated before, skipped", model.name)
-            return None
-        log.info("%s: its settings changed since its run folder was written: evaluating again", model.name)
-    done.unlink(missing_ok=True)  # an interrupted re-run leaves no folder that looks finished
+    if done_before(model.name, run_dir, DONE, record, RUN_FILES):
+        return None
     if model.tiny_family and not Path(model.path).exists():
         from models.tiny.builders import build_tiny
 
@@ -212,15 +186,8 @@ def evaluate(table: BaselineTable, model: Baseline, runner: Callable[[list[str],
     if not Path(model.path).exists() and "--model.init_args.build_embedded_if_missing" not in args:
         return f"model directory {model.path} does not exist (download it, or correct its path)"
     write_yaml(out / "configs" / f"{model.name}.yaml", overlay)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: evaluating %s (log: %s)", model.name, model.path, log_path)
-    if (status := runner(args, log_path)) != 0:
-        text = log_path.read_text(encoding="utf-8") if log_path.is_file() else ""
-        return f"exit status {status}: {error_line(text)} (log: {log_path})"
-    if missing := [f for f in RUN_FILES if not (run_dir / f).is_file()]:
-        return f"finished without a complete run folder ({', '.join(missing)} missing in {run_dir})"
-    atomic_write_text(done, json.dumps(record, indent=2) + "\n")
-    return None
+    return run_once(args, run_dir, log_path, DONE, record, RUN_FILES, runner)
 
 
 def table_rows(table: BaselineTable, errors: dict[str, str | None]) -> list[dict[str, Any]]:
@@ -319,7 +286,7 @@ def write_table(table: BaselineTable, rows: list[dict[str, Any]]) -> Path:
     return atomic_write_text(out / "table.md", render_markdown(table, rows))
 
 
-def run(table: BaselineTable, runner: Callable[[list[str], Path], int] = run_cli) -> tuple[Path, list[dict[str, Any]]]:
+def run(table: BaselineTable, runner: Runner = run_cli) -> tuple[Path, list[dict[str, Any]]]:
     """Every model, then the table: (table.md, its rows)."""
     errors = {}
     for model in table.models:

@@ -20,7 +20,6 @@ from evaluation.run_folder import write_run
 from experiments.baselines import (
     DONE,
     command,
-    error_line,
     load_table,
     main,
     problems,
@@ -99,14 +98,6 @@ def test_commands_prompt_zero_shot_models_with_the_answer_format(tmp_path):
         load_table([spec_file(tmp_path, models=[{"name": "x", "path": "/m", "group": "radiology"}])], False)
 
 
-def test_error_line_is_the_reason():
-    assert error_line("Seed set to 0\nerror: model directory /m has no config.json\n") == (
-        "error: model directory /m has no config.json"
-    )
-    traceback = 'Traceback (most recent call last):\n  File "x.py"\ntorch.OutOfMemoryError: CUDA out of memory\n'
-    assert error_line(traceback) == "torch.OutOfMemoryError: CUDA out of memory"
-
-
 def fake_run(run_dir: Path, skill: float, n: int = 12) -> None:
     """A run folder as ``cli.py test`` writes it, from made-up completions right on a ``skill`` share of questions."""
     predictions = []
@@ -177,7 +168,7 @@ def test_runner_on_tiny_models_of_three_families_then_resumes(tmp_path, syntheti
 
     caplog.clear()
     spec["models"] = [*models, {"name": "gone", "path": str(tmp_path / "nowhere"), "group": "medical"}]
-    with caplog.at_level(logging.INFO, logger="experiments.baselines"):
+    with caplog.at_level(logging.INFO, logger="evaluation.cli_runs"):
         assert main(["--config", spec_file(tmp_path, **spec)]) == 1  # a model failed: status 1, table still written
     assert sum("evaluated before, skipped" in r.getMessage() for r in caplog.records) == 3
     assert reports == {m["name"]: (out / "runs" / m["name"] / "report.md").stat().st_mtime_ns for m in models}
