@@ -24,6 +24,7 @@ import torch
 from datamodules.ctrate import CTRATE_LABELS
 from evaluation.detection import auroc_or_nan
 from evaluation.formatting import qtype_key
+from evaluation.metrics import percentile_interval
 from rewards.parsing import answer_text
 
 SUMMARY = ("average", "accuracy", "macro_f1", "auroc", "format_rate", "validity_rate")
@@ -115,13 +116,10 @@ def bootstrap_table_row(
     for start in range(0, n_boot, CHUNK):
         for key, values in statistics(a, rng.integers(0, n, size=(min(CHUNK, n_boot - start), n))).items():
             reps[key].append(values)
-    tail = (1 - confidence) / 2
     out = {}
     for key in columns(a["types"]):
-        values = np.concatenate(reps[key]) if reps[key] else np.zeros(0)
-        values = values[~np.isnan(values)]
-        low, high = np.quantile(values, [tail, 1 - tail]) if len(values) else (math.nan, math.nan)
-        out[key] = {"value": float(point[key][0]), "low": float(low), "high": float(high)}
+        low, high = percentile_interval(np.concatenate(reps[key]) if reps[key] else np.zeros(0), confidence)
+        out[key] = {"value": float(point[key][0]), "low": low, "high": high}
     return out
 
 

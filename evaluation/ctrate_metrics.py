@@ -30,6 +30,8 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
+from evaluation.metrics import percentile_interval
+
 METRICS = ("auroc", "f1", "precision", "recall", "accuracy")
 _POINT = {
     "f1": binary_f1_score,
@@ -107,16 +109,6 @@ def _macro(per_label: np.ndarray) -> np.ndarray:
         return np.nanmean(per_label, axis=-1)
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile interval of the defined replicates (a resample where the label lost a class is left out)."""
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(values, [tail, 1 - tail])
-    return float(low), float(high)
-
-
 def protocol_metrics(
     p_yes: np.ndarray,
     truth: np.ndarray,
@@ -148,12 +140,14 @@ def protocol_metrics(
     for i, label in enumerate(labels):
         entry: dict = {"positives": int(pos[i]), "negatives": int(n_vol - pos[i])}
         for m in METRICS:
-            low, high = _interval(boot[m][:, i], confidence) if not math.isnan(point[m][i]) else (math.nan, math.nan)
+            low, high = (
+                percentile_interval(boot[m][:, i], confidence) if not math.isnan(point[m][i]) else (math.nan, math.nan)
+            )
             entry[m] = {"value": float(point[m][i]), "low": low, "high": high}
         per_label[label] = entry
     macro: dict[str, dict] = {}
     for m in METRICS:
-        low, high = _interval(_macro(boot[m]), confidence)
+        low, high = percentile_interval(_macro(boot[m]), confidence)
         defined = int((~np.isnan(point[m])).sum())
         macro[m] = {"value": float(_macro(point[m])), "low": low, "high": high, "labels": defined}
     return {"per_label": per_label, "macro": macro, "volumes": n_vol, "n_boot": n_boot, "confidence": confidence}

@@ -8,10 +8,12 @@ number in a report can be recomputed from that file.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.text import BLEUScore, ROUGEScore
@@ -53,6 +55,18 @@ def prediction_row(completion: str, meta: Mapping[str, Any], p_yes: float | None
         "p_yes": p_yes,
         "padding": bool(meta.get("padding", False)),
     }
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``values`` (replicates of one statistic): the (1 - confidence) / 2 and
+    (1 + confidence) / 2 quantiles of the defined ones. A replicate that is NaN (a resample in which the statistic
+    is undefined, e.g. AUROC with one class left) is left out; with none defined, (NaN, NaN)."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def rate(num: torch.Tensor, den: torch.Tensor) -> float:
