@@ -2,9 +2,10 @@
 
 A family adapter says how to build rotary positions for a prompt and its completions, how to repeat a prompt's
 cache for its G completions, which modules FSDP2 shards one at a time, which modules LoRA targets and which form
-the vision side (frozen by ``freeze_vision``, never LoRA-wrapped), and whether GRPO's grouped forward may share a
-prompt's cache with gradients (``shared_prefill``). The base class is any ``AutoModelForImageTextToText``
-model with 1-D text positions: enough to evaluate it; families that train subclass it (``models/families/``).
+the vision side (frozen by ``freeze_vision``, never LoRA-wrapped), and how GRPO's grouped forward records a
+prompt's cache and shares it with its completions under autograd (``prompt_cache``, ``completion_cache``). The base
+class is any ``AutoModelForImageTextToText`` model with 1-D text positions: enough to evaluate it; families that
+train subclass it (``models/families/``).
 """
 
 from __future__ import annotations
@@ -45,10 +46,6 @@ class VLMFamily:
         """Repeat every row of a prompt's ``cache`` ``repeats`` times, in place (rows i·G … i·G + G − 1)."""
         cache.batch_repeat_interleave(repeats)
 
-    def select_cache(self, cache: Cache, index: torch.Tensor) -> None:
-        """Keep rows ``index`` of ``cache`` (repeats allowed), in place."""
-        cache.batch_select_indices(index)
-
     def prompt_cache(self, model: torch.nn.Module, checkpointing: bool) -> Cache | None:
         """The cache a prompt's forward records into when its completions follow with gradients: None (the
         model's own) or, under gradient checkpointing, one whose replay in backward changes nothing."""
@@ -59,7 +56,7 @@ class VLMFamily:
         the cache itself, indexed in place, or under checkpointing replay-safe copies of its layers."""
         if checkpointing:
             return Cache(layers=[ReplaySafeLayer((layer.keys[index], layer.values[index])) for layer in cache.layers])
-        self.select_cache(cache, index)
+        cache.batch_select_indices(index)
         return cache
 
     def shardable_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:

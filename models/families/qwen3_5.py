@@ -19,25 +19,11 @@ from models.families.base import DEFAULT_LORA_TARGETS
 from models.families.qwen2_5_vl import QwenVLFamily
 
 
-def _index_states(layer: LinearAttentionLayer, index: torch.Tensor) -> None:
-    for states in (layer.conv_states, layer.recurrent_states):
-        for key, value in states.items():
-            if value is not None:
-                states[key] = value[index]
-
-
 class Qwen3_5Family(QwenVLFamily):
     name: ClassVar[str] = "qwen3_5"
     model_types: ClassVar[tuple[str, ...]] = ("qwen3_5", "qwen3_5_moe")
     # The linear-attention layers' projections too (the full-attention layers have the usual q/k/v/o).
     lora_targets: ClassVar[tuple[str, ...]] = (*DEFAULT_LORA_TARGETS, "in_proj_qkv", "in_proj_z", "out_proj")
-
-    def select_cache(self, cache: Cache, index: torch.Tensor) -> None:
-        for layer in cache.layers:
-            if isinstance(layer, LinearAttentionLayer):
-                _index_states(layer, index)
-            if hasattr(layer, "keys") and layer.is_initialized:  # attention (or hybrid) layers
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
 
     def prompt_cache(self, model: torch.nn.Module, checkpointing: bool) -> Cache:
         types = model.config.get_text_config().layer_types
@@ -56,14 +42,17 @@ class Qwen3_5Family(QwenVLFamily):
         return Cache(layers=layers)
 
     def repeat_cache(self, cache: Cache, repeats: int) -> None:
-        rows = cache.layers[0]
-        states = (
-            rows.keys
-            if hasattr(rows, "keys") and rows.is_initialized
-            else next(v for v in (*rows.conv_states.values(), *rows.recurrent_states.values()) if v is not None)
-        )
-        index = torch.arange(states.size(0), device=states.device).repeat_interleave(repeats)
-        self.select_cache(cache, index)
+        """As the base class, but transformers' linear-attention layers have no ``batch_repeat_interleave``: their
+        convolution windows and recurrent states are repeated here, with the attention layers' keys and values."""
+        for layer in cache.layers:
+            if isinstance(layer, LinearAttentionLayer):
+                for states in (layer.conv_states, layer.recurrent_states):
+                    for key, value in states.items():
+                        if value is not None:
+                            states[key] = value.repeat_interleave(repeats, dim=0)
+            if hasattr(layer, "keys") and layer.is_initialized:  # attention (or hybrid) layers
+                layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+                layer.values = layer.values.repeat_interleave(repeats, dim=0)
 
 
 FAMILY = Qwen3_5Family()
