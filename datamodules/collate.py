@@ -86,11 +86,12 @@ class VQACollator:
             "attention_mask": left_pad([torch.ones_like(r) for r in full], 0),
             "labels": left_pad(labels, IGNORE_INDEX),
         }
-        for key in (k for k in TOKEN_KEYS if k in samples[0]):
+        token_keys = [k for k in TOKEN_KEYS if k in samples[0]]
+        for key in token_keys:
             batch[key] = left_pad([torch.cat([s[key], torch.zeros_like(s["target_ids"])]) for s in samples], 0)
         batch["prompt_input_ids"] = left_pad([s["prompt_ids"] for s in samples], self.pad_token_id)
         batch["prompt_attention_mask"] = left_pad([torch.ones_like(s["prompt_ids"]) for s in samples], 0)
-        for key in (k for k in TOKEN_KEYS if k in samples[0]):
+        for key in token_keys:
             batch[f"prompt_{key}"] = left_pad([s[key] for s in samples], 0)
         for key in (k for k in samples[0] if k not in SAMPLE_KEYS and k not in TOKEN_KEYS):
             batch[key] = concat_images(samples, key)

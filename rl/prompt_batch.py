@@ -4,6 +4,7 @@ prompt + completion."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -69,8 +70,6 @@ def select_rows(prompts: dict[str, torch.Tensor], rows: slice) -> dict[str, torc
     out = {key: prompts[key][rows] for key in prompts if key.startswith("prompt_")}
     start, stop, _ = rows.indices(prompts["prompt_input_ids"].size(0))
     for key in image_keys(prompts):
-        offsets = [0]
-        for count in image_rows(prompts, key):
-            offsets.append(offsets[-1] + count)
+        offsets = [0, *itertools.accumulate(image_rows(prompts, key))]
         out[key] = prompts[key][offsets[start] : offsets[stop]]
     return out
