@@ -16,6 +16,7 @@ from datamodules.ct_vqa import CTVQADataModule
 from evaluation.answers import answer_prefix, yes_probabilities
 from lightning_modules.evaluator import VQAEvaluator
 from tests.evaluation.test_case_images import linked_images, shown_verdicts
+from tests.lightning_modules.test_answer_only_grpo import one_step_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = str(ROOT / "configs" / "eval.yaml")
@@ -135,19 +136,7 @@ def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_roo
     sft = {
         "model": {"init_args": {"model_path": str(tiny_model_dir), "build_embedded_if_missing": False}},
         "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "max_samples": 8},
-        "trainer": {
-            "max_steps": 2,
-            "limit_val_batches": 0,
-            "enable_progress_bar": False,
-            "default_root_dir": str(run),
-            "logger": False,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
-                }
-            ],
-        },
+        "trainer": {**one_step_trainer(run), "max_steps": 2},
     }
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
     trained = main(["fit", "--config", SFT, "--config", str(tmp_path / "sft.yaml")]).model
@@ -162,26 +151,7 @@ def test_eval_of_a_lightning_checkpoint_uses_its_weights(tmp_path, synthetic_roo
 def test_two_process_evaluation_counts_every_question_once(tmp_path, synthetic_root, tiny_model_dir):
     """FSDP2 on 2 gloo processes, 7 questions in batches of 2: the ranks get 4 batches of padded work each, and
     the metrics and the predictions file hold each of the 7 questions exactly once."""
-    import os
-    import subprocess
-    import sys
-
-    cfg = overlay(tmp_path, synthetic_root, tiny_model_dir)
-    extra = {
-        "data": {"max_samples": 7, "eval_batch_size": 2},
-        "trainer": {
-            "devices": 2,
-            "strategy": {
-                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-            },
-        },
-    }
-    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [sys.executable, "cli.py", "test", "--config", EVAL, "--config", cfg, "--config", str(tmp_path / "fsdp.yaml")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_on_two_processes(tmp_path, overlay(tmp_path, synthetic_root, tiny_model_dir))
     run = tmp_path / "eval" / "tiny"
     metrics = json.loads((run / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
@@ -208,3 +178,24 @@ def test_an_evaluation_never_replaces_another_ones_results(tmp_path, synthetic_r
     Path(cfg).write_text(yaml.safe_dump(config))
     main(["test", "--config", EVAL, "--config", cfg])
     assert json.loads((run / "run.json").read_text())["model_path"] == str(tiny_model_dir)
+
+
+def run_on_two_processes(tmp_path: Path, cfg: str, model: dict | None = None) -> None:
+    """``cli.py test`` with configs/eval.yaml and ``cfg`` (and ``model`` settings) under FSDP2 on 2 gloo processes,
+    7 questions in batches of 2, as a subprocess; asserts that it succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.lightning_modules.test_fsdp import FSDP2_STRATEGY
+
+    extra = {
+        "data": {"max_samples": 7, "eval_batch_size": 2},
+        "model": {"init_args": model or {}},
+        "trainer": {"devices": 2, "strategy": FSDP2_STRATEGY},
+    }
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(extra))
+    cmd = [sys.executable, "cli.py", "test", "--config", EVAL, "--config", cfg, "--config", str(tmp_path / "fsdp.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

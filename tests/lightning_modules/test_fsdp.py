@@ -13,6 +13,11 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# Lightning's FSDP2 (fully_shard) strategy on 2 processes, as a config value.
+FSDP2_STRATEGY = {
+    "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+    "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+}
 
 
 def reward_on_rank_one_only(completions: list[str], **_: object) -> list[float | None]:
@@ -72,10 +77,7 @@ def test_two_process_fsdp2_matches_single_process(tmp_path, synthetic_root, tiny
         tiny_model_dir,
         batch_size=4,
         devices=2,
-        strategy={
-            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-            "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-        },
+        strategy=FSDP2_STRATEGY,
     )
     assert len(single) == len(sharded) == 3
     # Same global batch of 8 (4 per rank, unshuffled); the per-rank token means weigh samples slightly
@@ -91,10 +93,7 @@ def test_two_process_fsdp2_sharded_checkpoint_is_written_atomically_and_resumes(
     ckpt = tmp_path / "ckpt"
     sharded = dict(
         devices=2,
-        strategy={
-            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-            "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-        },
+        strategy=FSDP2_STRATEGY,
         enable_checkpointing=True,
         callbacks=[
             {
@@ -136,10 +135,7 @@ def test_two_process_fsdp2_grpo_with_a_sharded_reference(tmp_path, synthetic_roo
         "data": {"data_dir": str(synthetic_root), "synthetic": None, "num_workers": 0, "batch_size": 2},
         "trainer": {
             "devices": 2,
-            "strategy": {
-                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-            },
+            "strategy": FSDP2_STRATEGY,
             "max_steps": 2,
             "val_check_interval": 2,
             "limit_val_batches": 1,

@@ -22,7 +22,7 @@ from models.loading import ModelLoadError, load_model
 from models.tiny.builders import TINY_BUILDERS, TRAINING_FAMILIES
 from rl.sampling import SamplingConfig, end_token_ids, sample_completions
 from tests.lightning_modules.test_answer_only_grpo import one_step_trainer
-from tests.lightning_modules.test_fsdp import _fit
+from tests.lightning_modules.test_fsdp import FSDP2_STRATEGY, _fit
 from tests.rl.test_grouped_forward import _training_model_and_rollout, check_grouped_against_full_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,11 +141,7 @@ def model_dir_config(model_dir: Path):
 @pytest.mark.parametrize("family", NEW_TRAINING_FAMILIES)
 def test_two_process_fsdp2_sft_step(family, family_model_dir, synthetic_root, tmp_path):
     """Sharded per decoder layer and vision block (the family's units) on 2 gloo processes: it trains."""
-    strategy = {
-        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-    }
-    losses = _fit(tmp_path, "fsdp", synthetic_root, family_model_dir(family), 2, devices=2, strategy=strategy)
+    losses = _fit(tmp_path, "fsdp", synthetic_root, family_model_dir(family), 2, devices=2, strategy=FSDP2_STRATEGY)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -238,29 +234,10 @@ def test_cli_refuses_a_partly_loaded_model_in_one_line(family_model_dir, synthet
 def test_two_process_fsdp2_evaluation_of_an_evaluation_only_family(family_model_dir, synthetic_root, tmp_path):
     """SmolVLM sharded by its own ``_no_split_modules`` (vision attention blocks) on 2 gloo processes: every
     question answered once, as in one process."""
-    import os
-    import subprocess
-    import sys
+    from tests.evaluation.test_evaluate import overlay, run_on_two_processes
 
-    from tests.evaluation.test_evaluate import EVAL, overlay
-
-    model_dir = family_model_dir("smolvlm")
-    cfg = overlay(tmp_path, synthetic_root, model_dir, name="smolvlm")
-    sharded = {
-        "data": {"max_samples": 7, "eval_batch_size": 2},
-        "model": {"init_args": {"max_new_tokens": 8}},
-        "trainer": {
-            "devices": 2,
-            "strategy": {
-                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
-            },
-        },
-    }
-    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(sharded))
-    cmd = [sys.executable, "cli.py", "test", "--config", EVAL, "--config", cfg, "--config", str(tmp_path / "fsdp.yaml")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_on_two_processes(
+        tmp_path, overlay(tmp_path, synthetic_root, family_model_dir("smolvlm"), name="smolvlm"), {"max_new_tokens": 8}
+    )
     rows = [json.loads(line) for line in (tmp_path / "eval" / "smolvlm" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["id"] for r in rows}) == 7
