@@ -30,16 +30,14 @@ from common.files import atomic_write_text
 from datamodules.ctrate import (
     CTRATE_LABELS,
     SPLITS,
-    BadSampleError,
     CTRATEPaths,
-    display_path,
     load_ct_volume,
     load_grounding,
-    load_lesion_mask,
     read_split,
 )
 from datamodules.roi_sources import MaskROI, ROISource
 from datamodules.vqa_builder import build_info, findings_by_label
+from datamodules.vqa_builder.build import check_mask_grid, lesion_masks
 from datamodules.vqa_builder.decoys import PositiveStats
 from datamodules.vqa_builder.questions import VolumeQuestions
 from datamodules.vqa_records import read_vqa_jsonl
@@ -50,18 +48,6 @@ Protocol = Literal["ctrate_18"]
 def protocol_file(vqa_dir: str | Path, split: str, protocol: Protocol = "ctrate_18") -> Path:
     """Where the protocol's records of ``split`` live: ``<vqa_dir>/<protocol>/<split>.jsonl``."""
     return Path(vqa_dir) / protocol / f"{split}.jsonl"
-
-
-def _masks(paths: CTRATEPaths, row: Any, findings: list) -> np.ndarray | None:
-    """The volume's lesion masks (findings, X, Y, Z), or None without findings or a mask file."""
-    path = paths.lesion_mask(row["VolumeName"])
-    if not findings or not path.is_file():
-        return None
-    masks = load_lesion_mask(path, row)
-    if masks.shape[0] <= max(f.index for f in findings):
-        where = display_path(path)
-        raise BadSampleError(f"{where}: {masks.shape[0]} channels but findings index up to {findings[-1].index}")
-    return masks
 
 
 def build_protocol_records(
@@ -84,15 +70,13 @@ def build_protocol_records(
         present = [lb for lb in CTRATE_LABELS if row[lb] == 1]
         findings = grounding.get(row["VolumeName"], [])
         stats.add_regions(present, row)
-        if (masks := _masks(paths, row, findings)) is not None:
+        if (masks := lesion_masks(paths, row, findings)) is not None:
             stats.add(present, findings_by_label(findings, masks))
     records: list[dict[str, Any]] = []
     for row in rows:
         name, findings = row["VolumeName"], grounding.get(row["VolumeName"], [])
-        vol, masks = load_ct_volume(paths.volume(name), row), _masks(paths, row, findings)
-        if masks is not None and masks.shape[1:] != tuple(vol.shape[1:]):
-            where = display_path(paths.lesion_mask(name))
-            raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
+        vol = load_ct_volume(paths.volume(name), row)
+        masks = check_mask_grid(paths, name, lesion_masks(paths, row, findings), vol)
         vq = VolumeQuestions(split, row, vol, findings, masks, rng, stats, source, root, region_rng)
         for label in CTRATE_LABELS:
             # The source's own box where it has one for this label (a lesion mask), else a negative's view.

@@ -35,6 +35,30 @@ from datamodules.vqa_builder.report_text import findings_by_label
 from datamodules.vqa_builder.state import BUILD_INFO, build_info
 
 
+def lesion_masks(paths: CTRATEPaths, row: Mapping[str, Any], findings: list[Finding]) -> np.ndarray | None:
+    """The volume's ReXGroundingCT lesion masks, (findings, X, Y, Z), or None without findings or a mask file.
+
+    Raises BadSampleError naming the file when it has fewer channels than the findings index."""
+    path = paths.lesion_mask(row["VolumeName"])
+    if not findings or not path.is_file():
+        return None
+    masks = load_lesion_mask(path, row)
+    if masks.shape[0] <= max(f.index for f in findings):
+        raise BadSampleError(
+            f"{display_path(path)}: {masks.shape[0]} channels but findings index up to {findings[-1].index}"
+        )
+    return masks
+
+
+def check_mask_grid(paths: CTRATEPaths, name: str, masks: np.ndarray | None, volume: Any) -> np.ndarray | None:
+    """``masks`` unchanged when they lie on ``volume``'s (X, Y, Z) grid (or are None). Raises BadSampleError naming
+    the mask file otherwise."""
+    if masks is not None and masks.shape[1:] != tuple(volume.shape[1:]):
+        where = display_path(paths.lesion_mask(name))
+        raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(volume.shape[1:])}")
+    return masks
+
+
 def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None = None) -> list[dict[str, Any]]:
     """Questions of one split; ``roi_source`` (default ``MaskROI()``) says where their boxes come from.
 
@@ -52,22 +76,11 @@ def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None 
     askable = [lb for lb in CTRATE_LABELS if df[lb].sum() > 0]
     rows = df.to_dict("records")
 
-    def masks_of(row: Mapping[str, Any], findings: list[Finding]) -> np.ndarray | None:
-        path = paths.lesion_mask(row["VolumeName"])
-        if not findings or not path.is_file():
-            return None
-        masks = load_lesion_mask(path, row)
-        if masks.shape[0] <= max(f.index for f in findings):
-            raise BadSampleError(
-                f"{display_path(path)}: {masks.shape[0]} channels but findings index up to {findings[-1].index}"
-            )
-        return masks
-
     # Pass 1 (masks only): what positives' ROIs look like, so negatives' decoys can look the same.
     stats = PositiveStats()
     for row in rows:
         findings = grounding.get(row["VolumeName"], [])
-        masks = masks_of(row, findings)
+        masks = lesion_masks(paths, row, findings)
         stats.add_regions([lb for lb in askable if row[lb] == 1], row)
         if masks is not None:
             stats.add([lb for lb in askable if row[lb] == 1], findings_by_label(findings, masks))
@@ -77,10 +90,7 @@ def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None 
         name = row["VolumeName"]
         vol = load_ct_volume(paths.volume(name), row)
         findings = grounding.get(name, [])
-        masks = masks_of(row, findings)
-        if masks is not None and masks.shape[1:] != tuple(vol.shape[1:]):
-            where = display_path(paths.lesion_mask(name))
-            raise BadSampleError(f"{where}: mask grid {masks.shape[1:]} differs from the CT {tuple(vol.shape[1:])}")
+        masks = check_mask_grid(paths, name, lesion_masks(paths, row, findings), vol)
         vq = VolumeQuestions(split, row, vol, findings, masks, rng, stats, source, Path(root), region_rng)
         present = [lb for lb in askable if row[lb] == 1]
         # Labels with a mask but 0 in the labels CSV are ambiguous: never asked as negatives.
