@@ -101,12 +101,18 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def condition_dataset(run_dir: Path) -> Any:
-    """The test dataset exactly as the run built it: its config.yaml's data section, instantiated as LightningCLI
-    does (``jsonargparse``), set up for ``test``."""
+    """The test dataset exactly as the run built it: its config.yaml's data section with cli.py's linked arguments
+    (processor from the model's directory), instantiated as LightningCLI does (``jsonargparse``), set up for
+    ``test``."""
     import lightning as L
     from jsonargparse import ArgumentParser
 
-    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    data, model = config["data"], config["model"]["init_args"]
+    # cli.py links these from the model; LightningCLI leaves link targets out of the saved config.yaml.
+    data.setdefault("init_args", {}).update(
+        processor_path=model["model_path"], processor_trust_remote_code=model.get("trust_remote_code", False)
+    )
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--data", type=L.LightningDataModule)
     datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data

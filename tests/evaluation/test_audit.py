@@ -30,8 +30,11 @@ def linked_images(report: Path) -> list[Path]:
     return [report.parent / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())]
 
 
-def test_every_condition_end_to_end(tmp_path, synthetic_root, tiny_model_dir):
+def test_every_condition_end_to_end(tmp_path, synthetic_root, tiny_model_dir, monkeypatch):
     from lightning_modules.roi_classifier import ROIClassifierModule
+
+    # Away from the checkout, a path that only resolves against its artifacts/ (a default the run did not use) fails.
+    monkeypatch.chdir(tmp_path)
 
     classifier = ROIClassifierModule(backbone="test_resnet", image_size=32)  # untrained: its boxes are what matter
     cam = tmp_path / "cam.ckpt"
