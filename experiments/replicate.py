@@ -17,6 +17,7 @@ finished arm is skipped when the command is run again, so an interrupted experim
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -66,6 +67,9 @@ class Experiment:
     arms: list[Arm]
     init_model: dict[str, Any]
     report_metrics: list[str] | None = None  # comparison columns (default: evaluation.compare's headline)
+    # The visual-reliance audit of every arm's export on the main test set, per seed (evaluation/audit.py):
+    # {conditions: [...], n_boot, n_cases, cam_checkpoint}; None: no audit.
+    audit: dict[str, Any] | None = None
     # Test sets every arm is evaluated on: name -> data overrides. "test" (else the first) is the main one, with
     # run folders in seed<s>/eval/ and its comparison in comparison/; another in seed<s>/eval-<name>/ and
     # comparison-<name>/.
@@ -123,7 +127,17 @@ def load_experiment(paths: list[str], smoke: bool) -> Experiment:
         init_model=spec.get("init_model", {}),
         report_metrics=spec.get("report_metrics"),
         evaluations=spec.get("evaluations") or {"test": {}},
+        audit=spec.get("audit"),
     )
+    if exp.audit is not None:
+        from evaluation.audit import CONDITIONS
+
+        unknown = set(exp.audit.get("conditions", ())) - set(CONDITIONS)
+        if unknown or set(exp.audit) - {"conditions", "n_boot", "n_cases", "cam_checkpoint"}:
+            raise ValueError(
+                f"audit: conditions must be among {', '.join(CONDITIONS)} (unknown: {sorted(unknown)}); "
+                "keys: conditions, n_boot, n_cases, cam_checkpoint"
+            )
     for arm in arms:
         if arm.init_from:
             exp.arm(arm.init_from)
@@ -225,6 +239,42 @@ def run_arm(exp: Experiment, arm: Arm, seed: int) -> dict[str, Path]:
     return eval_dirs
 
 
+def run_in_process(args: list[str], log_path: Path) -> int:
+    """``cli.py ARGS`` in this process, its stderr (warnings, the ``error: …`` line) in ``log_path``: the audit's
+    runner here, where the arms already run in process (no import cost per condition)."""
+    from cli import run
+
+    with log_path.open("w", encoding="utf-8") as f, contextlib.redirect_stderr(f):
+        return run(args)
+
+
+def audit_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
+    """The visual-reliance audit of one arm's export on the main test set, with the arm's own evaluation settings,
+    into ``<out>/seed<s>/audit/<arm>/``; conditions audited before are skipped. Returns that folder."""
+    from evaluation.audit import audit
+
+    assert exp.audit is not None
+    out = exp.out_dir / f"seed{seed}" / "audit" / arm.name
+    arm_eval = exp.out_dir / f"seed{seed}" / arm.name / f"eval-{exp.main_evaluation}.yaml"
+    wanted = exp.audit.get("conditions") or ["original", "blank", "shuffled"]
+    conditions = ["original", *[c for c in wanted if c != "original"]]
+    log.info("seed %d, %s: visual-reliance audit (%s)", seed, arm.name, ", ".join(conditions))
+    _, problems = audit(
+        [exp.stages["eval"]["config"], str(arm_eval)],
+        [],
+        out,
+        conditions,
+        exp.audit.get("cam_checkpoint"),
+        seed=seed,
+        n_boot=int(exp.audit.get("n_boot", 1000)),
+        n_cases=int(exp.audit.get("n_cases", 2)),
+        runner=run_in_process,
+    )
+    for problem in problems:
+        log.error("seed %d, %s, audit: %s", seed, arm.name, problem)
+    return out
+
+
 def _init_model(exp: Experiment, seed_dir: Path, seed: int) -> Path:
     """The seed's initial tiny model: every arm of a seed starts from the same weights (a paired comparison)."""
     from models.embedded import build_embedded_model
@@ -251,6 +301,11 @@ def run(exp: Experiment) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
         reports[evaluation] = (write_groups(groups, exp.comparison_dir(evaluation), exp.report_metrics), groups)
     main_report = reports[exp.main_evaluation][0]
     (main_report.parent / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    if exp.audit is not None:
+        from evaluation.audit_arms import summarize_arms, write_arms
+
+        audits = {arm.name: {seed: audit_arm(exp, arm, seed) for seed in exp.seeds} for arm in exp.arms}
+        write_arms(summarize_arms(audits, int(exp.audit.get("n_boot", 1000))), main_report.parent)
     return reports
 
 
@@ -269,6 +324,10 @@ def main(argv: list[str] | None = None) -> Path:
         print_comparison(groups, exp.report_metrics)
         print(render_paired(json.loads((report.parent / "paired.json").read_text())))
         print(f"comparison report: {report}")
+    if exp.audit is not None:
+        audit_md = exp.comparison_dir(exp.main_evaluation) / "audit.md"
+        print(audit_md.read_text(encoding="utf-8"))
+        print(f"visual-reliance audit: {audit_md}")
     return reports[exp.main_evaluation][0]
 
 

@@ -377,7 +377,8 @@ def test_a_completion_built_from_an_option_is_judged_that_option(
     assert match_option(options[i], options) == options[i]
     assert [is_correct(completion, o, options) for o in options] == [j == i for j in range(len(options))]
     assert accuracy_reward([completion], [options[i]], [options]) == [1.0]
-    assert format_reward([completion]) == [1.0]
+    # An option holding a tag (e.g. "<THINK>", any case) is read right, but no block may hold a tag: not the format.
+    assert format_reward([completion]) == [0.0 if contains_tag(options[i]) else 1.0]
     assert validity_reward([completion], [options]) == [1.0]
 
 

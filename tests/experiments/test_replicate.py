@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from experiments.replicate import deep_merge, load_experiment, main
@@ -63,5 +64,29 @@ def test_smoke_run(tmp_path, synthetic_root):
     grpo_ckpt = tmp_path / "out" / "seed0" / "sft_zoom_grpo" / "checkpoints"
     assert json.loads((grpo_ckpt / "start.json").read_text())["monitor"] == "val/accuracy"  # its start was validated
 
-    again = main(["--config", SPEC, "--config", str(overlay), "--smoke"])  # finished arms are skipped
+    # The visual-reliance audit of every arm's export: per seed, then pooled over seeds.
+    audit = json.loads((tmp_path / "out" / "comparison" / "audit.json").read_text())
+    assert audit["problems"] == []
+    rows = {(r["arm"], r["condition"]): r for r in audit["rows"]}
+    assert set(rows) == {(arm, c) for arm in ("sft_nozoom", "sft_zoom", "sft_zoom_grpo", "sft_zoom_nothink")
+                         for c in ("original", "blank")}  # fmt: skip
+    for arm in ("sft_zoom", "sft_zoom_grpo"):
+        seed_table = json.loads((tmp_path / "out" / "seed0" / "audit" / arm / "table.json").read_text())
+        blank = {r["condition"]: r for r in seed_table["rows"]}["blank"]
+        assert rows[arm, "blank"]["paired_vs_original"]["difference"] == pytest.approx(
+            blank["paired_vs_original"]["all"]["difference"]
+        )
+        original = json.loads((tmp_path / "out" / "seed0" / "eval" / arm / "metrics.json").read_text())
+        assert rows[arm, "original"]["accuracy"]["mean"] == pytest.approx(original["accuracy"])  # the arm's own test
+    audit_md = (tmp_path / "out" / "comparison" / "audit.md").read_text()
+
+    again = main(["--config", SPEC, "--config", str(overlay), "--smoke"])  # finished arms and audits are skipped
     assert again.read_text() == table
+    assert (tmp_path / "out" / "comparison" / "audit.md").read_text() == audit_md
+
+
+def test_unknown_audit_condition_is_refused(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"audit": {"conditions": ["original", "upside_down"]}}))
+    with pytest.raises(ValueError, match="upside_down"):
+        load_experiment([SPEC, str(overlay)], smoke=False)
