@@ -78,12 +78,18 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/sft_vs_hf.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/grpo_scaling.py
+	$(PY) benchmarks/decode.py
 
 # The same comparisons on one GPU, bf16 autocast on both sides (record the numbers in benchmarks/README.md).
 bench-gpu: $(VENV)/.bench-installed
 	$(PY) benchmarks/grpo_vs_trl.py --accelerator gpu --precision bf16-mixed
 	$(PY) benchmarks/sft_vs_hf.py --accelerator gpu --precision bf16-mixed
 	$(PY) benchmarks/grpo_scaling.py --accelerator gpu --precision bf16-mixed
+	$(PY) benchmarks/decode.py --accelerator gpu --precision bf16-mixed --out runs/bench/decode_gpu.json
+	$(PY) benchmarks/decode.py --accelerator gpu --precision bf16-mixed --hidden-size 1024 --num-layers 16 \
+		--out runs/bench/decode_gpu_200m.json
+	$(PY) benchmarks/grpo_vs_trl.py --accelerator gpu --precision bf16-mixed --hidden-size 1024 --num-layers 16 \
+		--out runs/bench/grpo_vs_trl_gpu_200m.json
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -126,6 +126,27 @@ def bench_trainer(
     return L.Trainer(**{**settings, **overrides})
 
 
+def add_sdpa_argument(parser: Any) -> None:
+    """``--sdpa-backends``: the attention kernels every side of a comparison may use (default: ours)."""
+    parser.add_argument(
+        "--sdpa-backends",
+        nargs="+",
+        choices=["flash", "efficient", "cudnn", "math"],
+        default=None,
+        help="SDPA kernels allowed on every side (default: flash, efficient, math, as models/attention.py)",
+    )
+
+
+def side_setup(threads: int, sdpa_backends: Sequence[str] | None) -> tuple[float, tuple[str, ...]]:
+    """What every measured side does first, after its imports: its torch threads, the same SDPA kernels as the
+    other side (torch's process-wide switches: a library side would otherwise allow cuDNN attention, which ours
+    does not), and the post-import memory baseline. Returns (peak RSS so far in MiB, the kernels allowed)."""
+    from models.attention import set_sdpa_backends
+
+    torch.set_num_threads(threads)
+    return peak_rss_mib(), set_sdpa_backends(sdpa_backends)
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -138,7 +159,7 @@ def peak_gpu_mib() -> float:
 
 def memory_metrics(accelerator: str) -> list[tuple[str, str]]:
     """(row name, result key) of the peak memories worth printing for a run on ``accelerator``."""
-    rows = [("peak RSS MiB", "peak_rss_mib")]
+    rows = [("peak RSS MiB", "peak_rss_mib"), ("peak RSS above post-import MiB", "rss_above_imports_mib")]
     return rows + [("peak GPU MiB", "peak_gpu_mib")] if accelerator == "gpu" else rows
 
 
@@ -147,6 +168,8 @@ def _child(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], queue: mp.
         result = fn(**kwargs)
         result["peak_rss_mib"] = peak_rss_mib()
         result["peak_gpu_mib"] = peak_gpu_mib()
+        # Above what the side's imports (torch, Lightning or TRL, …) held: what its model, data and steps cost.
+        result["rss_above_imports_mib"] = result["peak_rss_mib"] - result.get("baseline_rss_mib", float("nan"))
         queue.put(("ok", result))
     except BaseException as err:  # report, don't hang the parent
         import traceback

@@ -38,7 +38,11 @@ What is not like-for-like (by design of each library):
 - logging: ours logs its per-step metrics through ``self.log`` (no logger attached); TRL keeps its metrics in
   memory (``logging_steps`` beyond the run). Neither prints completions, validates or checkpoints.
 - peak RSS is each whole process: Lightning, MONAI and our data module on one side, TRL, datasets and accelerate
-  on the other, besides the model, optimizer and activations.
+  on the other, besides the model, optimizer and activations; "above post-import" subtracts what each side held
+  after its imports, which is most of the whole on the tiny model.
+
+Both sides allow the same SDPA kernels (``--sdpa-backends``, default ours: flash, efficient, math; torch's
+process-wide switches, set in each side's process).
 """
 
 from __future__ import annotations
@@ -130,6 +134,8 @@ def run_ours(
     accelerator: str,
     precision: str,
     full_length: bool,
+    sdpa_backends: list[str] | None,
+    cache_implementation: str = "auto",
     logprob_chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Our GRPOModule fitted by a Lightning Trainer, as ``cli.py fit`` runs it (no logger, checkpoint or validation)."""
@@ -142,6 +148,7 @@ def run_ours(
     from rewards.format import format_reward
     from rewards.validity import validity_reward
     from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
+    from rl.decode_steps import DecodeArgs
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -156,7 +163,7 @@ def run_ours(
             self.times.append(time.perf_counter())
             self.lengths.append(float(trainer.callback_metrics["train/completions/mean_length"]))
 
-    torch.set_num_threads(threads)
+    baseline, backends = common.side_setup(threads, sdpa_backends)
     L.seed_everything(SEED, verbose=False)
     module = GRPOModule(
         model_path=model_dir,
@@ -181,13 +188,15 @@ def run_ours(
         logprob_chunk_size=logprob_chunk_size,
         logging=LoggingArgs(log_completions_every_n_steps=0),
         gradient_checkpointing=gradient_checkpointing,
+        sdpa_backends=list(backends),
+        decoding=DecodeArgs(cache_implementation=cache_implementation),  # auto: static + CUDA graph on a GPU
     )
     dm = _datamodule(Path(model_dir), Path(data_dir), prompts_per_step * (warmup + steps), prompts_per_step)
     timer = Timer()
     trainer = common.bench_trainer(warmup + steps, [timer], accelerator=accelerator, precision=precision)
     trainer.fit(module, datamodule=dm)
     result = _summary(timer.times, timer.lengths, prompts_per_step * generations, warmup)
-    result["threads"] = torch.get_num_threads()
+    result.update(threads=torch.get_num_threads(), baseline_rss_mib=baseline, sdpa_backends=list(backends))
     return result
 
 
@@ -225,6 +234,7 @@ def run_trl(
     accelerator: str,
     precision: str,
     out_dir: str,
+    sdpa_backends: list[str] | None,
 ) -> dict[str, Any]:
     """TRL's GRPOTrainer on the same model, rows and settings."""
     import torch
@@ -246,7 +256,7 @@ def run_trl(
             self.times.append(time.perf_counter())
             self.lengths.append(self.trainer._metrics["train"]["completions/mean_length"][-1])
 
-    torch.set_num_threads(threads)
+    baseline, backends = common.side_setup(threads, sdpa_backends)
     dataset = Dataset.from_list([{k: v for k, v in row.items() if k != "our_prompt_ids"} for row in rows])
     config = GRPOConfig(
         output_dir=out_dir,
@@ -312,7 +322,7 @@ def run_trl(
     timer.trainer = trainer
     trainer.train()
     result = _summary(timer.times, timer.lengths, prompts_per_step * generations, warmup)
-    result["threads"] = torch.get_num_threads()
+    result.update(threads=torch.get_num_threads(), baseline_rss_mib=baseline, sdpa_backends=list(backends))
     return result
 
 
@@ -357,6 +367,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-layers", type=int, default=4, help="decoder layers (4: the embedded tiny model)")
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--out", default=None, help="raw numbers (default runs/bench/grpo_vs_trl[_FAMILY].json)")
+    common.add_sdpa_argument(parser)
+    parser.add_argument(
+        "--cache-implementation",
+        choices=["auto", "static", "dynamic"],
+        default="auto",
+        help="our decode loop's cache (auto: static with a captured step on a GPU, dynamic on CPU)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or (args.warmup < 1 and args.steps < 2):
         parser.error("time at least one step after the first")
@@ -388,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         accelerator=args.accelerator,
         precision=args.precision,
+        sdpa_backends=args.sdpa_backends,
     )
     # Read when torch is imported in each spawned side, before set_num_threads (also sizes MKL's and OpenMP's pools).
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -397,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=str(data_dir),
         full_length=full_length,
         logprob_chunk_size=args.logprob_chunk_size,
+        cache_implementation=args.cache_implementation,
         **shared,
     )
     trl = common.measure(
@@ -436,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         ("micro-batches", "1 (whole rollout)", "1 (whole rollout)"),
         ("LM head in log-prob forwards", f"logprob_chunk_size={args.logprob_chunk_size}", "tiled (TRL's own)"),
         ("gradient checkpointing", str(args.gradient_checkpointing), str(args.gradient_checkpointing)),
-        ("SDPA kernels (GPU)", "flash, efficient, math (default sdpa_backends)", "torch's choice (cuDNN allowed)"),
+        ("decode cache", f"{args.cache_implementation} (auto: static + CUDA graph on GPU)", "dynamic (generate)"),
+        ("SDPA kernels (GPU)", ", ".join(ours["sdpa_backends"]), ", ".join(trl["sdpa_backends"])),
         ("prompt ids", "ours", "identical" if same_prompts else "DIFFERENT"),
         ("threads", str(ours["threads"]), str(trl["threads"])),
     ]

@@ -143,14 +143,14 @@ def run_ours(
     threads: int,
     accelerator: str,
     precision: str,
+    sdpa_backends: list[str] | None = None,
 ) -> dict[str, Any]:
     """SFTModule + CTVQADataModule under a real Lightning Trainer; times steps warmup+1 … warmup+steps."""
     import lightning as L
-    import torch
 
     from lightning_modules.sft import SFTModule
 
-    torch.set_num_threads(threads)
+    baseline, backends = common.side_setup(threads, sdpa_backends)
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -169,6 +169,7 @@ def run_ours(
         weight_decay=WEIGHT_DECAY,
         warmup_steps=LR_WARMUP_STEPS,
         min_lr_ratio=MIN_LR_RATIO,
+        sdpa_backends=list(backends),
     )
     timer = Timer()
     with tempfile.TemporaryDirectory() as out_dir:
@@ -181,7 +182,7 @@ def run_ours(
             default_root_dir=out_dir,
         )
         trainer.fit(module, datamodule=datamodule(model_dir, data_dir, batch_size, num_workers, image_size))
-    return result(timer.ends, steps, batch_size, module.model)
+    return {**result(timer.ends, steps, batch_size, module.model), "baseline_rss_mib": baseline}
 
 
 def run_hf(
@@ -195,12 +196,12 @@ def run_hf(
     threads: int,
     accelerator: str,
     precision: str,
+    sdpa_backends: list[str] | None = None,
 ) -> dict[str, Any]:
     """``transformers.Trainer`` on the same model, samples and collator; times the same steps."""
-    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Trainer, TrainerCallback
 
-    torch.set_num_threads(threads)
+    baseline, _ = common.side_setup(threads, sdpa_backends)
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:
@@ -223,14 +224,14 @@ def run_hf(
             callbacks=[timer],
         )
         trainer.train()
-    return result(timer.ends, steps, batch_size, model)
+    return {**result(timer.ends, steps, batch_size, model), "baseline_rss_mib": baseline}
 
 
 def median_over_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One side's numbers as the median over rounds (the parameter norm is the same in every round)."""
     import statistics
 
-    keys = ("samples_per_s", "s_per_step", "median_s_per_step", "peak_rss_mib", "peak_gpu_mib")
+    keys = ("samples_per_s", "s_per_step", "median_s_per_step", "peak_rss_mib", "rss_above_imports_mib", "peak_gpu_mib")
     return {**results[0], **{k: statistics.median(r[k] for r in results) for k in keys}}
 
 
@@ -294,6 +295,7 @@ def main() -> None:
     common.add_device_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each side, alternating (median)")
     parser.add_argument("--out", default="runs/bench/sft_vs_hf.json")
+    common.add_sdpa_argument(parser)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1 (the timing starts at the end of a warm-up step)")
@@ -309,6 +311,7 @@ def main() -> None:
         threads=args.threads,
         accelerator=args.accelerator,
         precision=args.precision,
+        sdpa_backends=args.sdpa_backends,
     )
     # Rounds alternate which side goes first, and the table takes each side's median over rounds: on a shared
     # machine a burst of another process's work slows whichever side is running, a few steps at a time.
@@ -335,7 +338,7 @@ def main() -> None:
             ", ".join(f"{k}={v}" for k, v in common.hf_device_arguments(args.accelerator, args.precision).items())
             + f", {args.threads}",
         ),
-        ("SDPA kernels (GPU)", "flash, efficient, math (default sdpa_backends)", "torch's choice (cuDNN allowed)"),
+        ("SDPA kernels (GPU)", *[", ".join(args.sdpa_backends or ["flash", "efficient", "math"])] * 2),
         ("eval / checkpoints / logging", "off / off / logger=False", "no / no / no"),
         ("steps: warm-up + timed", f"{args.warmup} + {args.steps}", f"{args.warmup} + {args.steps}"),
     ]

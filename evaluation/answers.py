@@ -12,8 +12,10 @@ from rich.table import Table
 
 from evaluation.formatting import fmt
 from evaluation.metrics import prediction_row
+from rl.decode_steps import DecodeArgs
 from rl.grouped_forward import completion_logits
 from rl.sampling import SamplingConfig, sample_completions
+from rl.static_decode import StaticDecodeSteps
 
 _ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
 
@@ -26,19 +28,23 @@ def generate_answers(
     max_new_tokens: int,
     eos_token_ids: list[int],
     suppress_token_ids: list[int],
+    decoding: DecodeArgs = DecodeArgs(),  # noqa: B008 - frozen: a shared default is safe
+    static_steps: StaticDecodeSteps | None = None,
 ) -> list[str]:
     """Greedy completions for the batch's prompts, decoded without special tokens.
 
-    The same decode loop as GRPO's rollouts (one answer per prompt, no sampling), so it is safe under FSDP2.
+    The same decode loop as GRPO's rollouts (one answer per prompt, no sampling), so it is safe under FSDP2;
+    ``decoding`` and ``static_steps`` as in ``rl.sampling.sample_completions``.
     """
     rollout = sample_completions(
         model,
         batch,
         num_generations=1,
-        sampling=SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
+        sampling=SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False, decoding=decoding),
         eos_token_ids=eos_token_ids,
         pad_token_id=tokenizer.pad_token_id,
         suppress_token_ids=suppress_token_ids,
+        static_steps=static_steps,
     )
     return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 

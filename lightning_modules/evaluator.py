@@ -3,11 +3,14 @@ decoding and metrics."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Literal
 
 from lightning_modules.policy import PolicyModule
 from models.attention import SdpaBackend
 from models.loading import LoRASpec
+from rl.config import as_args
+from rl.decode_steps import DecodeArgs
 
 
 class VQAEvaluator(PolicyModule):
@@ -22,6 +25,8 @@ class VQAEvaluator(PolicyModule):
         build_embedded_if_missing: build the embedded tiny model at ``model_path`` if the directory is missing.
         lora: LoRA settings of a checkpoint to load into (null for plain model directories).
         max_new_tokens: generation budget per answer.
+        decoding: how answers are decoded: ``cache_implementation`` auto / static / dynamic (auto: a static cache
+            on CUDA) and ``compile`` (CUDA graphs; null: on CUDA, unsharded) (``rl/decode_steps.py``).
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
         sdpa_backends: the kernels SDPA may use on GPUs (flash, efficient, cudnn, math); null = flash,
@@ -36,6 +41,7 @@ class VQAEvaluator(PolicyModule):
         build_embedded_if_missing: bool = False,
         lora: LoRASpec | None = None,
         max_new_tokens: int = 64,
+        decoding: DecodeArgs = DecodeArgs(),  # noqa: B008 - frozen: a shared default is safe
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
         sdpa_backends: list[SdpaBackend] | None = None,
@@ -45,4 +51,4 @@ class VQAEvaluator(PolicyModule):
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
             lora = LoRASpec(**lora)
         self.save_hyperparameters()
-        self.hparams.lora = lora
+        self.hparams.update(lora=lora, decoding=asdict(as_args(decoding, DecodeArgs)))

@@ -26,10 +26,11 @@ from rewards.scoring import reward_name, score_completions
 from rewards.validity import validity_reward
 from rl.advantages import global_group_advantages
 from rl.config import SECTIONS, GenerationArgs, LoggingArgs, LossArgs, RewardArgs, as_args
+from rl.decode_steps import DecodeArgs
 from rl.distributed import global_token_count, lockstep_passes, reward_fault
 from rl.logprobs import completion_logps, fixed_logps
 from rl.metrics import SHOWN, ValidationRewards, completions_table, print_table, reduce_fx, step_metrics, unique_names
-from rl.sampling import Rollout, SamplingConfig, eval_mode, sample_completions
+from rl.sampling import Rollout, eval_mode, sample_completions
 from rl.trajectory import GRPOStats, GRPOTrajectory, loss_mask, micro_batches, reward_fields
 from rl.vllm_rollout import VLLMRollout
 from training.faults import FaultCounter, all_finite, gradients_finite
@@ -51,6 +52,7 @@ class GRPOModule(PolicyModule):
         learning_rate, weight_decay, warmup_steps, min_lr_ratio, max_grad_norm: AdamW with linear warmup + cosine
             decay over optimizer steps (μ per rollout); clipping by global norm (null: none).
         max_new_tokens: completion budget of the rollouts (TRL's max_completion_length) and validation answers.
+        decoding: static or dynamic cache and CUDA-graph capture of the rollouts' and answers' decode loop: as in SFT.
         reward_funcs: callables ``(completions, **fields) -> list[float | None]`` (``rl.trajectory.reward_fields``);
             import paths or class_path + init_args in YAML. Default: accuracy, format, validity. Not in hparams.
         micro_batch_size: completions per forward/backward (gradient accumulation); null = the whole rollout.
@@ -75,6 +77,7 @@ class GRPOModule(PolicyModule):
         min_lr_ratio: float = 1.0,
         max_grad_norm: float | None = 1.0,
         max_new_tokens: int = 64,
+        decoding: DecodeArgs = DecodeArgs(),  # noqa: B008 - frozen: a shared default is safe
         generation: GenerationArgs = GenerationArgs(),  # noqa: B008 - frozen: a shared default is safe
         loss: LossArgs = LossArgs(),  # noqa: B008
         reward_funcs: list[RewardFunc] | None = None,
@@ -101,10 +104,11 @@ class GRPOModule(PolicyModule):
         # hparams, the sections as dicts: LightningCLI hands a checkpoint's hparams back to its parser.
         self.save_hyperparameters(ignore=["reward_funcs", "rollout_engine"])
         self.generation, self.loss, self.rewards, self.logging = generation, loss, rewards, logging
-        self.hparams.update(lora=lora, **{name: asdict(getattr(self, name)) for name in SECTIONS})
+        sections = {name: asdict(getattr(self, name)) for name in SECTIONS}
+        self.hparams.update(lora=lora, decoding=asdict(as_args(decoding, DecodeArgs)), **sections)
         self.rollout_engine = rollout_engine
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
-        self.sampling = SamplingConfig(max_new_tokens, generation.temperature, generation.top_p, generation.top_k)
+        self.sampling = generation.sampling(max_new_tokens, self.decoding)
         self.automatic_optimization = False  # one rollout feeds μ optimizer steps
         self.val_rewards = ValidationRewards(self.reward_names)
         # Kept in a list so nn.Module does not register it: never in state_dict, checkpoints or the optimizer.
@@ -193,8 +197,8 @@ class GRPOModule(PolicyModule):
                 self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(seed)
             with eval_mode(self.model):
-                ids = (self.end_tokens, self.tokenizer.pad_token_id, self.suppressed_tokens)
-                rollout = sample_completions(self.model, batch, num_generations, self.sampling, *ids, self._generator)
+                ids = (self.end_tokens, self.tokenizer.pad_token_id, self.suppressed_tokens, self._generator, False)
+                rollout = sample_completions(self.model, batch, num_generations, self.sampling, *ids, self.static_steps)
         return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
     def rollout_seed(self, step: int, stream: int = 0) -> int:

@@ -17,7 +17,9 @@ from evaluation.metrics import VQAAccuracy
 from models.attention import set_sdpa_backends
 from models.embedded import ensure_model_dir
 from models.loading import load_model
+from rl.decode_steps import DecodeArgs
 from rl.sampling import end_token_ids, special_token_ids
+from rl.static_decode import StaticDecodeSteps
 from training.schedules import warmup_cosine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,7 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class PolicyModule(L.LightningModule):
     """Base of the training stages and the evaluator. Subclasses call ``save_hyperparameters()`` with at least:
     model_path, build_embedded_if_missing, lora, attn_implementation, sdpa_backends, fsdp_param_dtype,
-    max_new_tokens; training stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay,
+    max_new_tokens, decoding; training stages also freeze_vision, gradient_checkpointing, learning_rate, weight_decay,
     warmup_steps, min_lr_ratio.
     """
 
@@ -39,6 +41,9 @@ class PolicyModule(L.LightningModule):
         # Filled at the end of `test`: {"metrics": …, "predictions": [rows of all ranks]}; read by
         # evaluation.callbacks.EvaluationReport to write the run folder.
         self.test_results: dict[str, Any] | None = None
+        # Static decode steps built by this module's decode loops, kept between calls: each shape is allocated
+        # (and on a GPU compiled and captured) once, not once per batch (rl/static_decode.py).
+        self.static_steps = StaticDecodeSteps()
 
     def prepare_data(self) -> None:
         """Build the embedded tiny model if it is configured and missing (rank 0, before any setup)."""
@@ -109,7 +114,15 @@ class PolicyModule(L.LightningModule):
             self.hparams.max_new_tokens,
             eos_token_ids=self.end_tokens,
             suppress_token_ids=self.suppressed_tokens,
+            decoding=self.decoding,
+            static_steps=self.static_steps,
         )
+
+    @property
+    def decoding(self) -> DecodeArgs:
+        """How this module's decode loops cache and capture their steps (the ``decoding`` argument)."""
+        value = self.hparams.get("decoding")
+        return DecodeArgs(**value) if isinstance(value, dict) else value or DecodeArgs()
 
     def answer_batch(self, batch: dict[str, Any], with_p_yes: bool) -> list[dict[str, Any]]:
         """Greedy answers for the batch, scored as prediction rows (``evaluation.metrics.prediction_row``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -10,6 +11,8 @@ from datamodules.collate import IGNORE_INDEX, full_inputs
 from lightning_modules.policy import PolicyModule
 from models.attention import SdpaBackend
 from models.loading import LoRASpec
+from rl.config import as_args
+from rl.decode_steps import DecodeArgs
 from training.faults import FaultCounter, all_finite, gradients_finite
 
 
@@ -23,6 +26,8 @@ class SFTModule(PolicyModule):
         freeze_vision: keep the vision tower fixed.
         learning_rate, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warmup + cosine decay.
         max_new_tokens: generation budget for validation answers.
+        decoding: how answers are decoded: ``cache_implementation`` auto / static / dynamic (auto: a static cache
+            on CUDA) and ``compile`` (CUDA graphs; null: on CUDA, unsharded) (``rl/decode_steps.py``).
         gradient_checkpointing: recompute activations in backward (real models on GPU).
         fsdp_param_dtype: compute dtype of FSDP2-gathered parameters (under ModelParallelStrategy only).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` when installed.
@@ -43,6 +48,7 @@ class SFTModule(PolicyModule):
         warmup_steps: int = 20,
         min_lr_ratio: float = 0.1,
         max_new_tokens: int = 64,
+        decoding: DecodeArgs = DecodeArgs(),  # noqa: B008 - frozen: a shared default is safe
         gradient_checkpointing: bool = False,
         fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
@@ -53,7 +59,7 @@ class SFTModule(PolicyModule):
         if isinstance(lora, dict):  # LightningCLI may hand the dataclass over as a plain dict
             lora = LoRASpec(**lora)
         self.save_hyperparameters()
-        self.hparams.lora = lora
+        self.hparams.update(lora=lora, decoding=asdict(as_args(decoding, DecodeArgs)))
         self.faults = FaultCounter(max_consecutive_faults)
         self._loss_fault: str | None = None  # set by training_step, settled with the gradients' check
 

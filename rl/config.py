@@ -52,6 +52,12 @@ class GenerationArgs:
     run samples what the uninterrupted run would have. Null follows the run's ``seed_everything``. (Not ``seed``:
     the datamodule's ``seed`` is another setting, and Lightning refuses one name with two values.)"""
 
+    def sampling(self, max_new_tokens: int, decoding: Any) -> Any:
+        """The decode loop's ``rl.sampling.SamplingConfig`` for these settings, a budget and ``DecodeArgs``."""
+        from rl.sampling import SamplingConfig
+
+        return SamplingConfig(max_new_tokens, self.temperature, self.top_p, self.top_k, decoding=decoding)
+
     def __post_init__(self) -> None:
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: advantages compare completions of the same prompt")

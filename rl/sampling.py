@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from datamodules.collate import prompt_inputs
 from datamodules.prompts import END_OF_TURN_TOKENS
 from models.families import family_of
-from rl.prompt_batch import completion_positions, prompt_positions
+from rl.decode_steps import DecodeArgs, decode_step
+from rl.prompt_batch import prompt_positions
+from rl.static_decode import StaticDecodeSteps
+from rl.token_choice import draw, filtered_scores, logits_warpers
 
 
 @dataclass
@@ -33,6 +35,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k filter
     do_sample: bool = True
+    decoding: DecodeArgs = DecodeArgs()  # static or dynamic cache, compiled step (rl/decode_steps.py)
 
 
 @dataclass
@@ -81,42 +84,6 @@ def special_token_ids(tokenizer: Any, keep: Iterable[int] = ()) -> list[int]:
     return sorted(ids - set(keep))
 
 
-def logits_warpers(sampling: SamplingConfig) -> LogitsProcessorList:
-    """transformers' warpers for ``sampling``: temperature, then top-k (if ``top_k`` > 0), then top-p (if
-    ``top_p`` < 1), the order ``generate`` applies them in; filtered tokens get -inf. Empty when not sampling.
-
-    Raises ValueError (from transformers) for a temperature <= 0 or a negative top-p. Top-p keeps at least
-    the most likely token, also at ``top_p`` = 0.
-    """
-    warpers = LogitsProcessorList()
-    if not sampling.do_sample:
-        return warpers
-    warpers.append(TemperatureLogitsWarper(float(sampling.temperature)))
-    if sampling.top_k > 0:
-        warpers.append(TopKLogitsWarper(sampling.top_k))
-    if sampling.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(sampling.top_p))
-    return warpers
-
-
-def next_tokens(
-    logits: torch.Tensor,
-    warpers: LogitsProcessorList,
-    do_sample: bool,
-    suppress: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row, (N,), from next-token ``logits``, (N, V): the argmax, or with ``do_sample`` a draw from
-    the softmax of the ``warpers``' output. ``suppress`` (token ids) are never chosen."""
-    logits = logits.float()
-    if suppress is not None:
-        logits = logits.index_fill(1, suppress, -torch.inf)  # out of place: the caller logs the unmasked log-probs
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = warpers(None, logits)  # these warpers read only the scores, not the tokens so far
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
-
 def model_cache(out: Any) -> Any:
     """The cache a forward with ``use_cache=True`` returned (``cache`` in transformers 5, else ``past_key_values``)."""
     cache = getattr(out, "cache", None)
@@ -143,11 +110,13 @@ def sample_completions(
     suppress_token_ids: list[int] | None = None,
     generator: torch.Generator | None = None,
     with_logps: bool = False,
+    static_steps: StaticDecodeSteps | None = None,
 ) -> Rollout:
     """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch.
 
     ``with_logps`` also records each sampled token's log-prob at decode time (for checks against the training
     forward, or importance-sampling corrections); off by default, as it costs a log-softmax per step.
+    ``static_steps``: the caller's static decode steps, reused between calls (``rl/decode_steps.py``).
     """
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     device = prompt_ids.device
@@ -158,19 +127,23 @@ def sample_completions(
     cache = model_cache(out)
     family.repeat_cache(cache, g)
     logits = out.logits[:, -1].repeat_interleave(g, dim=0)
-    attention = prompt_mask.repeat_interleave(g, dim=0)
-    next_position = next_position.repeat_interleave(g)
     n = logits.size(0)
     eos = torch.tensor(eos_token_ids, device=device)
     suppress = torch.tensor(suppress_token_ids, device=device, dtype=torch.long) if suppress_token_ids else None
     warpers = logits_warpers(sampling)
+    rows = {"prompt_mask": prompt_mask.repeat_interleave(g, dim=0), "next_position": next_position.repeat_interleave(g)}
+    step_fn = decode_step(
+        model, cache, positions=positions, warpers=warpers, suppress=suppress, max_new_tokens=sampling.max_new_tokens,
+        decoding=sampling.decoding, static_steps=static_steps, **rows,
+    )  # fmt: skip
+    scores = filtered_scores(logits, warpers, suppress)
 
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     logps: list[torch.Tensor] = []
     temperature = sampling.temperature if sampling.do_sample else 1.0
     for step in range(sampling.max_new_tokens):
-        token = next_tokens(logits, warpers, sampling.do_sample, suppress, generator)
+        token = draw(scores, sampling.do_sample, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         if with_logps:
@@ -179,15 +152,7 @@ def sample_completions(
         finished |= torch.isin(token, eos)
         if step == sampling.max_new_tokens - 1 or _all_ranks_done(bool(finished.all()), device):
             break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        step_positions = completion_positions(positions, next_position + step, 1)
-        logits = model(
-            input_ids=token.unsqueeze(1),
-            attention_mask=attention,
-            position_ids=step_positions,
-            cache=cache,
-            use_cache=True,
-        ).logits[:, -1]
+        logits, scores = step_fn(token, step)
 
     completion_ids = torch.stack(tokens, dim=1)
     is_eos = torch.isin(completion_ids, eos)

@@ -46,6 +46,14 @@ class VLMFamily:
         """Repeat every row of a prompt's ``cache`` ``repeats`` times, in place (rows i·G … i·G + G − 1)."""
         cache.batch_repeat_interleave(repeats)
 
+    def static_cache(self, model: torch.nn.Module, max_cache_len: int) -> Cache | None:
+        """An empty preallocated cache of ``max_cache_len`` positions (transformers' ``StaticCache``), whose decode
+        steps all have the same shapes (``rl/decode_steps.py``); None where this family's cache cannot be static
+        (the sampler then keeps the dynamic cache)."""
+        from transformers import StaticCache
+
+        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+
     def prompt_cache(self, model: torch.nn.Module, checkpointing: bool) -> Cache | None:
         """The cache a prompt's forward records into when its completions follow with gradients: None (the
         model's own) or, under gradient checkpointing, one whose replay in backward changes nothing."""

@@ -41,6 +41,11 @@ class Qwen3_5Family(QwenVLFamily):
                 layers.append(ReplaySafeLayer((layer.keys[index], layer.values[index])))
         return Cache(layers=layers)
 
+    def static_cache(self, model: torch.nn.Module, max_cache_len: int) -> Cache | None:
+        """None: the sampler's linear-attention layers (``models/cache_layers.py``: the repeated conv window and
+        recurrent state) are not copied into a static cache yet, so decoding keeps the dynamic cache."""
+        return None
+
     def repeat_cache(self, cache: Cache, repeats: int) -> None:
         """As the base class, but transformers' linear-attention layers have no ``batch_repeat_interleave``: their
         convolution windows and recurrent states are repeated here, with the attention layers' keys and values."""

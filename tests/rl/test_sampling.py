@@ -12,14 +12,8 @@ from models.loading import load_model
 from rl.grouped_forward import completion_logits
 from rl.loss import token_logps_and_entropy
 from rl.prompt_batch import repeat_prompts
-from rl.sampling import (
-    SamplingConfig,
-    end_token_ids,
-    logits_warpers,
-    next_tokens,
-    sample_completions,
-    special_token_ids,
-)
+from rl.sampling import SamplingConfig, end_token_ids, sample_completions, special_token_ids
+from rl.token_choice import logits_warpers, next_tokens
 
 
 @pytest.fixture(scope="module")
