@@ -8,8 +8,8 @@ path), and against the memory-bandwidth bound of the device.
 Every side samples P prompts × G completions of exactly ``--max-new-tokens`` tokens (end tokens suppressed, as
 in benchmarks/grpo_vs_trl.py), temperature 1, no top-k/top-p, in its own process (``common.measure``), with the
 same SDPA kernels allowed (``--sdpa-backends``, default ours: flash, efficient, math), timed over ``--repeats``
-rollouts after one untimed one (the compiled side compiles and captures in it). bf16-mixed here means bf16
-weights on both sides (decoding has no gradients to keep in fp32).
+rollouts after one untimed one (the compiled sides compile and capture in it), each rollout its prefill and its
+decode. bf16-mixed means what a GRPO fit decodes with: fp32 weights under bf16 autocast, on every side.
 
 Bound: a decode step must read every language-model weight and each row's KV cache once, so it takes at least
 (weight bytes + KV bytes) ÷ memory bandwidth; tokens/s ≤ rows ÷ that. ``--bandwidth-tbs`` (default 4.8, the
@@ -28,12 +28,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
 
-SIDES = {  # name -> DecodeArgs of our sampler, or None: model.generate on repeated prompts
+SIDES = {  # name -> DecodeArgs of our sampler, or {"generate": cache_implementation} on repeated prompts
     "ours, dynamic cache": {"cache_implementation": "dynamic"},
     "ours, static cache": {"cache_implementation": "static", "compile": False},
     "ours, static + compiled step": {"cache_implementation": "static", "compile": True},
-    "generate, G copies (TRL's path)": None,
+    "generate, G copies (TRL's path)": {"generate": "dynamic"},
+    "generate, G copies, static cache (+ its compile on CUDA)": {"generate": "static"},
 }
+GPU_ONLY = ("ours, static + compiled step", "generate, G copies, static cache (+ its compile on CUDA)")
 
 
 def _batch(model_dir: str, data_dir: str, prompts: int) -> dict[str, Any]:
@@ -45,7 +47,8 @@ def _batch(model_dir: str, data_dir: str, prompts: int) -> dict[str, Any]:
 def run_side(
     model_dir: str,
     data_dir: str,
-    decoding: dict[str, Any] | None,
+    decoding: dict[str, Any],
+    suppress: list[int],
     prompts: int,
     generations: int,
     max_new_tokens: int,
@@ -55,42 +58,38 @@ def run_side(
     sdpa_backends: list[str],
     threads: int,
 ) -> dict[str, Any]:
-    """One side's rollouts: seconds per rollout, completion tokens/s, and the post-import memory baseline."""
+    """One side's rollouts (prefill + decode): seconds per rollout, completion tokens/s, the post-import memory
+    baseline, and whether a compiled step stayed compiled."""
     import torch
 
     from datamodules.collate import prompt_inputs
     from datamodules.processor import load_processor
-    from models.attention import set_sdpa_backends
     from models.loading import load_model
     from rl.decode_steps import DecodeArgs
     from rl.prompt_batch import repeat_prompts
     from rl.sampling import SamplingConfig, end_token_ids, sample_completions
     from rl.static_decode import StaticDecodeSteps
 
-    baseline_rss = common.peak_rss_mib()
-    torch.set_num_threads(threads)
-    set_sdpa_backends(sdpa_backends)
+    baseline_rss, _ = common.side_setup(threads, sdpa_backends)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
-    model = load_model(model_dir, dtype=dtype).to(device).eval()
+    # As in a fit: fp32 weights, and under bf16-mixed bf16 autocast (what a GRPO rollout decodes with).
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    model = load_model(model_dir).to(device).eval()
     tokenizer = load_processor(model_dir).tokenizer
-    suppress = common.suppressed_ids(Path(model_dir), full_length=True)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in _batch(model_dir, data_dir, prompts).items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
     steps, times = StaticDecodeSteps(), []
     for i in range(repeats + 1):
         generator = torch.Generator(device=device).manual_seed(i)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.no_grad():
-            if decoding is None:
+        with torch.no_grad(), autocast:
+            if "generate" in decoding:
                 rows = repeat_prompts(batch, generations)
                 out = model.generate(
                     **prompt_inputs(rows), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                     max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, suppress_tokens=suppress,
-                    pad_token_id=tokenizer.pad_token_id,
+                    pad_token_id=tokenizer.pad_token_id, cache_implementation=decoding["generate"],
                 )  # fmt: skip
                 new_tokens = out.shape[1] - rows["prompt_input_ids"].shape[1]
             else:
@@ -114,12 +113,14 @@ def run_side(
         "baseline_rss_mib": baseline_rss,
         "language_weight_bytes": language,
         "prompt_length": int(batch["prompt_input_ids"].shape[1]),
+        "compiled_steps": [step.compiled for step in steps._steps.values()],
     }
 
 
 def bandwidth_bound(model_dir: str, result: dict[str, Any], rows: int, new_tokens: int, dtype_bytes: int, tbs: float):
-    """Completion tokens/s at the memory-bandwidth bound: per step, the language weights + every row's KV cache
-    (at the mean context, prompt + half the completion) read once."""
+    """Completion tokens/s at the memory-bandwidth bound: per step, the language weights (as stored: fp32 under
+    bf16 autocast, as in a fit) + every row's KV cache (``dtype_bytes`` per value, at the mean context, prompt +
+    half the completion) read once."""
     from transformers import AutoConfig
 
     text = AutoConfig.from_pretrained(model_dir).get_text_config()
@@ -149,15 +150,20 @@ def main(argv: list[str] | None = None) -> None:
 
     backends = list(args.sdpa_backends or DEFAULT_SDPA_BACKENDS)
     model_dir, data_dir = common.prepare(args.workdir, hidden_size=args.hidden_size, num_layers=args.num_layers)
-    sides = args.sides or [s for s in SIDES if args.accelerator == "gpu" or "compiled" not in s]
+    sides = args.sides or [s for s in SIDES if args.accelerator == "gpu" or s not in GPU_ONLY]
+    suppress = common.suppressed_ids(model_dir, full_length=True)  # here: its model load is no side's memory
     results = {}
     for name in sides:
         results[name] = common.measure(
-            run_side, model_dir=str(model_dir), data_dir=str(data_dir), decoding=SIDES[name], prompts=args.prompts,
+            run_side, model_dir=str(model_dir), data_dir=str(data_dir), decoding=SIDES[name], suppress=suppress,
+            prompts=args.prompts,
             generations=args.generations, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
             accelerator=args.accelerator, precision=args.precision, sdpa_backends=backends, threads=args.threads,
         )  # fmt: skip
     reference = results.get("generate, G copies (TRL's path)")
+    for name, r in list(results.items()):  # a compiled step that fell back to eager is not reported as compiled
+        if SIDES[name].get("compile") and not all(r["compiled_steps"]):
+            results[f"{name} (FELL BACK to uncompiled)"] = results.pop(name)
     rows = args.prompts * args.generations
     bound = None
     if args.accelerator == "gpu":
@@ -170,13 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         share = f"{r['completion_tokens_per_s'] / bound:.1%}" if bound else "–"
         memory = (round(r["rss_above_imports_mib"]), round(r["peak_gpu_mib"]) if args.accelerator == "gpu" else "–")
         lines.append((name, r["completion_tokens_per_s"], ratio, share, r["first_rollout_s"], *memory))
-    header = ["side", "completion tokens/s", "÷ generate", "÷ bandwidth bound", "first rollout s",
+    header = ["side", "completion tokens/s", "÷ generate", "÷ decode bound", "first rollout s",
               "peak RSS above post-import MiB", "peak GPU MiB"]  # fmt: skip
     title = (f"Decode: {args.prompts} prompts × G={args.generations}, {args.max_new_tokens} tokens, "
              f"{args.accelerator} {args.precision}, SDPA {', '.join(backends)}")  # fmt: skip
     print(common.table(title, header, lines))
     if bound:
-        print(f"bandwidth bound: {bound:.3g} completion tokens/s at {args.bandwidth_tbs} TB/s ({rows} rows)")
+        print(f"decode bound: {bound:.3g} completion tokens/s at {args.bandwidth_tbs} TB/s ({rows} rows); the "
+              "measured rollouts include their prefill")  # fmt: skip
     print(common.machine())
     common.save({"args": vars(args), "results": results, "bound_tokens_per_s": bound, "machine": common.machine()},
                 args.out)  # fmt: skip

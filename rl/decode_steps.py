@@ -90,6 +90,20 @@ class DynamicDecodeStep:
         return logits, filtered_scores(logits, self.warpers, self.suppress)
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def resolve(decoding: DecodeArgs, device_type: str, world_size: int) -> tuple[bool, bool]:
+    """(static cache, compiled step) for ``decoding`` on a ``device_type`` device among ``world_size`` processes:
+    ``auto`` is static on CUDA; ``compile`` null compiles on CUDA in one process only (a CUDA graph cannot hold
+    FSDP2's all-gathers, which run in hooks; DDP is left out with it rather than told apart)."""
+    cuda = device_type == "cuda"
+    static = decoding.cache_implementation == "static" or (decoding.cache_implementation == "auto" and cuda)
+    compile = (cuda and world_size == 1) if decoding.compile is None else decoding.compile
+    return static, static and compile
+
+
 def decode_step(
     model: torch.nn.Module,
     cache: Cache,
@@ -106,11 +120,8 @@ def decode_step(
     budget of ``max_new_tokens``. Static steps come from ``static_steps`` (kept by the caller between calls; None:
     a new one for this call). A family whose cache cannot be static falls back to the dynamic step, with a warning.
     """
-    cuda = prompt_mask.device.type == "cuda"
-    if decoding.cache_implementation == "static" or (decoding.cache_implementation == "auto" and cuda):
-        compile = decoding.compile
-        if compile is None:  # FSDP2's all-gathers run in hooks that a CUDA graph cannot hold
-            compile = cuda and not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+    static, compile = resolve(decoding, prompt_mask.device.type, _world_size())
+    if static:
         steps = static_steps if static_steps is not None else StaticDecodeSteps()
         # Positions 0 … P−1 hold the prompts; the completion tokens fed back take at most max_new_tokens more.
         needed = prompt_mask.size(1) + max_new_tokens

@@ -136,6 +136,7 @@ def sample_completions(
         model, cache, positions=positions, warpers=warpers, suppress=suppress, max_new_tokens=sampling.max_new_tokens,
         decoding=sampling.decoding, static_steps=static_steps, **rows,
     )  # fmt: skip
+    del out, cache  # a static step holds its own copy; a dynamic step, the cache itself
     scores = filtered_scores(logits, warpers, suppress)
 
     finished = torch.zeros(n, dtype=torch.bool, device=device)

@@ -7,14 +7,16 @@ token, mask and position inputs live in fixed buffers, so every step has the sam
 ``torch.compile(mode="reduce-overhead")``, which on CUDA captures it once and replays it (transformers' static-cache +
 compile path is the model). Only the draw itself, ``torch.multinomial`` with the rollout's ``torch.Generator``,
 runs after the replay: a generator object cannot enter a compiled graph, and drawing outside keeps the tokens those
-of the eager loop for the same seed. ``StaticDecodeSteps`` keeps built steps between calls, so the cache is
-allocated and the step compiled once per shape, not once per rollout.
+of the eager loop for the same seed. A compiled step that cannot be one graph, cannot be captured or would pass
+dynamo's recompile limit runs uncompiled instead, with a warning. ``StaticDecodeSteps`` keeps built steps between
+calls, so the cache is allocated and the step compiled once per shape, not once per rollout.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from transformers import LogitsProcessorList
@@ -33,7 +35,8 @@ class StaticDecodeStep:
         cache: an empty static cache of the model's family (``VLMFamily.static_cache``), ``max_cache_len`` = L.
         rows: N, completion rows per call.
         warpers, suppress: as ``filtered_scores``.
-        compile: ``torch.compile(mode="reduce-overhead")`` the step (CUDA graphs on a GPU).
+        compile: ``torch.compile(mode="reduce-overhead")`` the step (CUDA graphs on a GPU), as one graph.
+        on_compile_failure: called once when the compiled step fails (the holder then builds uncompiled steps).
     """
 
     def __init__(
@@ -44,8 +47,10 @@ class StaticDecodeStep:
         warpers: LogitsProcessorList,
         suppress: torch.Tensor | None,
         compile: bool = False,
+        on_compile_failure: Callable[[], None] | None = None,
     ) -> None:
         device = suppress.device if suppress is not None else next(model.parameters()).device
+        self.on_compile_failure = on_compile_failure
         self.model, self.cache, self.warpers, self.suppress, self.compiled = model, cache, warpers, suppress, compile
         length = max(layer.max_cache_len for layer in cache.layers)  # sliding-window layers hold fewer positions
         self.attention = torch.zeros(rows, length, dtype=torch.long, device=device)
@@ -55,7 +60,11 @@ class StaticDecodeStep:
         self.prompt_length = 0
         for buffer in (self.attention, self.token, self.next_position):  # replayed graphs read them in place
             torch._dynamo.mark_static_address(buffer)
-        self._step = torch.compile(self._forward, mode="reduce-overhead", dynamic=False) if compile else self._forward
+        # reduce-overhead's one option (CUDA graphs), as one graph: a graph break, a skipped capture or the recompile
+        # limit raise (see __call__) instead of silently running eager code.
+        options = {"triton.cudagraphs": True, "triton.cudagraph_or_error": device.type == "cuda"}
+        compiled = torch.compile(self._forward, fullgraph=True, dynamic=False, options=options) if compile else None
+        self._step = compiled or self._forward
 
     def load(
         self, prompt_cache: Cache, prompt_mask: torch.Tensor, positions: torch.Tensor, next_position: torch.Tensor
@@ -86,14 +95,15 @@ class StaticDecodeStep:
         return logits, filtered_scores(logits, self.warpers, self.suppress)
 
     def __call__(self, token: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed ``token``, (N,), the ``step``-th completion token (0-based); the next token's logits and scores
-        (copies: a replayed graph overwrites its outputs)."""
+        """Feed ``token``, (N,), the ``step``-th completion token (0-based); the next token's logits and scores.
+        A replayed graph overwrites its outputs: use them before the next call (the sampler does)."""
         assert self.positions is not None, "load() first"
         self.token.copy_(token.unsqueeze(1))
         self.attention[:, self.prompt_length + step] = 1
         self.positions.copy_(completion_positions(self.positions, self.next_position + step, 1))
         try:
-            logits, scores = self._step()
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                return self._step()
         except Exception as error:  # noqa: BLE001 (any compile or capture failure: decode uncaptured instead)
             if not self.compiled:
                 raise
@@ -103,8 +113,9 @@ class StaticDecodeStep:
             for layer in self.cache.layers:  # a failed attempt may have counted this step's position
                 layer.cumulative_length.fill_(self.prompt_length + step)
             self._step, self.compiled = self._forward, False
-            logits, scores = self._step()
-        return logits.clone(), scores.clone()
+            if self.on_compile_failure is not None:
+                self.on_compile_failure()
+            return self._step()
 
 
 class StaticDecodeSteps:
@@ -112,13 +123,18 @@ class StaticDecodeSteps:
     and captured, once per shape (rows, cache length, sampling settings), not once per rollout. The cache length is
     the prompt + completion budget rounded up to ``length_multiple`` positions, so prompts of slightly different
     padded lengths share a step. At most ``capacity`` steps are kept, least recently used out first: each holds a
-    whole cache (a 7B model's, 64 rows × 1024 positions in bf16: about 3.7 GB), and a GRPO run alternates between
-    two shapes (rollouts, validation answers).
+    whole cache (a 7B model's, 64 rows × 1024 positions in bf16: about 3.7 GB); a GRPO run uses three shapes or more
+    (rollouts, greedy and sampled validation answers, a last partial batch). A rebuilt step of a shape seen before
+    is not compiled again, only captured again. After a compiled step fails once, later steps are built uncompiled.
     """
 
-    def __init__(self, length_multiple: int = 256, capacity: int = 2) -> None:
+    def __init__(self, length_multiple: int = 256, capacity: int = 4) -> None:
         self.length_multiple, self.capacity = length_multiple, capacity
         self._steps: OrderedDict[tuple, StaticDecodeStep] = OrderedDict()
+        self.compile_failed = False
+
+    def _compile_failed(self) -> None:
+        self.compile_failed = True
 
     def get(
         self,
@@ -138,7 +154,8 @@ class StaticDecodeSteps:
             cache = family_of(model).static_cache(model, length)
             if cache is None:
                 return None
-            self._steps[key] = StaticDecodeStep(model, cache, rows, warpers, suppress, compile)
+            compile = compile and not self.compile_failed
+            self._steps[key] = StaticDecodeStep(model, cache, rows, warpers, suppress, compile, self._compile_failed)
             while len(self._steps) > self.capacity:
                 self._steps.popitem(last=False)
         self._steps.move_to_end(key)

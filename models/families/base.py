@@ -49,10 +49,12 @@ class VLMFamily:
     def static_cache(self, model: torch.nn.Module, max_cache_len: int) -> Cache | None:
         """An empty preallocated cache of ``max_cache_len`` positions (transformers' ``StaticCache``), whose decode
         steps all have the same shapes (``rl/decode_steps.py``); None where this family's cache cannot be static
-        (the sampler then keeps the dynamic cache)."""
+        (the sampler then keeps the dynamic cache): models with sliding-window layers (Gemma 3), whose prompt
+        cache keeps only the window's last positions, with offsets that a copy would have to rebuild."""
         from transformers import StaticCache
 
-        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+        cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        return None if any(getattr(layer, "is_sliding", False) for layer in cache.layers) else cache
 
     def prompt_cache(self, model: torch.nn.Module, checkpointing: bool) -> Cache | None:
         """The cache a prompt's forward records into when its completions follow with gradients: None (the
