@@ -19,6 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from common.errors import ConfigError
 from common.model_dirs import ModelLoadError
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import BadSampleError
@@ -29,10 +30,6 @@ from training.config_moves import command_line_configs, config_models, config_st
 from training.export import export_hf_model
 
 INPUT_ERROR_EXIT = 2  # argparse's status for a usage error
-
-
-class ConfigError(ValueError):
-    """A config value a class refused when it was built from the config (``ValueError`` in its ``__init__``)."""
 
 
 # What a user's input, not a bug, causes: one line, no traceback.

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 
+from common.errors import ConfigError
 from common.files import atomic_write_text, file_sha256
 from datamodules.ctrate import CTRATE_LABELS
 from datamodules.protocol_records import protocol_file
@@ -156,7 +157,7 @@ class CTRATEProtocolReport(EvaluationReport):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse a test split that is not the protocol's questions, before any work."""
         if dict(getattr(trainer.datamodule, "hparams", {})).get("protocol") != "ctrate_18":
-            raise ValueError("CTRATEProtocolReport scores the 18-label protocol: set data.init_args.protocol ctrate_18")
+            raise ConfigError("CTRATEProtocolReport scores the 18-label protocol: set data.init_args.protocol ctrate_18")  # noqa: E501
         super().on_test_start(trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -143,3 +143,15 @@ def test_the_config_keeps_eval_yamls_data_file(capsys):
     assert data["protocol"] == "ctrate_18"
     for key, value in expected.items():  # nested dataclasses come back with their defaults filled in
         assert data[key] == value or value.items() <= data[key].items(), key
+
+
+def test_the_protocol_report_without_the_protocol_split_is_one_line(tmp_path, synthetic_root, tiny_model_dir, capsys):
+    from cli import run
+
+    report = {"class_path": "evaluation.ctrate_protocol.CTRATEProtocolReport", "init_args": {"out_dir": str(tmp_path)}}
+    args = [
+        "test", "--config", str(ROOT / "configs" / "eval.yaml"), "--model.init_args.model_path", str(tiny_model_dir),
+        "--data.data_dir", str(synthetic_root), "--data.num_workers", "0", "--trainer.callbacks", json.dumps([report]),
+    ]  # fmt: skip
+    assert run(args) == 2
+    assert "error: CTRATEProtocolReport scores the 18-label protocol" in capsys.readouterr().err
