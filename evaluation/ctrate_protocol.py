@@ -157,7 +157,9 @@ class CTRATEProtocolReport(EvaluationReport):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse a test split that is not the protocol's questions, before any work."""
         if dict(getattr(trainer.datamodule, "hparams", {})).get("protocol") != "ctrate_18":
-            raise ConfigError("CTRATEProtocolReport scores the 18-label protocol: set data.init_args.protocol ctrate_18")  # noqa: E501
+            raise ConfigError(
+                "CTRATEProtocolReport scores the 18-label protocol: set data.init_args.protocol ctrate_18"
+            )
         super().on_test_start(trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
