@@ -1,2 +1,1 @@
-"""Ground floor: helpers every other package may import (atomic file writing, file digests, the one-line config
-error); imports none of them."""
+"""Ground floor: helpers any package may import (atomic writes, digests, ConfigError); imports none of them."""
