@@ -18,6 +18,7 @@ from typing import Any
 
 from common.files import atomic_write_text
 from evaluation.audit import read_run
+from evaluation.audit_report import delta_cells, problem_lines
 from evaluation.formatting import as_float, fmt, json_safe, markdown_table
 from evaluation.paired import compare_arms
 
@@ -68,11 +69,7 @@ def render_arms(summary: Mapping[str, Any]) -> str:
     body = []
     for r in summary["rows"]:
         paired = r["paired_vs_original"]
-        delta, p = "–", "–"
-        if paired:
-            delta = f"{fmt(paired['difference'], signed=True)} [{fmt(paired['ci_low'], signed=True)}, "
-            delta += f"{fmt(paired['ci_high'], signed=True)}]"
-            p = f"{paired['p_value']:.2g}" + (" *" if paired["significant"] else "")
+        delta, p = delta_cells(paired)
         per_seed = ", ".join(fmt(d, signed=True) for d in r["difference_per_seed"]) if paired else "–"
         stats = [f"{fmt(r[k]['mean'])} ± {fmt(r[k]['std'])}" for k in ("accuracy", "auroc")]
         body.append([r["arm"], r["condition"], stats[0], delta, p, per_seed, stats[1]])
@@ -84,9 +81,7 @@ def render_arms(summary: Mapping[str, Any]) -> str:
         "`seed<s>/audit/<arm>/report.md`.",
         "",
     ]
-    if summary["problems"]:
-        lines += ["**Problems**", "", *[f"- {p}" for p in summary["problems"]], ""]
-    return "\n".join(lines)
+    return "\n".join(lines + problem_lines(summary["problems"]))
 
 
 def write_arms(summary: Mapping[str, Any], out_dir: Path) -> Path:

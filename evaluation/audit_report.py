@@ -34,7 +34,8 @@ def _ci(stats: Mapping[str, float] | None) -> str:
     return "–" if not stats else f"{fmt(stats['value'])} [{fmt(stats['low'])}, {fmt(stats['high'])}]"
 
 
-def _delta(result: Mapping[str, Any] | None) -> tuple[str, str]:
+def delta_cells(result: Mapping[str, Any] | None) -> tuple[str, str]:
+    """A paired difference (``PairedResult.as_dict()``) as table cells: "Δ [low, high]" and "p *"; dashes for none."""
     if not result:
         return "–", "–"
     star = " *" if result["significant"] else ""
@@ -108,7 +109,7 @@ def render_table(summary: Mapping[str, Any]) -> str:
             continue
         m, versus = r["metrics"], r["paired_vs_original"]["all"] if r["condition"] != "original" else None
         rates = [fmt(m["format_rate"]["value"]), fmt(m["validity_rate"]["value"])]
-        summary_rows.append([r["condition"], _ci(m["accuracy"]), *_delta(versus), _ci(m["auroc"]), *rates])
+        summary_rows.append([r["condition"], _ci(m["accuracy"]), *delta_cells(versus), _ci(m["auroc"]), *rates])
     lines = [f"# Visual-reliance audit: {summary['model']}", "", *markdown_table(header, summary_rows), ""]
     if ok:
         lines += [f"n = {ok[0]['n']} questions; chance accuracy {fmt(ok[0]['chance'])}.", ""]
@@ -118,7 +119,7 @@ def render_table(summary: Mapping[str, Any]) -> str:
         body = []
         for qtype in [*types, "all"]:
             key = "accuracy" if qtype == "all" else f"accuracy/{qtype}"
-            delta = _delta(paired.get(qtype) if r["condition"] != "original" else None)
+            delta = delta_cells(paired.get(qtype) if r["condition"] != "original" else None)
             body.append([qtype, str(paired[qtype]["n_questions"]), _ci(m[key]), *delta])
         lines += [f"## {r['condition']}: {WHAT.get(r['condition'], '')}", ""]
         lines += markdown_table(["Question type", "n", "Accuracy [95 % CI]", "Δ vs original [95 % CI]", "p"], body)
@@ -133,9 +134,12 @@ def render_table(summary: Mapping[str, Any]) -> str:
         "kept`: location, size and count questions keep their lesion boxes).",
         "",
     ]
-    if summary["problems"]:
-        lines += ["**Problems**", "", *[f"- {cell(p)}" for p in summary["problems"]], ""]
-    return "\n".join(lines)
+    return "\n".join(lines + problem_lines(summary["problems"]))
+
+
+def problem_lines(problems: list[str]) -> list[str]:
+    """Markdown lines listing a summary's problems under a bold heading; none when there are none."""
+    return ["**Problems**", "", *[f"- {cell(p)}" for p in problems], ""] if problems else []
 
 
 def plot_audit(summary: Mapping[str, Any], path: Path) -> Path:
