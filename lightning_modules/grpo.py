@@ -197,7 +197,7 @@ class GRPOModule(PolicyModule):
                 self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(seed)
             with eval_mode(self.model):
-                ids = (self.end_tokens, self.tokenizer.pad_token_id, self.suppressed_tokens, self._generator, False)
+                ids = (self.end_tokens, self.tokenizer.pad_token_id, self.suppressed_tokens, self._generator)
                 rollout = sample_completions(self.model, batch, num_generations, self.sampling, *ids, self.static_steps)
         return rollout, self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 

@@ -121,8 +121,7 @@ class PolicyModule(L.LightningModule):
     @property
     def decoding(self) -> DecodeArgs:
         """How this module's decode loops cache and capture their steps (the ``decoding`` argument)."""
-        value = self.hparams.get("decoding")
-        return DecodeArgs(**value) if isinstance(value, dict) else value or DecodeArgs()
+        return DecodeArgs(**(self.hparams.get("decoding") or {}))  # a dict (asdict) in hparams; absent: defaults
 
     def answer_batch(self, batch: dict[str, Any], with_p_yes: bool) -> list[dict[str, Any]]:
         """Greedy answers for the batch, scored as prediction rows (``evaluation.metrics.prediction_row``)."""

@@ -109,14 +109,14 @@ def sample_completions(
     pad_token_id: int,
     suppress_token_ids: list[int] | None = None,
     generator: torch.Generator | None = None,
-    with_logps: bool = False,
     static_steps: StaticDecodeSteps | None = None,
+    with_logps: bool = False,
 ) -> Rollout:
     """Draw ``num_generations`` completions for each prompt of a collated CT-VQA batch.
 
+    ``static_steps``: the caller's static decode steps, reused between calls (``rl/decode_steps.py``).
     ``with_logps`` also records each sampled token's log-prob at decode time (for checks against the training
     forward, or importance-sampling corrections); off by default, as it costs a log-softmax per step.
-    ``static_steps``: the caller's static decode steps, reused between calls (``rl/decode_steps.py``).
     """
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     device = prompt_ids.device

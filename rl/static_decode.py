@@ -52,13 +52,12 @@ class StaticDecodeStep:
         device = suppress.device if suppress is not None else next(model.parameters()).device
         self.on_compile_failure = on_compile_failure
         self.model, self.cache, self.warpers, self.suppress, self.compiled = model, cache, warpers, suppress, compile
-        length = max(layer.max_cache_len for layer in cache.layers)  # sliding-window layers hold fewer positions
-        self.attention = torch.zeros(rows, length, dtype=torch.long, device=device)
+        self.attention = torch.zeros(rows, cache.layers[0].max_cache_len, dtype=torch.long, device=device)
         self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.positions: torch.Tensor | None = None  # (…, N, 1), set by load
         self.next_position = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompt_length = 0
-        for buffer in (self.attention, self.token, self.next_position):  # replayed graphs read them in place
+        for buffer in (self.attention, self.token):  # replayed graphs read them in place (and positions, in load)
             torch._dynamo.mark_static_address(buffer)
         # reduce-overhead's one option (CUDA graphs), as one graph: a graph break, a skipped capture or the recompile
         # limit raise (see __call__) instead of silently running eager code.
@@ -78,9 +77,8 @@ class StaticDecodeStep:
         self.attention.zero_()
         self.attention[:, : self.prompt_length] = prompt_mask
         self.next_position.copy_(next_position)
-        steps = completion_positions(positions, next_position, 1)
         if self.positions is None:  # (…, N, 1): its leading sections are the family's, fixed for this step
-            self.positions = steps.clone()
+            self.positions = completion_positions(positions, next_position, 1).clone()
             torch._dynamo.mark_static_address(self.positions)
         return self
 

@@ -36,19 +36,6 @@ def draw(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | Non
     return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def next_tokens(
-    logits: torch.Tensor,
-    warpers: LogitsProcessorList,
-    do_sample: bool,
-    suppress: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row, (N,), from next-token ``logits``, (N, V): the argmax, or with ``do_sample`` a draw from
-    the softmax of the ``warpers``' output. ``suppress`` (token ids) are never chosen."""
-    scores = filtered_scores(logits, warpers if do_sample else LogitsProcessorList(), suppress)
-    return draw(scores, do_sample, generator)
-
-
 def filtered_scores(
     logits: torch.Tensor, warpers: LogitsProcessorList, suppress: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -13,7 +13,7 @@ from rl.grouped_forward import completion_logits
 from rl.loss import token_logps_and_entropy
 from rl.prompt_batch import repeat_prompts
 from rl.sampling import SamplingConfig, end_token_ids, sample_completions, special_token_ids
-from rl.token_choice import logits_warpers, next_tokens
+from rl.token_choice import draw, filtered_scores, logits_warpers
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_warpers_filter_and_sample_as_the_loop_did(temperature, top_k, top_p):
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     expected = reference_filter(logits, temperature, top_k, top_p)
     assert torch.equal(logits_warpers(sampling)(None, logits), expected)
-    tokens = next_tokens(logits, logits_warpers(sampling), True, generator=torch.Generator().manual_seed(1))
+    tokens = draw(filtered_scores(logits, logits_warpers(sampling)), True, torch.Generator().manual_seed(1))
     drawn = torch.multinomial(expected.softmax(-1), 1, generator=torch.Generator().manual_seed(1)).squeeze(-1)
     assert torch.equal(tokens, drawn)
 
@@ -156,7 +156,9 @@ def test_top_p_differs_only_at_rounding_ties_over_a_full_vocabulary(top_p):
 def test_greedy_needs_no_warpers_and_top_p_keeps_the_most_likely_token():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     assert len(logits_warpers(SamplingConfig(do_sample=False, top_k=5, top_p=0.5))) == 0
-    assert torch.equal(next_tokens(logits, logits_warpers(SamplingConfig(do_sample=False)), False), logits.argmax(-1))
+    assert torch.equal(
+        draw(filtered_scores(logits, logits_warpers(SamplingConfig(do_sample=False))), False), logits.argmax(-1)
+    )
     # The old loop dropped every token at top_p = 0 (a NaN distribution); transformers keeps the argmax.
     kept = logits_warpers(SamplingConfig(top_p=0.0))(None, logits).isfinite()
     assert kept.sum(-1).tolist() == [1] * 4 and kept[torch.arange(4), logits.argmax(-1)].all()
