@@ -128,12 +128,16 @@ def bench_trainer(
 
 def add_sdpa_argument(parser: Any) -> None:
     """``--sdpa-backends``: the attention kernels every side of a comparison may use (default: ours)."""
+    from typing import get_args
+
+    from models.attention import DEFAULT_SDPA_BACKENDS, SdpaBackend
+
     parser.add_argument(
         "--sdpa-backends",
         nargs="+",
-        choices=["flash", "efficient", "cudnn", "math"],
-        default=None,
-        help="SDPA kernels allowed on every side (default: flash, efficient, math, as models/attention.py)",
+        choices=get_args(SdpaBackend),
+        default=list(DEFAULT_SDPA_BACKENDS),
+        help=f"SDPA kernels allowed on every side (default: {', '.join(DEFAULT_SDPA_BACKENDS)}, models/attention.py)",
     )
 
 

@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed rollouts after an untimed one")
     parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=None, help="default: all")
-    parser.add_argument("--sdpa-backends", nargs="+", default=None, help="the same on every side (default: ours)")
     parser.add_argument("--bandwidth-tbs", type=float, default=4.8, help="device memory bandwidth, TB/s (GPU)")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
@@ -145,10 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--out", default="runs/bench/decode.json")
     common.add_device_arguments(parser)
+    common.add_sdpa_argument(parser)
     args = parser.parse_args(argv)
-    from models.attention import DEFAULT_SDPA_BACKENDS
-
-    backends = list(args.sdpa_backends or DEFAULT_SDPA_BACKENDS)
+    backends = args.sdpa_backends
     model_dir, data_dir = common.prepare(args.workdir, hidden_size=args.hidden_size, num_layers=args.num_layers)
     sides = args.sides or [s for s in SIDES if args.accelerator == "gpu" or s not in GPU_ONLY]
     suppress = common.suppressed_ids(model_dir, full_length=True)  # here: its model load is no side's memory

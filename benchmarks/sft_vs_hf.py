@@ -338,7 +338,7 @@ def main() -> None:
             ", ".join(f"{k}={v}" for k, v in common.hf_device_arguments(args.accelerator, args.precision).items())
             + f", {args.threads}",
         ),
-        ("SDPA kernels (GPU)", *[", ".join(args.sdpa_backends or ["flash", "efficient", "math"])] * 2),
+        ("SDPA kernels (GPU)", *[", ".join(args.sdpa_backends)] * 2),
         ("eval / checkpoints / logging", "off / off / logger=False", "no / no / no"),
         ("steps: warm-up + timed", f"{args.warmup} + {args.steps}", f"{args.warmup} + {args.steps}"),
     ]
