@@ -62,6 +62,11 @@ def image_condition(condition: str, seed: int, cam_checkpoint: str | None) -> di
     return spec
 
 
+def original_first(conditions: list[str]) -> list[str]:
+    """``conditions`` with ``original`` (the reference every other condition is compared with) first, once."""
+    return ["original", *[c for c in conditions if c != "original"]]
+
+
 def command(configs: list[str], extra: list[str], out: Path, condition: str, spec: dict | None) -> list[str]:
     """``cli.py test`` arguments of one condition; writes its overlay config (image condition, run folder)."""
     report = {"out_dir": str(out / "runs"), "name": condition, "overwrite": True}
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     conditions = args.conditions or [c for c in CONDITIONS if c != "box_cam" or args.cam_checkpoint]
-    conditions = ["original", *[c for c in conditions if c != "original"]]
+    conditions = original_first(conditions)
     try:
         report, problems = audit(
             args.config, extra, Path(args.out), conditions, args.cam_checkpoint, args.seed, args.n_boot, args.cases

@@ -33,6 +33,8 @@ from common.files import atomic_write_text
 log = logging.getLogger("experiments.replicate")
 DONE = "done.json"
 CHECKPOINT = "training.checkpointing.ResumableCheckpoint"
+AUDIT_DEFAULTS: dict[str, Any] = {"conditions": ["original", "blank", "shuffled"], "n_boot": 1000, "n_cases": 2,
+                                  "cam_checkpoint": None}  # fmt: skip
 
 
 def deep_merge(base: dict[str, Any], *overlays: dict[str, Any] | None) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class Experiment:
     init_model: dict[str, Any]
     report_metrics: list[str] | None = None  # comparison columns (default: evaluation.compare's headline)
     # The visual-reliance audit of every arm's export on the main test set, per seed (evaluation/audit.py):
-    # {conditions: [...], n_boot, n_cases, cam_checkpoint}; None: no audit.
+    # {conditions: [...], n_boot, n_cases, cam_checkpoint}, defaults filled in (AUDIT_DEFAULTS); None: no audit.
     audit: dict[str, Any] | None = None
     # Test sets every arm is evaluated on: name -> data overrides. "test" (else the first) is the main one, with
     # run folders in seed<s>/eval/ and its comparison in comparison/; another in seed<s>/eval-<name>/ and
@@ -127,17 +129,18 @@ def load_experiment(paths: list[str], smoke: bool) -> Experiment:
         init_model=spec.get("init_model", {}),
         report_metrics=spec.get("report_metrics"),
         evaluations=spec.get("evaluations") or {"test": {}},
-        audit=spec.get("audit"),
+        audit=None if spec.get("audit") is None else {**AUDIT_DEFAULTS, **spec["audit"]},
     )
     if exp.audit is not None:
-        from evaluation.audit import CONDITIONS
+        from evaluation.audit import CONDITIONS, original_first
 
-        unknown = set(exp.audit.get("conditions", ())) - set(CONDITIONS)
-        if unknown or set(exp.audit) - {"conditions", "n_boot", "n_cases", "cam_checkpoint"}:
+        unknown = set(exp.audit["conditions"]) - set(CONDITIONS)
+        if unknown or set(exp.audit) - set(AUDIT_DEFAULTS):
             raise ValueError(
                 f"audit: conditions must be among {', '.join(CONDITIONS)} (unknown: {sorted(unknown)}); "
-                "keys: conditions, n_boot, n_cases, cam_checkpoint"
+                f"keys: {', '.join(AUDIT_DEFAULTS)}"
             )
+        exp.audit["conditions"] = original_first(exp.audit["conditions"] or AUDIT_DEFAULTS["conditions"])
     for arm in arms:
         if arm.init_from:
             exp.arm(arm.init_from)
@@ -256,18 +259,17 @@ def audit_arm(exp: Experiment, arm: Arm, seed: int) -> Path:
     assert exp.audit is not None
     out = exp.out_dir / f"seed{seed}" / "audit" / arm.name
     arm_eval = exp.out_dir / f"seed{seed}" / arm.name / f"eval-{exp.main_evaluation}.yaml"
-    wanted = exp.audit.get("conditions") or ["original", "blank", "shuffled"]
-    conditions = ["original", *[c for c in wanted if c != "original"]]
-    log.info("seed %d, %s: visual-reliance audit (%s)", seed, arm.name, ", ".join(conditions))
+    settings = exp.audit
+    log.info("seed %d, %s: visual-reliance audit (%s)", seed, arm.name, ", ".join(settings["conditions"]))
     _, problems = audit(
         [exp.stages["eval"]["config"], str(arm_eval)],
         [],
         out,
-        conditions,
-        exp.audit.get("cam_checkpoint"),
+        settings["conditions"],
+        settings["cam_checkpoint"],
         seed=seed,
-        n_boot=int(exp.audit.get("n_boot", 1000)),
-        n_cases=int(exp.audit.get("n_cases", 2)),
+        n_boot=int(settings["n_boot"]),
+        n_cases=int(settings["n_cases"]),
         runner=run_in_process,
     )
     for problem in problems:
@@ -305,7 +307,7 @@ def run(exp: Experiment) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
         from evaluation.audit_arms import summarize_arms, write_arms
 
         audits = {arm.name: {seed: audit_arm(exp, arm, seed) for seed in exp.seeds} for arm in exp.arms}
-        write_arms(summarize_arms(audits, int(exp.audit.get("n_boot", 1000))), main_report.parent)
+        write_arms(summarize_arms(audits, int(exp.audit["n_boot"])), main_report.parent)
     return reports
 
 
