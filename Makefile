@@ -5,6 +5,7 @@
 #   make replicate  the paper's ablation at small scale (not part of demo)
 #   make annotation  does GRPO learn from answer-only questions? cold start + GRPO vs answer-only SFT, two test sets
 #   make roi-sources  zoom boxes from anatomy, organ masks and a weakly supervised classifier vs true boxes
+#   make views  several candidate views (CAM top-K slices or slabs) in one prompt vs the oracle zoom (issue 22)
 #   make audit  how much of the demo exports' accuracy depends on the image and on the oracle box
 #   make bench  throughput and memory against TRL and the Hugging Face Trainer, side by side (benchmarks/README.md)
 #   make bench-gpu  the same on one GPU in bf16
@@ -12,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs
 
-.PHONY: install demo test replicate annotation trl-crosscheck roi-sources audit bench bench-gpu lint clean
+.PHONY: install demo test replicate annotation trl-crosscheck roi-sources views audit bench bench-gpu lint clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -56,6 +57,14 @@ roi-sources: install
 	$(PY) -m evaluation.roi_proposals --config configs/experiments/roi_proposals.yaml
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
 		--config configs/experiments/roi_sources.yaml
+
+# Candidate views (README, "Candidate views"): SFT on K CAM views per question vs the oracle view, 3 seeds.
+views: install
+	test -f runs/roi_classifier/checkpoints/last.ckpt || $(PY) cli.py fit --config configs/roi_classifier.yaml
+	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
+		--config configs/experiments/views.yaml
+	$(PY) -m experiments.views_report --config configs/experiments/replication.yaml \
+		--config configs/experiments/views.yaml
 
 # Visual-reliance audit of the demo's exports (README, "Visual-reliance audit"): the same test questions shown a
 # blank, shuffled, partial or wrong-region image, or boxes from another ROI source (CAM too once make roi-sources

@@ -20,3 +20,21 @@ def box_problem(box: Sequence[int], height: int, width: int) -> str | None:
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
         return f"{list(box)} is outside the {width}×{height} slice"
     return None
+
+
+def is_box_list(boxes: object) -> bool:
+    """Whether ``boxes`` is a non-empty JSON list of ``[x0, y0, x1, y1]`` integer boxes with x0 < x1, y0 < y1 and
+    no negative coordinate (the reader's check, before the slice's size is known)."""
+    return (
+        isinstance(boxes, list)
+        and bool(boxes)
+        and all(
+            isinstance(b, list)
+            and len(b) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+            and b[0] < b[2]
+            and b[1] < b[3]
+            and min(b) >= 0
+            for b in boxes
+        )
+    )

@@ -11,23 +11,29 @@ IGNORE_INDEX = -100
 # Processor outputs that label each prompt token (image token or text; Gemma 3's bidirectional image attention):
 # padded and extended with the prompt. Every other processor output but the ids and mask is image data.
 TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+# How many images each row's prompt holds, (B,): one per candidate view (datamodules/views.py). Not a model input.
+IMAGE_COUNTS = "prompt_image_counts"
 TEXT_KEYS = frozenset(
-    {"input_ids", "attention_mask", "labels", "meta", "prompt_input_ids", "prompt_attention_mask"}
+    {"input_ids", "attention_mask", "labels", "meta", "prompt_input_ids", "prompt_attention_mask", IMAGE_COUNTS}
     | {k for key in TOKEN_KEYS for k in (key, f"prompt_{key}")}
 )
 # What a collated sample holds besides its processor outputs.
-SAMPLE_KEYS = frozenset({"prompt_ids", "target_ids", "meta"})
+SAMPLE_KEYS = frozenset({"prompt_ids", "target_ids", "meta", "num_images"})
 
 
 def image_keys(batch: dict[str, Any]) -> list[str]:
     """The batch's image inputs (``pixel_values``, ``image_grid_thw``, ``image_sizes``, …), as the processor named
-    them; one image per row."""
+    them; ``prompt_image_counts`` says how many images each row has."""
     return [key for key in batch if key not in TEXT_KEYS]
 
 
 def prompt_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """Model keyword arguments for the batch's prompts alone: ids, mask, token types and images."""
-    inputs = {key.removeprefix("prompt_"): value for key, value in batch.items() if key.startswith("prompt_")}
+    inputs = {
+        key.removeprefix("prompt_"): value
+        for key, value in batch.items()
+        if key.startswith("prompt_") and key != IMAGE_COUNTS
+    }
     return inputs | {key: batch[key] for key in image_keys(batch)}
 
 
@@ -68,7 +74,8 @@ class VQACollator:
       the target (the assistant's answer turn).
     - ``prompt_input_ids``/``prompt_attention_mask``/``prompt_<token types>``: the prompt alone, for generation.
     Images (whatever else the processor returned: Qwen's ``pixel_values`` patches and ``image_grid_thw``, other
-    families' ``pixel_values``, ``image_sizes``, …) are shared by both views.
+    families' ``pixel_values``, ``image_sizes``, …) are shared by both views, all rows' images concatenated;
+    ``prompt_image_counts`` (B,) says how many are each row's (one per candidate view).
     """
 
     pad_token_id: int
@@ -93,6 +100,7 @@ class VQACollator:
         batch["prompt_attention_mask"] = left_pad([torch.ones_like(s["prompt_ids"]) for s in samples], 0)
         for key in token_keys:
             batch[f"prompt_{key}"] = left_pad([s[key] for s in samples], 0)
+        batch[IMAGE_COUNTS] = torch.tensor([s.get("num_images", 1) for s in samples], dtype=torch.long)
         for key in (k for k in samples[0] if k not in SAMPLE_KEYS and k not in TOKEN_KEYS):
             batch[key] = concat_images(samples, key)
         batch["meta"] = [s["meta"] for s in samples]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from datamodules.samplers import EvenEvalSampler, ResumableSampler, resume_skip,
 from datamodules.seeding import resolve_seed
 from datamodules.splits import AnnotationSubset, annotation_part, split_patients
 from datamodules.synthetic import SyntheticData, generate_if_missing
+from datamodules.views import ViewSpec
 from datamodules.vqa_dataset import CTVQADataset, ZoomSpec
 from datamodules.vqa_records import read_vqa_jsonl
 
@@ -70,6 +72,9 @@ class CTVQADataModule(L.LightningDataModule):
             with another source are refused, so point ``vqa_dir`` at a folder per source.
         protocol: the test split asks a benchmark's questions instead of the VQA file's: ``ctrate_18``, every volume
             about each of the 18 CT-RATE labels (``datamodules/protocol_records.py``; configs/eval_18label.yaml).
+        views: candidate views per presence/abnormality question (``datamodules/views.py``: K slices or thin slabs
+            from ``roi_source``'s ``propose_many``, in one prompt); built into the VQA files like ``roi_source``, so
+            files built with other views are refused. Null: one slice, as always.
         image_condition: show every question another image (the visual-reliance audit, ``evaluation/audit.py``;
             ``datamodules/image_conditions.py``): blank, shuffled, global/outline/zoom only, wrong region, box source.
             Null: the original image.
@@ -106,6 +111,7 @@ class CTVQADataModule(L.LightningDataModule):
         annotation: AnnotationSubset | None = None,
         protocol: Protocol | None = None,
         image_condition: ImageCondition | None = None,
+        views: ViewSpec | None = None,
     ) -> None:
         super().__init__()
         # LightningCLI may hand nested dataclasses over as plain dicts.
@@ -117,11 +123,13 @@ class CTVQADataModule(L.LightningDataModule):
             annotation = AnnotationSubset(**annotation)
         if isinstance(image_condition, dict):
             image_condition = ImageCondition(**image_condition)
+        if isinstance(views, dict):
+            views = ViewSpec(**views)
         # The source is an object with caches: it lives on the module, not in checkpoints' hyperparameters.
         self.save_hyperparameters(ignore=["roi_source"])
         self.roi_source = roi_source
         self.hparams.synthetic, self.hparams.zoom, self.hparams.annotation = synthetic, zoom, annotation
-        self.hparams.image_condition = image_condition
+        self.hparams.image_condition, self.hparams.views = image_condition, views
         self.windows = windows or ["lung"]
         self.datasets: dict[str, CTVQADataset] = {}
         self.processor: Any = None
@@ -145,7 +153,7 @@ class CTVQADataModule(L.LightningDataModule):
         if not (self.root / "dataset").is_dir():
             return  # setup() names the missing files
         vqa_dir = self._vqa_dir()
-        if vqa_state(vqa_dir, self.roi_source) == "built":
+        if vqa_state(vqa_dir, self.roi_source, self.hparams.views) == "built":
             return
         if synthetic is None:
             # Real CT-RATE: hours of work, not for rank 0 of a training job while the other ranks wait.
@@ -155,12 +163,15 @@ class CTVQADataModule(L.LightningDataModule):
                 if k != "checkpoint_sha256"
             }
             source = f" --roi_source '{json.dumps(spec)}'" if spec else ""
+            if self.hparams.views is not None and self.hparams.views.active:
+                source += f" --views '{json.dumps(asdict(self.hparams.views))}'"
             raise BadSampleError(
                 f"{vqa_dir}: no finished CT-RATE-VQA build; build it first:\n"
                 f"  python -m datamodules.vqa_builder --root {self.root} --out {vqa_dir}{source}"
             )
         log.info("building CT-RATE-VQA at %s", vqa_dir)
-        build_vqa(self.root, out_dir=vqa_dir, seed=resolve_seed(synthetic.seed), roi_source=self.roi_source)
+        seed = resolve_seed(synthetic.seed)
+        build_vqa(self.root, out_dir=vqa_dir, seed=seed, roi_source=self.roi_source, views=self.hparams.views)
 
     def _vqa_dir(self) -> Path:
         return Path(self.hparams.vqa_dir) if self.hparams.vqa_dir else self.root / "vqa"

@@ -25,8 +25,20 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 
-def system_prompt_for(prompt_format: PromptFormat, layout: str) -> str:
-    """The default system prompt: a radiologist's task, what the image holds, and the answer format."""
+VIEWS_NOTE = (
+    "Each image is one candidate view of the volume at the level its label gives; the finding may be in any of "
+    "them or in none."
+)
+
+
+def system_prompt_for(prompt_format: PromptFormat, layout: str, views: bool = False) -> str:
+    """The default system prompt: a radiologist's task, what the image holds, and the answer format; ``views``:
+    the prompt shows several labelled candidate views (``datamodules/views.py``)."""
+    if views:
+        return (
+            f"You are a radiologist reading a chest CT. {VIEWS_NOTE} {IMAGE_NOTES[layout]} "
+            + INSTRUCTIONS[prompt_format]
+        )
     return f"You are a radiologist reading a chest CT slice. {IMAGE_NOTES[layout]} {INSTRUCTIONS[prompt_format]}"
 
 
@@ -37,11 +49,18 @@ def user_text(question: str, options: Sequence[str]) -> str:
     return question
 
 
-def build_messages(question: str, options: Sequence[str], system_prompt: str) -> list[dict]:
-    """Chat messages for one sample: system instruction, then the image and the question."""
+def build_messages(
+    question: str, options: Sequence[str], system_prompt: str, view_labels: Sequence[str] | None = None
+) -> list[dict]:
+    """Chat messages for one sample: system instruction, then the image and the question; with ``view_labels``,
+    each label followed by its image (one image per label), then the question."""
+    if view_labels is None:
+        images: list[dict] = [{"type": "image"}]
+    else:
+        images = [part for label in view_labels for part in ({"type": "text", "text": label}, {"type": "image"})]
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text(question, options)}]},
+        {"role": "user", "content": [*images, {"type": "text", "text": user_text(question, options)}]},
     ]
 
 

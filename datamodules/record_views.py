@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.ctrate import CTRATEPaths, load_lesion_mask, parse_volume_name, read_split
+from datamodules.ctrate import BadSampleError, CTRATEPaths, load_lesion_mask, parse_volume_name, read_split
 from datamodules.image_conditions import LESION_BOX_TYPES, ImageCondition, shuffle_partners, wrong_region_boxes
 from datamodules.roi_sources import ROIQuery, ROISource, check_proposal
 
@@ -48,7 +48,11 @@ class RecordViews:
         if name == "shuffled":
             other = self.records[self.partner[self._index[record["id"]]]]
             keys = ("volume_name", "slice_index", "roi")
-            return {**record, **{k: other[k] for k in keys}, "shown_id": other["id"]}, "shuffled"
+            shown = {**record, **{k: other[k] for k in keys}, "views": other.get("views"), "shown_id": other["id"]}
+            return shown, "shuffled"
+        if record.get("views"):  # the box conditions move one slice's box; candidate views have several
+            raise BadSampleError(f"{record.get('_where', record['id'])}: image condition {name} needs single-slice "
+                                 "records; this one has candidate views (datamodules/views.py)")  # fmt: skip
         if name == "wrong_region":
             return self._wrong_region(record)
         if name == "box_source":

@@ -17,7 +17,7 @@ say which source made their box (``roi_source``). Region names and the report's 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from datamodules.anatomy_masks import anatomy_masks
 from datamodules.boxes import box_problem
 from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, largest_component, load_lesion_mask
 from datamodules.data_checks import check_mask_grid
+from datamodules.views import spaced, spread
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,18 @@ def main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
     return k, largest_component(mask3d[:, :, k].T)
 
 
-def region_proposal(mask3d: np.ndarray, source: str, region: str) -> ROIProposal | None:
-    """A region mask (X, Y, Z) → its fullest axial slice and the box of the region there; None if empty."""
+def region_proposals(
+    mask3d: np.ndarray, source: str, region: str, k: int = 1, min_slices: int = 1
+) -> list[ROIProposal]:
+    """A region mask (X, Y, Z) → its fullest axial slice, then slab centres spread over the region's depth (up to
+    ``k`` in all, ``min_slices`` apart), each with the box of the region there; empty for an empty mask."""
     areas = mask3d.sum(axis=(0, 1))
     if not areas.any():
-        return None
-    k = int(np.argmax(areas))
-    return ROIProposal(k, [bbox_of(mask3d[:, :, k].T)], source, region)
+        return []
+    filled = np.flatnonzero(areas)
+    candidates = [int(np.argmax(areas)), *spread(int(filled[0]), int(filled[-1]) + 1, k)]
+    chosen = spaced([(c, None) for c in candidates if areas[c]], k, min_slices)
+    return [ROIProposal(c, [bbox_of(mask3d[:, :, c].T)], source, region) for c, _ in chosen]
 
 
 class ROISource:
@@ -95,10 +101,19 @@ class ROISource:
     def propose(self, query: ROIQuery) -> ROIProposal | None:
         raise NotImplementedError
 
+    def propose_many(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
+        """Up to ``k`` candidate views, best first, their slices at least ``min_slices`` apart (the candidate views
+        of ``datamodules/views.py``). By default the one view ``propose`` makes: a source that ranks nothing keeps
+        K = 1."""
+        p = self.propose(query)
+        return [] if p is None else [p]
+
     def describe(self) -> dict[str, Any]:
         """Class and settings that decide the boxes, recorded beside the VQA files built with this source (and
         valid as ``--roi_source`` again)."""
-        settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        settings = {
+            k: v.describe() if isinstance(v, ROISource) else v for k, v in vars(self).items() if not k.startswith("_")
+        }
         return {"class_path": f"{type(self).__module__}.{type(self).__name__}", "init_args": settings}
 
 
@@ -112,6 +127,8 @@ class MaskROI(ROISource):
         structures: region → structure files whose union is that region (default: TotalSegmentator's names).
         lesions: use lesion masks where there are some; false boxes every volume by its region masks (to measure
             how well region masks alone find lesions, as on the synthetic data where every lesion has a mask).
+        extra_views: the source of a question's other candidate views (e.g. ``CAMROI``), so the lesion's own view
+            is hidden among views that need no mask; null: the lesion's view alone (K = 1).
     """
 
     name = "mask"
@@ -121,10 +138,13 @@ class MaskROI(ROISource):
         regions_dir: str | None = None,
         structures: dict[str, list[str]] | None = None,
         lesions: bool = True,
+        extra_views: ROISource | None = None,
     ) -> None:
         self.regions_dir = regions_dir
         self.structures = structures or TOTALSEGMENTATOR_STRUCTURES
         self.lesions = lesions
+        if extra_views is not None:  # described only when set, so existing builds keep their build.json
+            self.extra_views = extra_views
         self._cache: tuple[str, dict[str, np.ndarray | None]] = ("", {})
 
     def _structure(self, query: ROIQuery, name: str) -> np.ndarray | None:
@@ -149,12 +169,20 @@ class MaskROI(ROISource):
         if self.lesions and query.lesion is not None and query.lesion.any():
             k, comp = main_lesion(query.lesion)
             return ROIProposal(k, [bbox_of(comp)], self.name, "lesion")
+        return next(iter(self._regions(query, 1, 1)), None)
+
+    def propose_many(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
+        if getattr(self, "extra_views", None) is not None:
+            return self.extra_views.propose_many(replace(query, lesion=None), k, min_slices)
+        if self.lesions and query.lesion is not None and query.lesion.any():
+            return super().propose_many(query, k, min_slices)
+        return self._regions(query, k, min_slices)
+
+    def _regions(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
         if self.regions_dir is None:
-            return None
+            return []
         found = [m for s in self.structures.get(query.region, []) if (m := self._structure(query, s)) is not None]
-        if not found:
-            return None
-        return region_proposal(np.any(found, axis=0), "region_mask", query.region)
+        return region_proposals(np.any(found, axis=0), "region_mask", query.region, k, min_slices) if found else []
 
 
 class AnatomyROI(ROISource):
@@ -171,11 +199,15 @@ class AnatomyROI(ROISource):
         self.lung_hu = lung_hu
         self.soft_tissue = tuple(soft_tissue)
         # One volume's proposal per region (not its masks: a dozen full-size masks of a real CT are ~1 GB).
-        self._cache: tuple[str, dict[str, ROIProposal | None]] = ("", {})
+        self._cache: tuple[str, dict[str, list[ROIProposal]]] = ("", {})
 
     def propose(self, query: ROIQuery) -> ROIProposal | None:
-        if self._cache[0] != query.volume_name:
+        return next(iter(self.propose_many(query, 1, 1)), None)
+
+    def propose_many(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
+        key = f"{query.volume_name}|{k}|{min_slices}"
+        if self._cache[0] != key:
             masks = anatomy_masks(query.volume.detach().cpu().numpy()[0], self.lung_hu, self.soft_tissue)
-            self._cache = (query.volume_name, {r: region_proposal(m, self.name, r) for r, m in masks.items()})
+            self._cache = (key, {r: region_proposals(m, self.name, r, k, min_slices) for r, m in masks.items()})
         proposals = self._cache[1]
         return proposals[query.region] or proposals["lungs"]

@@ -19,10 +19,13 @@ from datamodules.boxes import box_problem
 from datamodules.collate import TOKEN_KEYS
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
 from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, ImageCondition
+from datamodules.processor import image_token_id
 from datamodules.prompts import PromptFormat, build_messages, end_of_turn, system_prompt_for, target_text
 from datamodules.record_views import RecordViews
+from datamodules.slabs import axial_slab
 from datamodules.slice_cache import SliceCache
 from datamodules.transforms import HUWindowd, ZoomEmbedd, condition_steps, one_intra_op_thread, to_pil
+from datamodules.views import view_labels, views_of
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,10 @@ class CTVQADataset(Dataset):
         self.processor = processor
         self.metadata = metadata
         self.prompt_format = prompt_format
-        self.system_prompt = system_prompt or system_prompt_for(prompt_format, zoom.layout if zoom else "none")
+        layout = zoom.layout if zoom else "none"
+        self.system_prompt = system_prompt or system_prompt_for(prompt_format, layout)
+        self.views_system_prompt = system_prompt or system_prompt_for(prompt_format, layout, views=True)
+        self.image_token_id = image_token_id(processor)
         self.max_length = max_length
         self.skip_bad_samples = skip_bad_samples
         self.volumes = VolumeCache(root, volume_cache_size)
@@ -101,16 +107,37 @@ class CTVQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def image(self, record: dict[str, Any]) -> torch.Tensor:
-        """The (3, H, W) image in [0, 1] the model sees for this record (also used to save what it saw)."""
+    def images(self, record: dict[str, Any]) -> list[torch.Tensor]:
+        """The (3, H, W) images in [0, 1] the model sees for this record, one per view (``datamodules/views.py``;
+        a single-slice record has one). Raises BadSampleError naming the record's line and the bad field."""
         if self.views is not None:
             record = self.views.view(record)[0]
-        hu = self.hu_slice(record)
-        height, width = hu.shape
-        for box in record["roi"]:
-            if (problem := box_problem(box, height, width)) is not None:
-                raise BadSampleError(f"{record['_where']}: field 'roi' {problem} of {record['volume_name']}")
-        return self.render(hu, record["roi"])
+        many = bool(record.get("views"))
+        out = []
+        for i, view in enumerate(views_of(record)):
+            hu = self.hu_view(record, view)
+            height, width = hu.shape
+            for box in view["roi"]:
+                if (problem := box_problem(box, height, width)) is not None:
+                    field = f"views[{i}].roi" if many else "roi"
+                    raise BadSampleError(f"{record['_where']}: field '{field}' {problem} of {record['volume_name']}")
+            out.append(self.render(hu, view["roi"]))
+        return out
+
+    def image(self, record: dict[str, Any]) -> torch.Tensor:
+        """The record's images as one (3, H, K·W) picture, views side by side (what case reports save)."""
+        return torch.cat(self.images(record), dim=-1)
+
+    def hu_view(self, record: dict[str, Any], view: dict[str, Any]) -> np.ndarray:
+        """One view's HU image: its slice (``hu_slice``), or the projection of its slab (``datamodules/slabs.py``)."""
+        if not view["slab_mm"]:
+            return self.hu_slice({**record, "slice_index": view["slice_index"]})
+        volume = self.volumes.get(record["volume_name"], self.metadata.get(record["volume_name"]))
+        z_spacing = float(volume.pixdim[2]) if hasattr(volume, "pixdim") else 1.0
+        try:
+            return axial_slab(volume, view["slice_index"], view["slab_mm"], z_spacing, view["projection"])
+        except BadSampleError as e:
+            raise BadSampleError(f"{record['_where']}: field 'views': {e} ({record['volume_name']})") from e
 
     def hu_slice(self, record: dict[str, Any]) -> np.ndarray:
         """The record's axial slice in HU: from the slice cache on disk when there is one, else cut from its
@@ -155,17 +182,22 @@ class CTVQADataset(Dataset):
             return None
 
     def _encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        return self.encode(record, self.image(record))
+        return self.encode(record, self.images(record))
 
-    def encode(self, record: dict[str, Any], image: torch.Tensor) -> dict[str, Any]:
-        """Processor inputs for a record's question and the image shown with it, plus the SFT target ids."""
-        messages = build_messages(record["question"], record["options"], self.system_prompt)
+    def encode(self, record: dict[str, Any], images: torch.Tensor | list[torch.Tensor]) -> dict[str, Any]:
+        """Processor inputs for a record's question and the image(s) shown with it (one per view, each after its
+        ``View k`` label), plus the SFT target ids. Raises BadSampleError when prompt or prompt + target would
+        exceed ``max_length`` (never truncated: that would cut image tokens or the answer)."""
+        images = [images] if isinstance(images, torch.Tensor) else list(images)
+        labels = view_labels(record)
+        system = self.system_prompt if labels is None else self.views_system_prompt
+        messages = build_messages(record["question"], record["options"], system, labels)
         prompt = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
         )
-        pil = to_pil(image)
+        pils = [to_pil(image) for image in images]
         with one_intra_op_thread():
-            enc = self.processor(text=[prompt], images=[pil], return_tensors="pt")
+            enc = self.processor(text=[prompt], images=pils, return_tensors="pt")
         target = target_text(record["reasoning"], record["answer"], self.prompt_format) + self.end_of_turn
         target_ids = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
         prompt_ids = enc["input_ids"][0]
@@ -185,13 +217,16 @@ class CTVQADataset(Dataset):
             "abnormality": record.get("abnormality"),  # the label a presence question asks about
             "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
             "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
+            "views": record.get("views"),  # the evidence reward reads which views show the lesion
+            "image_tokens": int((prompt_ids == self.image_token_id).sum()),  # the per-batch image-token budget
         }
         if self.keep_images:
-            meta["image"] = pil
+            meta["image"] = pils[0] if len(pils) == 1 else pils
         # Token types (row 0 of a batch of 1) and image inputs, as the processor names them (datamodules/collate.py).
         inputs = {k: v[0] if k in TOKEN_KEYS else v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return {
             "prompt_ids": prompt_ids,
+            "num_images": len(pils),
             **inputs,
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "meta": meta,

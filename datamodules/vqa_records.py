@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from datamodules.boxes import is_box_list
 from datamodules.ctrate import SPLITS, VOLUME_NAME_RE, BadSampleError, patient_id
+from datamodules.views import check_views
 from rewards.parsing import answer_text, normalize_answer
 
 QUESTION_TYPES = ("presence", "abnormality", "location", "size", "count")
@@ -108,11 +110,10 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
     if not boxes:
         raise BadSampleError(f"{where}: field 'roi' is empty; give at least one box [x0, y0, x1, y1]")
     for box in boxes:
-        ok = (
-            isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        )
-        if not ok or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        if not is_box_list([box]):
             raise BadSampleError(f"{where}: field 'roi' box {box!r} is not [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+    if "views" in record:
+        check_views(record["views"], where)
     return record
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.panel import Panel
 
@@ -18,10 +19,12 @@ from common.files import atomic_write_bytes, atomic_write_text
 from datamodules.anatomy import region_of
 from datamodules.collate import VQACollator
 from datamodules.ct_vqa import CTVQADataModule
-from datamodules.ctrate import CTRATE_LABELS, BadSampleError, axial_slice
+from datamodules.ctrate import CTRATE_LABELS, BadSampleError
 from datamodules.roi_sources import ROIQuery, check_proposal
+from datamodules.slabs import axial_slab
 from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
+from datamodules.views import ViewSpec, make_views
 from lightning_modules.policy import PolicyModule
 from rewards.parsing import extract_answer, match_option
 
@@ -44,8 +47,9 @@ def ask(
 
     The view is the ROI mask's fullest slice, or ``slice_index`` (default: the middle slice) with the ``roi``
     box. With neither, and an ``abnormality`` named, the datamodule's ``roi_source`` proposes the slice and box
-    (the question's location words pick the region for anatomy sources); otherwise the lung fields are shown
-    (``datamodules.user_volume.choose_view``).
+    (the question's location words pick the region for anatomy sources), and with the datamodule's ``views`` its
+    K candidate views, as in training (``datamodules/views.py``); otherwise the lung fields are shown
+    (``datamodules.user_volume.choose_view``). The saved image holds the views side by side.
     """
     ct = load_user_volume(volume)
     mask = load_user_mask(roi_mask, like=ct) if roi_mask else None
@@ -54,8 +58,16 @@ def ask(
     if abnormality is not None and abnormality not in CTRATE_LABELS:
         raise BadSampleError(f"abnormality {abnormality!r} is not a CT-RATE label: {', '.join(CTRATE_LABELS)}")
     source = getattr(datamodule, "roi_source", None)
+    spec: ViewSpec | None = datamodule.hparams.get("views")
+    z_spacing = float(ct.pixdim[2]) if hasattr(ct, "pixdim") else 1.0
+    kind = "presence" if options and {o.lower() for o in options} == {"yes", "no"} else "open"
+    views = None
     if roi_source == "lungs" and slice_index is None and abnormality is not None and source is not None:
         query = ROIQuery(ct, Path(volume).name, {}, Path(volume).parent, abnormality, region_of(abnormality, question))
+        if spec is not None and spec.active:
+            found = source.propose_many(query, spec.k, spec.min_slices(z_spacing))
+            chosen = [(p.slice_index, p.boxes) for p in (check_proposal(p, ct, str(volume)) for p in found)]
+            views = make_views(chosen, spec, z_spacing, spec.projection_for(kind, abnormality), None) or None
         proposal = source.propose(query)
     if proposal is not None:
         proposal = check_proposal(proposal, ct, str(volume))
@@ -63,18 +75,23 @@ def ask(
     else:
         k, boxes = choose_view(ct, roi=roi, mask=mask, slice_index=slice_index)
     dataset = datamodule.dataset_for([])
-    image = dataset.render(axial_slice(ct, k), boxes)
+    shown = views or [{"slice_index": k, "roi": boxes, "slab_mm": 0.0, "projection": "max"}]
+    images = [
+        dataset.render(axial_slab(ct, v["slice_index"], v["slab_mm"], z_spacing, v["projection"]), v["roi"])
+        for v in shown
+    ]
     record = {
         "id": ASK_ID,
-        "question_type": "presence" if options and {o.lower() for o in options} == {"yes", "no"} else "open",
+        "question_type": kind,
         "question": question,
         "answer": "",
         "options": list(options or []),
         "volume_name": str(volume),
         "reasoning": "",
         "_where": str(volume),
+        **({"views": views} if views else {}),
     }
-    batch = VQACollator(pad_token_id=datamodule.processor.tokenizer.pad_token_id)([dataset.encode(record, image)])
+    batch = VQACollator(pad_token_id=datamodule.processor.tokenizer.pad_token_id)([dataset.encode(record, images)])
     batch = {k: v.to(module.device) if hasattr(v, "to") else v for k, v in batch.items()}
     completion = module.greedy_answers(batch)[0]
     raw = extract_answer(completion)
@@ -85,12 +102,13 @@ def ask(
         "slice_index": k,
         "roi": boxes,
         "roi_source": roi_source,
+        **({"views": views} if views else {}),
         "completion": completion,
         "answer": (match_option(raw, record["options"]) or raw) if record["options"] else raw,
         "image": "image.png",
     }
     out = Path(out_dir)
-    atomic_write_bytes(out / "image.png", _png_bytes(to_pil(image)))
+    atomic_write_bytes(out / "image.png", _png_bytes(to_pil(torch.cat(images, dim=-1))))
     atomic_write_text(out / "answer.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     _print(result, out)
     return result

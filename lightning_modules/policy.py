@@ -105,6 +105,15 @@ class PolicyModule(L.LightningModule):
     def eval_loss(self, batch: dict[str, Any], prefix: str) -> None:
         """Hook for a stage-specific loss on validation/test batches (SFT logs its cross-entropy)."""
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Log the batch's image-token budget: image tokens per sample, median and maximum (candidate views
+        multiply it; ``datamodules/views.py``)."""
+        tokens = [m["image_tokens"] for m in batch.get("meta", []) if m.get("image_tokens") is not None]
+        if tokens:
+            t = torch.tensor(tokens, dtype=torch.float32)
+            self.log("data/image_tokens_p50", t.median(), batch_size=len(tokens))
+            self.log("data/image_tokens_max", t.max(), batch_size=len(tokens), reduce_fx="max")
+
     def greedy_answers(self, batch: dict[str, Any]) -> list[str]:
         """Greedy completions of the batch's prompts with this module's budget, stop and suppressed tokens."""
         return generate_answers(

@@ -19,6 +19,7 @@ from common.files import file_sha256
 from datamodules.ct_slices import SliceRenderer
 from datamodules.ctrate import CTRATE_LABELS, BadSampleError, bbox_of, label_components
 from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource
+from datamodules.views import spaced
 from evaluation.detection import auroc_or_nan
 
 Pooling = Literal["lse", "max", "mean"]
@@ -208,18 +209,35 @@ class ROIClassifierModule(L.LightningModule):
         slice, around the CAM's maximum that reaches ``threshold`` × the (min-subtracted) maximum. ``maps``:
         the volume's ``volume_maps``, when the caller keeps them for several labels.
         """
+        return self.propose_slices(volume, label, 1, 1, threshold, maps)[0]
+
+    @torch.no_grad()
+    def propose_slices(
+        self,
+        volume: torch.Tensor,
+        label: str,
+        k: int,
+        min_slices: int,
+        threshold: float = 0.5,
+        maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> list[tuple[int, list[int]]]:
+        """``propose`` for the ``k`` slices the classifier scores highest for ``label``, best first, at least
+        ``min_slices`` apart: [(slice, box)]. Raises ValueError for an unknown label."""
         if label not in self.labels:
             raise ValueError(f"unknown label {label!r}; valid labels: {list(self.labels)}")
         j = self.labels.index(label)
         logits, cams = maps if maps is not None else self.volume_maps(volume)
-        k = int(logits[:, j].argmax())
+        ranked = [(int(s), None) for s in torch.argsort(logits[:, j], descending=True, stable=True)]
+        return [(s, self._box(volume, cams, s, j, threshold)) for s, _ in spaced(ranked, k, min_slices)]
+
+    def _box(self, volume: torch.Tensor, cams: torch.Tensor, k: int, j: int, threshold: float) -> list[int]:
         cam = cams[k : k + 1, j : j + 1]
         height, width = volume.shape[2], volume.shape[1]  # axial_slice's display orientation: rows Y, cols X
         # The rendered square is the slice scaled to longest side = image_size, padded at the bottom/right:
         # back in slice pixels it is a max(H, W) square with the slice in its top-left corner.
         side = max(height, width)
         cam = F.interpolate(cam.float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-        return k, box_from_map(cam[:height, :width].cpu().numpy(), threshold)
+        return box_from_map(cam[:height, :width].cpu().numpy(), threshold)
 
 
 class CAMROI(ROISource):
@@ -242,6 +260,10 @@ class CAMROI(ROISource):
         self._maps: tuple[str, Any] = ("", None)  # one volume's slice logits and maps, for its other labels
 
     def propose(self, query: ROIQuery) -> ROIProposal | None:
+        return self.propose_many(query, 1, 1)[0]
+
+    def propose_many(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
+        """The classifier's top ``k`` slices for the label (``ROIClassifierModule.propose_slices``)."""
         if self._module is None:
             if not Path(self.checkpoint).is_file():
                 raise BadSampleError(f"{self.checkpoint}: ROI classifier checkpoint not found (roi_source.checkpoint)")
@@ -249,8 +271,8 @@ class CAMROI(ROISource):
         # The volume stays on the CPU: slices are rendered there and only the images go to the device.
         if self._maps[0] != query.volume_name:
             self._maps = (query.volume_name, self._module.volume_maps(query.volume))
-        k, box = self._module.propose(query.volume, query.label, self.threshold, maps=self._maps[1])
-        return ROIProposal(int(k), [list(box)], self.name, "cam")
+        found = self._module.propose_slices(query.volume, query.label, k, min_slices, self.threshold, self._maps[1])
+        return [ROIProposal(s, [list(box)], self.name, "cam") for s, box in found]
 
     def describe(self) -> dict[str, Any]:
         """Also the checkpoint's SHA-256: a retrained classifier at the same path makes other boxes."""

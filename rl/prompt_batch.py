@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from datamodules.collate import TOKEN_KEYS, image_keys, prompt_inputs
+from datamodules.collate import IMAGE_COUNTS, TOKEN_KEYS, image_keys, prompt_inputs
 from models.families import family_of
 
 
 def prompt_keys(batch: dict[str, Any]) -> list[str]:
-    """What a collated batch holds for its prompts: token ids, mask, token types, and one image per row."""
+    """What a collated batch holds for its prompts: token ids, mask, token types, image counts and images."""
     return [key for key in batch if key.startswith("prompt_")] + image_keys(batch)
 
 
@@ -43,16 +43,27 @@ def with_completions(
     return inputs
 
 
+def image_counts(batch: dict[str, Any]) -> list[int]:
+    """How many images each row's prompt holds (``prompt_image_counts``; one each when a batch does not say)."""
+    if IMAGE_COUNTS in batch:
+        return batch[IMAGE_COUNTS].tolist()
+    return [1] * batch["prompt_input_ids"].size(0)
+
+
 def image_rows(batch: dict[str, Any], key: str) -> list[int]:
     """How many entries of image input ``key`` belong to each row: Qwen's ``pixel_values`` are patches, as many
-    per image as its ``image_grid_thw`` says; any other image input has the same count per row (one image each)."""
-    rows = batch["prompt_input_ids"].size(0)
+    per image as its ``image_grid_thw`` says, summed over the row's images; any other image input has the same
+    count per image (``image_grid_thw``: one; a family's tiles: several). Raises ValueError when the entries do not
+    divide among the rows' images (image features and image tokens would not match)."""
+    counts = image_counts(batch)
     if key == "pixel_values" and "image_grid_thw" in batch:
-        return batch["image_grid_thw"].prod(dim=-1).tolist()
-    size = batch[key].size(0)
-    if size % rows:
-        raise ValueError(f"image input {key!r} has {size} entries for {rows} prompts: expected one image per prompt")
-    return [size // rows] * rows
+        per_image = batch["image_grid_thw"].prod(dim=-1).tolist()
+        offsets = [0, *itertools.accumulate(counts)]
+        return [sum(per_image[offsets[i] : offsets[i + 1]]) for i in range(len(counts))]
+    size, images = batch[key].size(0), sum(counts)
+    if images == 0 or size % images:
+        raise ValueError(f"image input {key!r} has {size} entries for {images} images of {len(counts)} prompts")
+    return [count * (size // images) for count in counts]
 
 
 def repeat_prompts(batch: dict[str, Any], num_generations: int) -> dict[str, torch.Tensor]:

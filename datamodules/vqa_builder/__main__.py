@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from datamodules.roi_sources import ROISource
+from datamodules.views import ViewSpec
 from datamodules.vqa_builder.build import build_vqa
 
 
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path | None, default=None, help="output folder (default ROOT/vqa)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--roi_source", type=ROISource | None, default=None, help="where boxes come from (MaskROI)")
+    parser.add_argument("--views", type=ViewSpec | None, default=None, help="candidate views per question (one slice)")
     args = parser.instantiate(parser.parse_args(argv))
-    paths = build_vqa(args.root, args.out, args.seed, args.roi_source)
+    paths = build_vqa(args.root, args.out, args.seed, args.roi_source, args.views)
     print(summarize(paths))
     for split, path in paths.items():
         print(f"{split}: {path}")

@@ -27,6 +27,7 @@ from datamodules.ctrate import (
     read_split,
 )
 from datamodules.roi_sources import MaskROI, ROISource
+from datamodules.views import ViewSpec
 from datamodules.vqa_builder.balance import balance_presence
 from datamodules.vqa_builder.decoys import PositiveStats
 from datamodules.vqa_builder.lesion_questions import lesion_questions
@@ -59,10 +60,19 @@ def check_mask_grid(paths: CTRATEPaths, name: str, masks: np.ndarray | None, vol
     return masks
 
 
-def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None = None) -> list[dict[str, Any]]:
-    """Questions of one split; ``roi_source`` (default ``MaskROI()``) says where their boxes come from.
+def build_split(
+    root: Path,
+    split: str,
+    seed: int,
+    roi_source: ROISource | None = None,
+    views: ViewSpec | None = None,
+    coverage: list[bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Questions of one split; ``roi_source`` (default ``MaskROI()``) says where their boxes come from, ``views``
+    how many candidate views presence and abnormality questions show (``datamodules/views.py``; default one slice).
+    ``coverage`` receives, per positive with a lesion mask, whether some view shows the lesion.
 
-    The same ``root``, ``split``, ``seed`` and source give the same records, in the same order. Raises
+    The same ``root``, ``split``, ``seed``, source and views give the same records, in the same order. Raises
     ``BadSampleError`` naming the file when a lesion mask has too few channels or lies off its CT's grid, and
     when a record or a source's proposal fails its check.
     """
@@ -91,7 +101,7 @@ def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None 
         vol = load_ct_volume(paths.volume(name), row)
         findings = grounding.get(name, [])
         masks = check_mask_grid(paths, name, lesion_masks(paths, row, findings), vol)
-        vq = VolumeQuestions(split, row, vol, findings, masks, rng, stats, source, Path(root), region_rng)
+        vq = VolumeQuestions(split, row, vol, findings, masks, rng, stats, source, Path(root), region_rng, views)
         present = [lb for lb in askable if row[lb] == 1]
         # Labels with a mask but 0 in the labels CSV are ambiguous: never asked as negatives.
         for label in askable:
@@ -103,13 +113,20 @@ def build_split(root: Path, split: str, seed: int, roi_source: ROISource | None 
             lesion_questions(vq, tuple(float(s) for s in vol.pixdim[:2]))
         records += vq.records
         roi_kind |= vq.roi_kind
+        if coverage is not None:
+            coverage += vq.coverage
     return balance_presence(records, rng, roi_kind)
 
 
 def build_vqa(
-    root: Path, out_dir: Path | None = None, seed: int = 0, roi_source: ROISource | None = None
+    root: Path,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    roi_source: ROISource | None = None,
+    views: ViewSpec | None = None,
 ) -> dict[str, Path]:
     """Write ``<out_dir>/{train,valid}.jsonl`` (default ``root/vqa``) and ``build.json``; returns {split: path}.
+    ``build.json`` also says, per split, how often some view of a positive question shows its lesion.
 
     Every file is written atomically (a unique temporary name, then a rename: concurrent builders never clash),
     and ``build.json`` says ``complete: false`` until the last one is in place, so an interrupted build is
@@ -119,12 +136,15 @@ def build_vqa(
     out_dir = Path(out_dir) if out_dir is not None else root / "vqa"
     out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / BUILD_INFO
-    atomic_write_text(info_path, json.dumps(build_info(seed, roi_source, complete=False), indent=1) + "\n")
+    atomic_write_text(info_path, json.dumps(build_info(seed, roi_source, views, complete=False), indent=1) + "\n")
     written: dict[str, Path] = {}
+    coverage: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         if not CTRATEPaths(root, split).labels_csv.is_file():
             continue
-        records = build_split(root, split, seed, roi_source)
+        shown: list[bool] = []
+        records = build_split(root, split, seed, roi_source, views, shown)
+        coverage[split] = {"positives_with_masks": len(shown), "some_view_shows_lesion": float(np.mean(shown or [0]))}
         path = out_dir / f"{split}.jsonl"
         atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         written[split] = path
@@ -132,5 +152,6 @@ def build_vqa(
         raise BadSampleError(
             f"{display_path(root)}: no labels CSV for any split under dataset/multi_abnormality_labels"
         )
-    atomic_write_text(info_path, json.dumps(build_info(seed, roi_source), indent=1) + "\n")
+    info = build_info(seed, roi_source, views) | {"lesion_coverage": coverage}
+    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     return written

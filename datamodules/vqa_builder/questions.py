@@ -14,6 +14,7 @@ import numpy as np
 
 from datamodules.ctrate import CTRATE_LABELS, Finding, axial_slice, patient_id
 from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource, check_proposal
+from datamodules.views import ViewSpec, make_views, shows_lesion, spaced
 from datamodules.vqa_builder.decoys import PositiveStats, decoy_region, place_box
 from datamodules.vqa_builder.geometry import anatomy_roi, midline, side_of, where_text, zone
 from datamodules.vqa_builder.record import check_record
@@ -27,7 +28,8 @@ class VolumeQuestions:
     ``vol`` is the (1, X, Y, Z) HU volume, ``masks`` its lesion masks (findings, X, Y, Z) or None; ``rng`` draws
     boxes and options, ``region_rng`` the regions of negatives asked of a source (its own stream, so the default
     source's questions do not depend on it). ``records`` collects the questions, ``roi_kind`` the kind of box of each
-    presence question ("mask": mask or decoy box, "anatomy").
+    presence question ("mask": mask or decoy box, "anatomy"). With ``views`` (``datamodules/views.py``) presence and
+    abnormality questions show K candidate views: the usual one, then the source's ``propose_many``.
     """
 
     def __init__(
@@ -42,9 +44,12 @@ class VolumeQuestions:
         source: ROISource,
         root: Path,
         region_rng: np.random.Generator,
+        views: ViewSpec | None = None,
     ):
         self.split, self.row, self.vol, self.rng, self.stats = split, row, vol, rng, stats
-        self.source, self.root, self.region_rng = source, root, region_rng
+        self.source, self.root, self.region_rng, self.views = source, root, region_rng, views
+        self.z_spacing = float(vol.pixdim[2]) if hasattr(vol, "pixdim") else 1.0
+        self.coverage: list[bool] = []  # per positive with a lesion mask: does some view show the lesion?
         self.name = str(row["VolumeName"])
         self.depth = vol.shape[-1]
         self.has_masks = masks is not None
@@ -52,8 +57,17 @@ class VolumeQuestions:
         self.roi_kind: dict[str, str] = {}  # presence id -> "mask" (mask or decoy box) or "anatomy"
         self.by_label = findings_by_label(findings, masks)
 
-    def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why):
-        """Append one record (checked by ``check_record``); its id numbers the volume's questions in order."""
+    def add(self, qtype: str, question: str, answer: str, options: list[str], k: int, roi, source, label, why,
+            region: str | None = None):  # fmt: skip
+        """Append one record (checked by ``check_record``); its id numbers the volume's questions in order.
+        ``region``: where the source looks for the question's other views (presence and abnormality only)."""
+        views = None
+        if region is not None and self.views is not None and self.views.active:
+            views, evidence = self.candidate_views(qtype, label, region, (k, roi))
+            why = f"Evidence: View {evidence}. {why}"
+        if region is not None and label in self.by_label and answer != "no":
+            shown = views or [{"shows_lesion": shows_lesion(self.lesion(label), k, 0.0, self.z_spacing)}]
+            self.coverage.append(any(v["shows_lesion"] for v in shown))
         rec = {
             "id": f"{self.name.removesuffix('.nii.gz')}-{qtype}-{len(self.records)}",
             "split": self.split,
@@ -68,9 +82,30 @@ class VolumeQuestions:
             "roi_source": source,
             "abnormality": label,
             "reasoning": why,
+            **({"views": views} if views is not None else {}),
         }
         check_record(rec, self.vol.shape[1:3], f"{self.split} {self.name}")
         self.records.append(rec)
+
+    def lesion(self, label: str) -> np.ndarray | None:
+        """The union of the label's lesion masks (X, Y, Z), or None without one."""
+        masks = [m for _, m in self.by_label.get(label, [])]
+        return np.any(masks, axis=0) if masks else None
+
+    def candidate_views(self, qtype: str, label: str, region: str, primary: tuple[int, list[list[int]]]
+                        ) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+        """(the record's ``views``, the evidence view's number): the question's own view first, then the source's
+        candidates (never from lesion masks), ``min_distance_mm`` apart; the evidence is the first view whose slab
+        meets the lesion, else the question's own view."""
+        spec = self.views
+        min_slices = spec.min_slices(self.z_spacing)
+        query = ROIQuery(self.vol, self.name, self.row, self.root, label, region)
+        where = f"{self.split} {self.name} {label}"
+        extra = [check_proposal(p, self.vol, where) for p in self.source.propose_many(query, spec.k + 1, min_slices)]
+        chosen = spaced([primary, *((p.slice_index, p.boxes) for p in extra)], spec.k, min_slices)
+        views = make_views(chosen, spec, self.z_spacing, spec.projection_for(qtype, label), self.lesion(label))
+        own = next(i for i, v in enumerate(views, start=1) if v["slice_index"] == primary[0])
+        return views, next((i for i, v in enumerate(views, start=1) if v["shows_lesion"]), own)
 
     def propose(self, label: str, region: str, lesion: np.ndarray | None = None) -> ROIProposal | None:
         """The ROI source's proposal, checked (slice in the volume, boxes inside the slice, none empty)."""
@@ -117,12 +152,13 @@ class VolumeQuestions:
     def presence(self, label: str, present: bool) -> None:
         """One presence question: a positive's view, else a decoy, the source's box or an anatomy box."""
         question = f"Is there {phrase(label)} in this CT slice?"
-        decoy, proposal = None, None
+        decoy, proposal, region = None, None, report_region(label, self.row)
         lesion_like = self.source.uses_lesion_masks and self.has_masks
         if not present and lesion_like and self.rng.random() < self.stats.p_decoy(label):
             decoy = self.decoy_view(label)
         if not present and decoy is None:
-            proposal = self.propose(label, self.stats.sample_region(label, self.region_rng))
+            region = self.stats.sample_region(label, self.region_rng)
+            proposal = self.propose(label, region)
         if present:
             k, boxes, source, why = self.positive_view(label)
             kind = source
@@ -136,7 +172,8 @@ class VolumeQuestions:
             place = "cardiac region" if region == "heart" else "both lung fields"
             why = f"Global: {place}, {zone(k, self.depth)} level. Zoom: {NORMAL[region]}."
             source = kind = "anatomy"
-        self.add("presence", question, "yes" if present else "no", ["yes", "no"], k, boxes, source, label, why)
+        answer = "yes" if present else "no"
+        self.add("presence", question, answer, ["yes", "no"], k, boxes, source, label, why, region)
         self.roi_kind[self.records[-1]["id"]] = kind
 
     def abnormality(self, present: list[str], askable: list[str]) -> None:
@@ -150,4 +187,4 @@ class VolumeQuestions:
         self.rng.shuffle(options)
         k, boxes, source, why = self.positive_view(label)
         question = "Which abnormality is shown in the highlighted region of this CT slice?"
-        self.add("abnormality", question, label, options, k, boxes, source, label, why)
+        self.add("abnormality", question, label, options, k, boxes, source, label, why, report_region(label, self.row))

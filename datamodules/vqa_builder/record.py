@@ -31,14 +31,18 @@ def check_record(rec: Mapping[str, Any], shape_xy: tuple[int, int], where: str) 
     ``shape_xy`` is the volume's in-plane (X, Y) size, so a slice has Y rows and X columns. Raises
     ``BadSampleError`` naming ``where`` and the field.
     """
-    if tuple(rec) != VQA_KEYS:
-        raise BadSampleError(f"{where}: keys {list(rec)} differ from {list(VQA_KEYS)}")
+    if tuple(rec) not in (VQA_KEYS, (*VQA_KEYS, "views")):
+        raise BadSampleError(f"{where}: keys {list(rec)} differ from {list(VQA_KEYS)} (+ 'views')")
     if rec["answer"] not in rec["options"]:
         raise BadSampleError(f"{where}: field 'answer' {rec['answer']!r} is not one of {rec['options']}")
     width, height = int(shape_xy[0]), int(shape_xy[1])
     if not rec["roi"]:
         raise BadSampleError(f"{where}: field 'roi' is empty")
-    for box in rec["roi"]:
-        problem = box_problem(box, height, width)
-        if problem is not None:
-            raise BadSampleError(f"{where}: field 'roi' {problem}")
+    for field, boxes in [
+        ("roi", rec["roi"]),
+        *((f"views[{i}].roi", v["roi"]) for i, v in enumerate(rec.get("views", []))),
+    ]:
+        for box in boxes:
+            problem = box_problem(box, height, width)
+            if problem is not None:
+                raise BadSampleError(f"{where}: field '{field}' {problem}")

@@ -82,7 +82,7 @@ def test_ask_answers_and_saves_the_image(tmp_path, synthetic_root, tiny_model_di
 
 def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, tiny_model_dir):
     from datamodules.anatomy_masks import anatomy_masks
-    from datamodules.roi_sources import region_proposal
+    from datamodules.roi_sources import region_proposals
 
     volume = tmp_path / "my_ct.nii.gz"
     hu = write_ct(volume)
@@ -101,7 +101,7 @@ def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, 
     args = ["ask", "--config", EVAL, "--config", str(tmp_path / "o.yaml"), "--volume", str(volume)]
     main([*args, "--question", question, "--abnormality", "Lung nodule", "--out_dir", str(out)])
     answer = json.loads((out / "answer.json").read_text())
-    expected = region_proposal(anatomy_masks(hu)["right lower lobe"], "anatomy", "right lower lobe")
+    expected = region_proposals(anatomy_masks(hu)["right lower lobe"], "anatomy", "right lower lobe")[0]
     assert answer["roi_source"] == "anatomy"
     assert (answer["slice_index"], answer["roi"]) == (expected.slice_index, expected.boxes)
     assert answer["roi"][0][2] <= 64  # patient's right = image left
