@@ -83,6 +83,24 @@ def bench_datamodule(model_dir: str | Path, data_dir: str | Path, batch_size: in
     return CTVQADataModule(**{**settings, **overrides})
 
 
+def bench_grpo_module(model_dir: str | Path, num_generations: int, length: int, module_class: Any = None) -> Any:
+    """A ``GRPOModule`` (or ``module_class``) with configs/grpo.yaml's loss and rewards (beta 0.04 with a frozen
+    reference, dapo, epsilon_high 0.28, micro-batches of 32 completions), seeded sampling and no completion logs."""
+    from lightning_modules.grpo import GRPOModule
+    from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
+
+    return (module_class or GRPOModule)(
+        model_path=str(model_dir),
+        generation=GenerationArgs(num_generations=num_generations, sampling_seed=0),
+        max_new_tokens=length,
+        loss=LossArgs(beta=0.04, epsilon_high=0.28),
+        learning_rate=2e-5,
+        rewards=RewardArgs(reward_weights=[1.0, 0.5, 0.5]),
+        micro_batch_size=32,
+        logging=LoggingArgs(log_completions_every_n_steps=0),
+    )
+
+
 # --accelerator / --precision of the comparisons: Lightning's precision names, and what the Hugging Face side
 # (Trainer, TRL) runs for each. bf16-mixed = fp32 weights under bf16 autocast, as TrainingArguments(bf16=True).
 PRECISIONS = ("32-true", "bf16-mixed")

@@ -136,16 +136,16 @@ def stage_times(data_dir: Path, model_dir: Path, threads: int | None, reps: int)
     dm.setup("fit")
     ds = dm.datasets["train"]
     records, processor = ds.records, ds.processor
-    window, zoom, resize = ds.transform.transforms
-    paths = ds.volumes.paths["train"]
+    window, zoom, resize = ds.renderer.transform.transforms
+    paths = ds.renderer.volumes.paths["train"]
     names = sorted({r["volume_name"] for r in records})
     ms: dict[str, float] = {}
 
     ms["load NIfTI → HU (cold)"] = _ms_per_call(lambda n: load_ct_volume(paths.volume(n), ds.metadata[n]), names, 1)
     for n in names:
-        ds.volumes.get(n, ds.metadata[n])
-    ms["VolumeCache hit (warm)"] = _ms_per_call(lambda n: ds.volumes.get(n, ds.metadata[n]), names, reps * 20)
-    volumes = {n: ds.volumes.get(n, ds.metadata[n]) for n in names}
+        ds.renderer.volumes.get(n, ds.metadata[n])
+    ms["VolumeCache hit (warm)"] = _ms_per_call(lambda n: ds.renderer.volumes.get(n, ds.metadata[n]), names, reps * 20)
+    volumes = {n: ds.renderer.volumes.get(n, ds.metadata[n]) for n in names}
     ms["axial slice"] = _ms_per_call(lambda r: axial_slice(volumes[r["volume_name"]], r["slice_index"]), records, reps)
     slices = [
         {"image": torch.as_tensor(axial_slice(volumes[r["volume_name"]], r["slice_index"])), "roi": r["roi"]}
@@ -184,10 +184,10 @@ def stage_times(data_dir: Path, model_dir: Path, threads: int | None, reps: int)
     samples = [[ds[i] for i in b] for b in batches]
     ms["collate (per sample)"] = _ms_per_call(collate, samples, reps) / BATCH_SIZE
     ms["__getitem__ + collate (warm)"] = _ms_per_call(lambda b: collate([ds[i] for i in b]), batches, reps) / BATCH_SIZE
-    warm_cache = ds.volumes
-    ds.volumes = VolumeCache(data_dir, 0)  # size 0: every sample decodes its volume
+    warm_cache = ds.renderer.volumes
+    ds.renderer.volumes = VolumeCache(data_dir, 0)  # size 0: every sample decodes its volume
     ms["__getitem__ + collate (cold)"] = _ms_per_call(lambda b: collate([ds[i] for i in b]), batches, 1) / BATCH_SIZE
-    ds.volumes = warm_cache
+    ds.renderer.volumes = warm_cache
 
     path, meta = big_volume(data_dir, ds.metadata[names[0]])
     big: dict[str, float] = {}

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     add_device_arguments,
     bench_datamodule,
+    bench_grpo_module,
     bench_trainer,
     machine,
     peak_gpu_mib,
@@ -154,8 +155,6 @@ def run_cell(
     """One GRPO fit of 1 warm-up + ``steps`` steps; per-step means of the measured steps."""
     import lightning as L
 
-    from rl.config import GenerationArgs, LoggingArgs, LossArgs, RewardArgs
-
     class StepClock(L.Callback):
         """Wall time of each training step; resets the module's part timers after the warm-up step."""
 
@@ -173,16 +172,7 @@ def run_cell(
     L.seed_everything(0, verbose=False)
     # every cell sees the same prompts in the same order
     dm = bench_datamodule(model_dir, data_dir, prompts, shuffle=False)
-    module = timed_module_class()(
-        model_path=str(model_dir),
-        generation=GenerationArgs(num_generations=num_generations, sampling_seed=0),
-        max_new_tokens=length,
-        loss=LossArgs(beta=0.04, epsilon_high=0.28),
-        learning_rate=2e-5,
-        rewards=RewardArgs(reward_weights=[1.0, 0.5, 0.5]),
-        micro_batch_size=32,
-        logging=LoggingArgs(log_completions_every_n_steps=0),
-    )
+    module = bench_grpo_module(model_dir, num_generations, length, timed_module_class())
     clock = StepClock()
     trainer = bench_trainer(1 + steps, [clock], accelerator=accelerator, precision=precision)
     trainer.fit(module, dm)

@@ -8,66 +8,32 @@ A source proposes, for one volume and one abnormality, an axial slice and the bo
 - ``CAMROI`` (in ``lightning_modules/roi_classifier.py``, beside the classifier that makes its maps): class
   activation maps of the weakly supervised slice classifier.
 
+``propose_many`` gives K candidate views instead (``datamodules/views.py``): CAM's top slices, slab centres spread
+over a region's depth; lesion masks keep one unless ``MaskROI.extra_views`` hides the lesion's view among another
+source's.
+
 Boxes are ``[x0, y0, x1, y1]`` display pixels of ``axial_slice(volume, slice_index)``, exclusive ends. Every
-proposal goes through ``check_proposal`` (slice in the volume, boxes inside the slice, never empty), and records
+proposal goes through ``check_proposal`` (``roi_proposal.py``: slice in the volume, boxes inside the slice, never
+empty), and records
 say which source made their box (``roi_source``). Region names and the report's location words are read by
 ``anatomy.py``; the HU regions ``AnatomyROI`` boxes are found by ``anatomy_masks.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from datamodules.anatomy import TOTALSEGMENTATOR_STRUCTURES
 from datamodules.anatomy_masks import anatomy_masks
-from datamodules.boxes import box_problem
-from datamodules.ctrate import BadSampleError, CTRATEPaths, bbox_of, largest_component, load_lesion_mask
+from datamodules.ctrate import CTRATEPaths, bbox_of, largest_component, load_lesion_mask
 from datamodules.data_checks import check_mask_grid
+from datamodules.roi_proposal import ROIProposal, ROIQuery, check_proposal
 from datamodules.views import spaced, spread
 
-
-@dataclass(frozen=True)
-class ROIProposal:
-    """Slice and boxes to zoom into, the source that made them and the region they show."""
-
-    slice_index: int
-    boxes: list[list[int]]
-    source: str
-    region: str
-
-
-@dataclass
-class ROIQuery:
-    """What a source may look at: the volume (1, X, Y, Z) HU in LPS, its CT-RATE row, the abnormality asked about,
-    the region the report names for it, and the finding's lesion mask (X, Y, Z) when the builder has one."""
-
-    volume: torch.Tensor
-    volume_name: str
-    row: Mapping[str, Any]
-    root: Path
-    label: str
-    region: str = "lungs"
-    lesion: np.ndarray | None = None
-
-
-def check_proposal(p: ROIProposal, volume: torch.Tensor, where: str) -> ROIProposal:
-    """The proposal itself, if its slice is in the volume and every box is non-empty and inside the slice."""
-    width, height, depth = (int(v) for v in volume.shape[-3:])
-    if not 0 <= p.slice_index < depth:
-        raise BadSampleError(f"{where}: {p.source} ROI slice {p.slice_index} is outside 0..{depth - 1}")
-    if not p.boxes:
-        raise BadSampleError(f"{where}: {p.source} ROI has no box")
-    for box in p.boxes:
-        problem = box_problem(box, height, width)
-        if problem is not None:
-            raise BadSampleError(f"{where}: {p.source} ROI box {problem}")
-    return p
+__all__ = ["AnatomyROI", "MaskROI", "ROIProposal", "ROIQuery", "ROISource", "check_proposal", "region_proposals"]
 
 
 def main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:

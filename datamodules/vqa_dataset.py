@@ -1,4 +1,5 @@
-"""One CT-RATE-VQA record → a zoom-embedded slice image → processor inputs and SFT target ids."""
+"""One CT-RATE-VQA record → its zoom-embedded image(s) (one per candidate view) → processor inputs and SFT target
+ids."""
 
 from __future__ import annotations
 
@@ -10,22 +11,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from monai.transforms import Compose, Resized
-from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
 from common.checkpoint_types import allow_in_checkpoints
-from datamodules.boxes import box_problem
 from datamodules.collate import TOKEN_KEYS
-from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
-from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, ImageCondition
+from datamodules.ctrate import BadSampleError
+from datamodules.image_conditions import ImageCondition
 from datamodules.processor import image_token_id
 from datamodules.prompts import PromptFormat, build_messages, end_of_turn, system_prompt_for, target_text
-from datamodules.record_views import RecordViews
-from datamodules.slabs import axial_slab
-from datamodules.slice_cache import SliceCache
-from datamodules.transforms import HUWindowd, ZoomEmbedd, condition_steps, one_intra_op_thread, to_pil
-from datamodules.views import view_labels, views_of
+from datamodules.record_images import RecordImages
+from datamodules.transforms import one_intra_op_thread, to_pil
+from datamodules.views import view_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +40,8 @@ allow_in_checkpoints(ZoomSpec, old_module="datamodules.ct_vqa")
 
 
 class CTVQADataset(Dataset):
-    """One VQA record → processor inputs for its zoom-embedded slice, plus the SFT target ids.
-
-    Decoded volumes are kept in a small LRU cache because several questions share one volume. ``image_condition``
-    (the visual-reliance audit) shows each question another image (datamodules/image_conditions.py).
+    """One VQA record → processor inputs for its zoom-embedded image(s), plus the SFT target ids. ``renderer``
+    (``datamodules/record_images.py``) makes the images: volumes, slice cache and the audit's image conditions.
     """
 
     def __init__(
@@ -81,90 +75,25 @@ class CTVQADataset(Dataset):
         self.image_token_id = image_token_id(processor)
         self.max_length = max_length
         self.skip_bad_samples = skip_bad_samples
-        self.volumes = VolumeCache(root, volume_cache_size)
-        self.slice_cache = SliceCache(slice_cache_dir, self.volumes) if slice_cache_dir else None
         self.skipped: dict[str, str] = {}  # record id -> problem; a dict so later epochs don't recount
-        steps: list[Any] = [HUWindowd(keys="image", windows=list(windows))]
-        mode = image_condition.name if image_condition is not None else "original"
-        record_mode = mode not in ("original", *PIXEL_CONDITIONS)
-        self.views = RecordViews(image_condition, records, self.volumes, metadata, root) if record_mode else None
-        if zoom is not None:
-            steps.append(
-                ZoomEmbedd(
-                    keys="image",
-                    box_key="roi",
-                    layout=zoom.layout,
-                    margin=zoom.margin,
-                    inset_fraction=zoom.inset_fraction,
-                    out_key="zoomed" if mode in NEEDS_ZOOM else None,
-                )
-            )
-        resize = Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="bilinear")
-        steps += condition_steps(image_condition, steps[-1] if zoom is not None else None, resize)
-        self.transform = Compose(steps)
+        self.renderer = RecordImages(records, root, metadata, windows, zoom, image_size, volume_cache_size,
+                                     slice_cache_dir, image_condition)  # fmt: skip
         self.end_of_turn = end_of_turn(processor.tokenizer)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def images(self, record: dict[str, Any]) -> list[torch.Tensor]:
-        """The (3, H, W) images in [0, 1] the model sees for this record, one per view (``datamodules/views.py``;
-        a single-slice record has one). Raises BadSampleError naming the record's line and the bad field."""
-        if self.views is not None:
-            record = self.views.view(record)[0]
-        many = bool(record.get("views"))
-        out = []
-        for i, view in enumerate(views_of(record)):
-            hu = self.hu_view(record, view)
-            height, width = hu.shape
-            for box in view["roi"]:
-                if (problem := box_problem(box, height, width)) is not None:
-                    field = f"views[{i}].roi" if many else "roi"
-                    raise BadSampleError(f"{record['_where']}: field '{field}' {problem} of {record['volume_name']}")
-            out.append(self.render(hu, view["roi"]))
-        return out
+        """The (3, H, W) images in [0, 1] the model sees for this record, one per view (``RecordImages.images``)."""
+        return self.renderer.images(record)
 
     def image(self, record: dict[str, Any]) -> torch.Tensor:
         """The record's images as one (3, H, K·W) picture, views side by side (what case reports save)."""
         return torch.cat(self.images(record), dim=-1)
 
-    def hu_view(self, record: dict[str, Any], view: dict[str, Any]) -> np.ndarray:
-        """One view's HU image: its slice (``hu_slice``), or the projection of its slab (``datamodules/slabs.py``)."""
-        if not view["slab_mm"]:
-            return self.hu_slice({**record, "slice_index": view["slice_index"]})
-        volume = self.volumes.get(record["volume_name"], self.metadata.get(record["volume_name"]))
-        z_spacing = float(volume.pixdim[2]) if hasattr(volume, "pixdim") else 1.0
-        try:
-            return axial_slab(volume, view["slice_index"], view["slab_mm"], z_spacing, view["projection"])
-        except BadSampleError as e:
-            raise BadSampleError(f"{record['_where']}: field 'views': {e} ({record['volume_name']})") from e
-
-    def hu_slice(self, record: dict[str, Any]) -> np.ndarray:
-        """The record's axial slice in HU: from the slice cache on disk when there is one, else cut from its
-        (memory-cached) volume."""
-        name = record["volume_name"]
-        meta = self.metadata.get(name)
-        if self.slice_cache is None:
-            return self._cut(record, meta)
-        return self.slice_cache.get(name, meta, record["slice_index"], lambda: self._cut(record, meta))
-
-    def _cut(self, record: dict[str, Any], meta: dict[str, Any] | None) -> np.ndarray:
-        volume = self.volumes.get(record["volume_name"], meta)
-        depth = volume.shape[-1]
-        if not 0 <= record["slice_index"] < depth:
-            raise BadSampleError(
-                f"{record['_where']}: field 'slice_index' {record['slice_index']} is outside the volume's "
-                f"{depth} slices ({record['volume_name']})"
-            )
-        return axial_slice(volume, record["slice_index"])
-
     def render(self, slice_hu: np.ndarray, roi: list[list[int]]) -> torch.Tensor:
-        """An axial HU slice and its ROI boxes → the windowed, zoom-embedded, resized (3, H, W) image in [0, 1]."""
-        with one_intra_op_thread():
-            data = self.transform({"image": torch.as_tensor(np.asarray(slice_hu, dtype=np.float32)), "roi": roi})
-            # A plain tensor: Resized returns a MetaTensor, whose every later op (here, to_pil) pays for bookkeeping
-            # of metadata that the 2D image does not use (a tenth of a sample's time; same values).
-            return convert_to_tensor(data["image"], track_meta=False).float().clamp(0, 1)
+        """An axial HU image and its ROI boxes → the (3, H, W) image in [0, 1] (``RecordImages.render``)."""
+        return self.renderer.render(slice_hu, roi)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         # Indices past the end are padding from EvenEvalSampler: a repeat, flagged so metrics skip it.

@@ -124,7 +124,8 @@ def read_vqa_jsonl(
 
     Returns (records, problems). A bad line raises ``BadSampleError`` naming file, line and field, unless
     ``skip_bad`` is set, in which case it is left out and its message is returned in ``problems``. ``reasoning`` is
-    optional (missing: ``""``, an answer-only question); a trace that is there is kept as written. Besides each
+    optional (missing: ``""``, an answer-only question); a trace that is there is kept as written. ``views`` is
+    optional too (candidate views, ``datamodules/views.py``), each view checked field by field. Besides each
     field's type: ids are unique in the file; the answer is not empty and, with options, denotes one of them by
     text, letter or both (``rewards.parsing.option_index``); options are distinct as answers; a presence
     answer is yes or no; ``patient_id`` and ``split`` are those of ``volume_name``, and with ``split`` given, every

@@ -24,6 +24,11 @@ may still differ between yes and no (an enlarged heart has a larger heart box): 
 so it is evidence the deployed pipeline has too, not the label leaking. Location, size and count questions keep
 their lesion boxes: their answers come from those masks.
 
+With ``--views`` (``datamodules/views.py``) presence and abnormality questions show K candidate views instead of one
+slice: the view chosen as above, then the source's ``propose_many`` (CAM's next-best slices, slab centres spread
+over the named region), at least ``min_distance_mm`` apart, in z order, optionally as thin slab projections.
+Negatives get them exactly as positives. K = 1 without slabs writes the same files as without ``--views``.
+
 Modules, one job each: ``report_text`` (report words → labels, regions), ``geometry`` (slices, sides, anatomy
 boxes), ``decoys`` (decoy boxes of negatives), ``templates`` (the questions' words), ``record`` (keys and the
 builder-side check), ``questions`` and ``lesion_questions`` (one volume's questions), ``balance`` (presence

@@ -108,7 +108,7 @@ def test_conditions_in_the_dataset(synthetic_root, tiny_model_dir, name):
         if name == "blank":
             assert torch.all(image == image.flatten()[0])
             continue
-        shown, status = ds.views.view(record)
+        shown, status = ds.renderer.views.view(record)
         if name == "wrong_region":
             assert status == "moved" and shown["slice_index"] == record["slice_index"]
             path = CTRATEPaths(synthetic_root).lesion_mask(record["volume_name"])

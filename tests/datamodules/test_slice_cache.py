@@ -44,7 +44,7 @@ def test_cached_slices_give_the_same_images_and_skip_decoding(root_copy, tiny_mo
     second = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]  # a later run
     for record in records:
         assert torch.equal(second.image(record), plain.image(record))
-    assert not second.volumes._volumes  # every slice came from disk: no volume was decoded
+    assert not second.renderer.volumes._volumes  # every slice came from disk: no volume was decoded
 
 
 def test_a_replaced_volume_or_changed_metadata_is_decoded_again(root_copy, tiny_model_dir, tmp_path):
@@ -53,19 +53,19 @@ def test_a_replaced_volume_or_changed_metadata_is_decoded_again(root_copy, tiny_
     make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"].image(record)
 
     dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
-    volume = dataset.volumes.path(record["volume_name"])
+    volume = dataset.renderer.volumes.path(record["volume_name"])
     stat = volume.stat()
     os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced
     dataset.image(record)
-    assert record["volume_name"] in dataset.volumes._volumes
+    assert record["volume_name"] in dataset.renderer.volumes._volumes
 
     dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
-    before = dataset.hu_slice(record)
+    before = dataset.renderer.hu_slice(record)
     dataset.metadata[record["volume_name"]] = {**dataset.metadata[record["volume_name"]], "RescaleIntercept": -1000}
-    dataset.volumes._volumes.clear()
-    shifted = dataset.hu_slice(record)
+    dataset.renderer.volumes._volumes.clear()
+    shifted = dataset.renderer.hu_slice(record)
     assert not np.array_equal(shifted, before)
-    assert record["volume_name"] in dataset.volumes._volumes  # another metadata row: decoded, not read stale
+    assert record["volume_name"] in dataset.renderer.volumes._volumes  # another metadata row: decoded, not read stale
     assert len(list((cache / record["volume_name"]).iterdir())) == 3
 
 
@@ -81,21 +81,23 @@ def test_a_bad_volume_is_never_cached_and_a_bad_cached_slice_is_cut_again(root_c
     cache = tmp_path / "slices"
     dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
     record = dataset.records[0]
-    good = dataset.hu_slice(record)
+    good = dataset.renderer.hu_slice(record)
     (stored,) = cache.rglob("*.npy")
     stored.write_bytes(stored.read_bytes()[:50])  # a truncated entry
-    dataset.volumes._volumes.clear()
-    np.testing.assert_array_equal(dataset.hu_slice(record), good)  # cut again from the volume, and stored again
+    dataset.renderer.volumes._volumes.clear()
+    np.testing.assert_array_equal(
+        dataset.renderer.hu_slice(record), good
+    )  # cut again from the volume, and stored again
     assert np.load(stored).shape == good.shape
     np.save(stored, np.full(good.shape, np.nan, np.float32))  # an entry of a volume refused today
-    np.testing.assert_array_equal(dataset.hu_slice(record), good)
+    np.testing.assert_array_equal(dataset.renderer.hu_slice(record), good)
 
-    volume = dataset.volumes.path(record["volume_name"])
+    volume = dataset.renderer.volumes.path(record["volume_name"])
     img = nib.load(volume)
     arr = np.asarray(img.dataobj).astype(np.float32)
     arr[:40, :40, :] = np.nan
     nib.save(nib.Nifti1Image(arr, img.affine), volume)
     dataset = make(root_copy, tiny_model_dir, slice_cache_dir=str(cache)).datasets["train"]
     with pytest.raises(BadSampleError, match=f"{record['volume_name']}: holds NaN or infinite values"):
-        dataset.hu_slice(record)
+        dataset.renderer.hu_slice(record)
     assert list(cache.rglob("*.npy")) == [stored]  # the replaced volume's key has no slice

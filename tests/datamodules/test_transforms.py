@@ -404,24 +404,24 @@ def test_monai_windowing_gives_the_same_model_inputs_on_the_synthetic_data(synth
         def __call__(self, data: dict) -> dict:
             return {**data, "image": reference_window(data["image"], windows)}
 
-    new_transform = ds.transform
+    new_transform = ds.renderer.transform
     old_transform = Compose([ReferenceWindowd(), *new_transform.transforms[1:]])
     worst = 0.0
     for record in ds.records:
-        hu = ds.hu_slice(record)
+        hu = ds.renderer.hu_slice(record)
         windowed = HUWindow(windows)(hu)
         worst = max(worst, float((windowed - reference_window(hu, windows)).abs().max()))
         assert torch.equal(windowed, reference_window(hu, windows))
-        ds.transform = new_transform
+        ds.renderer.transform = new_transform
         new = ds.image(record)
-        ds.transform = old_transform
+        ds.renderer.transform = old_transform
         old = ds.image(record)
         assert torch.equal(new, old)
         assert np.array_equal(np.asarray(to_pil(new)), np.asarray(to_pil(old)))
         assert torch.equal(ds.encode(record, new)["pixel_values"], ds.encode(record, old)["pixel_values"])
     # Every axial slice of every volume the split's records use, not only the slices they ask about.
     for name in {record["volume_name"] for record in ds.records}:
-        volume = ds.volumes.get(name, ds.metadata.get(name))
+        volume = ds.renderer.volumes.get(name, ds.metadata.get(name))
         for k in range(volume.shape[-1]):
             hu = axial_slice(volume, k)
             worst = max(worst, float((HUWindow(windows)(hu) - reference_window(hu, windows)).abs().max()))

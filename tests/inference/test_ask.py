@@ -80,28 +80,43 @@ def test_ask_answers_and_saves_the_image(tmp_path, synthetic_root, tiny_model_di
     assert answer["slice_index"] == 5 and answer["roi"] == [[40, 50, 70, 80]] and answer["options"] == []
 
 
+def ask_with_anatomy_source(tmp_path, synthetic_root, tiny_model_dir, args: list[str], **data) -> tuple:
+    """``cli.py ask`` on a phantom volume with ``AnatomyROI`` as the data's ROI source (and ``data`` on top):
+    (the volume's HU, answer.json, the output folder)."""
+    volume = tmp_path / "my_ct.nii.gz"
+    hu = write_ct(volume)
+    source = {"class_path": "datamodules.roi_sources.AnatomyROI"}
+    overlay = {
+        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 4}},
+        "data": {"data_dir": str(synthetic_root), "synthetic": None, "image_size": 56, "roi_source": source, **data},
+    }
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    out = tmp_path / "ask"
+    main(["ask", "--config", EVAL, "--config", str(tmp_path / "o.yaml"), "--volume", str(volume), *args,
+          "--abnormality", "Lung nodule", "--out_dir", str(out)])  # fmt: skip
+    return hu, json.loads((out / "answer.json").read_text()), out
+
+
 def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, tiny_model_dir):
     from datamodules.anatomy_masks import anatomy_masks
     from datamodules.roi_sources import region_proposals
 
-    volume = tmp_path / "my_ct.nii.gz"
-    hu = write_ct(volume)
-    overlay = {
-        "model": {"init_args": {"model_path": str(tiny_model_dir), "max_new_tokens": 4}},
-        "data": {
-            "data_dir": str(synthetic_root),
-            "synthetic": None,
-            "image_size": 56,
-            "roi_source": {"class_path": "datamodules.roi_sources.AnatomyROI"},
-        },
-    }
-    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    out = tmp_path / "ask"
     question = "Is there a lung nodule in the right lower lobe?"
-    args = ["ask", "--config", EVAL, "--config", str(tmp_path / "o.yaml"), "--volume", str(volume)]
-    main([*args, "--question", question, "--abnormality", "Lung nodule", "--out_dir", str(out)])
-    answer = json.loads((out / "answer.json").read_text())
+    hu, answer, _ = ask_with_anatomy_source(tmp_path, synthetic_root, tiny_model_dir, ["--question", question])
     expected = region_proposals(anatomy_masks(hu)["right lower lobe"], "anatomy", "right lower lobe")[0]
     assert answer["roi_source"] == "anatomy"
     assert (answer["slice_index"], answer["roi"]) == (expected.slice_index, expected.boxes)
     assert answer["roi"][0][2] <= 64  # patient's right = image left
+
+
+def test_ask_shows_the_sources_candidate_views_on_a_volume_without_masks(tmp_path, synthetic_root, tiny_model_dir):
+    from datamodules.anatomy_masks import anatomy_masks
+    from datamodules.roi_sources import region_proposals
+
+    args = ["--question", "Is there a lung nodule?", "--options", '["yes", "no"]']
+    views = {"k": 3, "min_distance_mm": 20, "slab_mm": 10}
+    hu, answer, out = ask_with_anatomy_source(tmp_path, synthetic_root, tiny_model_dir, args, views=views)
+    expected = region_proposals(anatomy_masks(hu)["lungs"], "anatomy", "lungs", 3, 4)  # 20 mm at 5 mm slices
+    assert sorted(v["slice_index"] for v in answer["views"]) == sorted(p.slice_index for p in expected)
+    assert all(v["slab_mm"] == 10.0 and v["projection"] == "max" and v["shows_lesion"] is None for v in answer["views"])
+    assert Image.open(out / "image.png").size == (3 * 56, 56)  # the three views side by side

@@ -145,3 +145,13 @@ def test_fit_checkpoint_propose(tmp_path, synthetic_root):
     paths = build_vqa(synthetic_root, tmp_path / "vqa-cam", seed=0, roi_source=source)
     recs = [json.loads(line) for p in paths.values() for line in p.read_text().splitlines()]
     assert {r["roi_source"] for r in recs if r["question_type"] in ("presence", "abnormality")} == {"cam"}
+
+    # K candidate views: the classifier's top slices for the label, best first, at least min_slices apart.
+    query = ROIQuery(volume, row["VolumeName"], row, synthetic_root, "Lung nodule")
+    many = source.propose_many(query, 3, 4)
+    slices = [v.slice_index for v in many]
+    assert len(many) == 3 and slices[0] == k and many[0].boxes == [[x0, y0, x1, y1]]
+    assert all(abs(a - b) >= 4 for i, a in enumerate(slices) for b in slices[i + 1 :])
+    logits = module.volume_maps(volume)[0][:, module.labels.index("Lung nodule")]
+    assert logits[slices[0]] >= logits[slices[1]] >= logits[slices[2]]
+    assert all(logits[s] <= logits[slices[1]] for s in range(depth) if s != slices[0] and abs(s - slices[0]) >= 4)

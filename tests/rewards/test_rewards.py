@@ -381,3 +381,25 @@ def test_score_completions_accepts_array_and_tensor_outputs():
     scores, errors = score_completions([as_array, as_tensor], ["a", "b"], {}, on_error="none")
     assert scores[:, 0].tolist() == [0.5, 0.5] and scores[0, 1].item() == 1.0
     assert math.isnan(scores[1, 1].item()) and errors["as_tensor"] == 1
+
+
+def test_evidence_view_reward_pays_a_named_lesion_view_only_with_the_right_answer():
+    from rewards.evidence import evidence_view_reward, named_view
+
+    views = [{"shows_lesion": False}, {"shows_lesion": True}, {"shows_lesion": False}]
+    right = "<think>Evidence: View 2. A round opacity.</think><answer>yes</answer>"
+    completions = [
+        right,
+        "<think>View 1 looks clear.</think><answer>yes</answer>",  # names a view without the lesion
+        "<think>Evidence: View 2.</think><answer>no</answer>",  # the right view, the wrong answer
+        "<think>No view named.</think><answer>yes</answer>",
+        "<think>Evidence: View 9.</think><answer>yes</answer>",  # no such view
+        right,  # the true answer is no: nothing to point at
+        right,  # no lesion mask: not applicable
+        right,  # a single-slice question
+    ]
+    answers = ["yes"] * 5 + ["no", "yes", "yes"]
+    shown = [views] * 6 + [[{"shows_lesion": None}] * 3, None]
+    got = evidence_view_reward(completions, answers, [["yes", "no"]] * 8, shown)
+    assert got == [1.0, 0.0, 0.0, 0.0, 0.0, None, None, None]
+    assert named_view("the evidence is view 3, then View 1") == 3 and named_view("overview 2") is None

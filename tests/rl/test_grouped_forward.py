@@ -11,7 +11,7 @@ from datamodules.processor import load_processor
 from models.loading import load_model
 from rl.grouped_forward import chunked_head_logps, completion_logits, grouped_completion_logits, grouped_forward
 from rl.loss import token_logps_and_entropy
-from rl.prompt_batch import repeat_prompts, select_rows
+from rl.prompt_batch import image_rows, repeat_prompts, select_rows
 from rl.sampling import SamplingConfig, end_token_ids, eval_mode, sample_completions, special_token_ids
 
 
@@ -86,9 +86,9 @@ def check_grouped_against_full_rows(model, batch, rollout, rows: slice) -> None:
         # Summation order differs (G rows' contributions are added up in backward): float32 noise, ~1e-6 of ~10.
         torch.testing.assert_close(grouped_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
     start, stop, _ = rows.indices(rollout.completion_ids.size(0))
-    per_image = batch["image_grid_thw"].prod(-1).tolist()
-    assert grouped_patches == [sum(per_image[start // g : (stop - 1) // g + 1])]  # each prompt's image once
-    assert full_patches == [sum(per_image[i // g] for i in range(start, stop))]
+    per_prompt = image_rows(batch, "pixel_values")  # patches of each prompt's images (one or several views)
+    assert grouped_patches == [sum(per_prompt[start // g : (stop - 1) // g + 1])]  # each prompt's images once
+    assert full_patches == [sum(per_prompt[i // g] for i in range(start, stop))]
 
 
 def _saving_bytes(saved: list[int]):
