@@ -88,6 +88,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/grpo_scaling.py
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/views.py
 
 # The same comparisons on one GPU, bf16 autocast on both sides (record the numbers in benchmarks/README.md).
 bench-gpu: $(VENV)/.bench-installed

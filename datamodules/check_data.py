@@ -14,7 +14,8 @@ on. The checks:
 - ``volumes``: every volume in the metadata is on disk, ``load_ct_volume`` reads it, its values are finite and its
   HU range is plausible (``AIR_HU``, ``MIN_HU``, ``MAX_HU``), and its lesion mask, if any, lies on its grid;
 - ``vqa``: ``<vqa_dir>/<split>.jsonl`` lines are well-formed, name a volume of that split's metadata and its patient;
-- ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``).
+- ``roi``: ``slice_index`` within the volume's depth and every box inside the axial slice (as ``CTVQADataset``), for
+  each candidate view too.
 
 No patient can be in two splits: a patient id is its split plus its number (``train_12``), every table lists only
 volumes of its own split, and every VQA record's ``patient_id`` and ``split`` are those of its volume and file.
@@ -291,13 +292,15 @@ class _Checker:
         where, line = _where(record)
         width, height, depth = shape  # axial_slice(vol, k) is vol[0, :, :, k].T: rows = Y, columns = X
         name = record["volume_name"]
-        if not 0 <= record["slice_index"] < depth:
-            message = f"{record['slice_index']} is outside the volume's {depth} slices ({name})"
-            self.add("roi", where, message, line, "slice_index")
-        for box in record["roi"]:
-            problem = box_problem(box, height, width)
-            if problem is not None:
-                self.add("roi", where, f"{problem} of {name}", line, "roi")
+        views = [("", record), *((f"views[{i}].", v) for i, v in enumerate(record.get("views") or []))]
+        for prefix, view in views:  # the record's own slice, then each candidate view's (datamodules/views.py)
+            if not 0 <= view["slice_index"] < depth:
+                message = f"{view['slice_index']} is outside the volume's {depth} slices ({name})"
+                self.add("roi", where, message, line, f"{prefix}slice_index")
+            for box in view["roi"]:
+                problem = box_problem(box, height, width)
+                if problem is not None:
+                    self.add("roi", where, f"{problem} of {name}", line, f"{prefix}roi")
 
 
 def check_data(

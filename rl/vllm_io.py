@@ -69,6 +69,12 @@ def vllm_prompts(batch: dict[str, Any], image_token_id: int) -> list[dict[str, A
     return rows
 
 
+def images_per_prompt(module: Any) -> int:
+    """The most images one prompt holds: the datamodule's candidate views (``datamodules/views.py``), else one."""
+    views = getattr(getattr(module.trainer, "datamodule", None), "hparams", {}).get("views")
+    return views.k if views is not None else 1
+
+
 def named_weights_for_vllm(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under the names of its Hugging Face checkpoint, LoRA merged, one full tensor at a time.
 

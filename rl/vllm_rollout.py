@@ -13,13 +13,12 @@ Sampling matches ``SamplingConfig``: temperature, top-p, top-k, the completion b
 tokens, and the special tokens our sampler never emits left out of ``allowed_token_ids``. Rollouts are seeded per
 step as ours are, but vLLM's random stream is its own, so the same seed does not give the same tokens.
 
-This module was written against TRL 1.16's colocate code path and vLLM's sources (V1 engine), and reviewed
-against them: prompts go in with one image placeholder per image (vLLM expands it; the processor's expanded run
-would be expanded again, silently), the stop token stays in ``token_ids``, and the transformers 5 parameter
-names are mapped by vLLM's Qwen2.5-VL loader (other families: by theirs, unreviewed; MoE models' fused expert
-weights in particular may not map). The project's machines have no vLLM (and no GPU in CI), so only the
-parts that do not need vLLM are tested: turning vLLM's outputs into a ``Rollout``, the prompts it is given and
-the weights it is sent (``rl/vllm_io.py``), and GRPO training on an engine's tokens (``tests/rl/test_vllm_rollout.py``).
+Written against TRL 1.16's colocate path and vLLM's sources (V1 engine), and reviewed against them: one image
+placeholder per image (vLLM expands it; an expanded run would be expanded twice, silently), up to ``data.views.k``
+images per prompt, the stop token kept in ``token_ids``, transformers 5 names mapped by vLLM's Qwen2.5-VL loader
+(other families: theirs, unreviewed; MoE fused expert weights may not map). No machine here has vLLM, so only what
+needs no vLLM is tested: vLLM's outputs as a ``Rollout``, its prompts and weights (``rl/vllm_io.py``), and GRPO
+training on an engine's tokens (``tests/rl/test_vllm_rollout.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rl.sampling import Rollout, SamplingConfig
-from rl.vllm_io import completion_tokens, named_weights_for_vllm, rollout_from_token_lists, vllm_prompts
+from rl.vllm_io import (
+    completion_tokens,
+    images_per_prompt,
+    named_weights_for_vllm,
+    rollout_from_token_lists,
+    vllm_prompts,
+)
 
 if TYPE_CHECKING:
     from lightning_modules.grpo import GRPOModule
@@ -128,9 +133,9 @@ class VLLMRollout:
             distributed_executor_backend="external_launcher",
             seed=trainer.global_rank,
             enable_prefix_caching=True,
+            limit_mm_per_prompt={"image": images_per_prompt(module)},  # vLLM's default is one image
+            **({"max_num_seqs": self.max_num_seqs} if self.max_num_seqs is not None else {}),
         )
-        if self.max_num_seqs is not None:
-            kwargs["max_num_seqs"] = self.max_num_seqs
         self.llm = LLM(**kwargs)
         if self.enable_sleep_mode:
             self.llm.sleep(level=2)  # weights and KV cache freed; the weights are sent again at the next rollout

@@ -344,3 +344,16 @@ def test_nan_volume_is_refused_naming_the_file(small_root: Path) -> None:
         f"{display_path(paths.volume(name))}: holds NaN or infinite values (51200 of 524288 voxels; "
         "outside the field of view?)"
     )
+
+
+def test_candidate_views_are_checked_like_the_records_own_slice(small_root: Path) -> None:
+    path = small_root / "vqa" / "train.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    record = records[0]
+    view = {"slice_index": record["slice_index"], "roi": record["roi"], "z_mm": 0.0, "slab_mm": 0.0,
+            "projection": "max", "shows_lesion": None}  # fmt: skip
+    bad = [view, {**view, "slice_index": 40}, {**view, "roi": [[0, 0, 200, 10]]}]  # 32 slices of 128×128
+    path.write_text("\n".join(json.dumps(r) for r in [{**record, "views": bad}, *records[1:]]) + "\n")
+    roi = {(p.line, p.field): p.message for p in cd.check_data(small_root) if p.check == "roi"}
+    assert set(roi) == {(1, "views[1].slice_index"), (1, "views[2].roi")}
+    assert "32 slices" in roi[1, "views[1].slice_index"] and "128×128 slice" in roi[1, "views[2].roi"]

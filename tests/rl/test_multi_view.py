@@ -85,3 +85,19 @@ def test_vllm_gets_one_placeholder_per_image(views_batch, tiny_model_dir):
     for row, counts in zip(vllm_prompts(batch, image_id), batch[IMAGE_COUNTS].tolist(), strict=True):
         images = row["multi_modal_data"]["image"]
         assert row["prompt_token_ids"].count(image_id) == counts == (len(images) if isinstance(images, list) else 1)
+
+
+def test_vllm_engine_allows_as_many_images_as_the_data_has_views(tiny_model_dir):
+    import lightning as L
+
+    from datamodules.ct_vqa import CTVQADataModule
+    from lightning_modules.grpo import GRPOModule
+    from rl.vllm_io import images_per_prompt
+
+    module = GRPOModule(model_path=str(tiny_model_dir))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    assert images_per_prompt(module) == 1  # no datamodule: one image
+    for views, expected in [(None, 1), (ViewSpec(k=4, slab_mm=10), 4)]:
+        trainer.datamodule = CTVQADataModule(processor_path=str(tiny_model_dir), views=views)
+        assert images_per_prompt(module) == expected
