@@ -63,6 +63,7 @@ views: install
 	test -f runs/roi_classifier/checkpoints/last.ckpt || $(PY) cli.py fit --config configs/roi_classifier.yaml
 	$(PY) -m experiments.replicate --config configs/experiments/replication.yaml \
 		--config configs/experiments/views.yaml
+	$(PY) benchmarks/views.py
 	$(PY) -m experiments.views_report --config configs/experiments/replication.yaml \
 		--config configs/experiments/views.yaml
 

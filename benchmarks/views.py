@@ -127,9 +127,10 @@ def main() -> None:
     print(f"{machine()}; {torch.get_num_threads()} intra-op threads")
     start, results = time.perf_counter(), {}
     for name, views in SIDES.items():
-        results[name] = sft_side(data_dir, model_dir, views, steps, args.batch_size)
+        results[name] = {"views": views or {}} | sft_side(data_dir, model_dir, views, steps, args.batch_size)
         results[name] |= grpo_side(data_dir, model_dir, views, steps, args.prompts, args.generations, args.length)
         print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in results[name].items()}, flush=True)
+    # The GRPO step-time and SFT throughput ratios experiments/views_report.py checks the views ablation against.
     base = results["1 slice"]
     rows = [
         [

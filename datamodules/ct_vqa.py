@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 Stage = Literal["train", "val", "test"]
 
 
+def without_digests(spec: Any) -> Any:
+    """A source's ``describe()`` as ``--roi_source`` takes it: file digests (``checkpoint_sha256``) left out, also
+    those of a source nested in another's settings (``MaskROI.extra_views``)."""
+    if isinstance(spec, dict):
+        return {k: without_digests(v) for k, v in spec.items() if k != "checkpoint_sha256"}
+    return spec
+
+
 class CTVQADataModule(L.LightningDataModule):
     """CT-RATE-VQA for training (CT-RATE train split, divided by patient into train/val) and test (CT-RATE valid).
 
@@ -157,11 +165,7 @@ class CTVQADataModule(L.LightningDataModule):
             return
         if synthetic is None:
             # Real CT-RATE: hours of work, not for rank 0 of a training job while the other ranks wait.
-            spec = {
-                k: v
-                for k, v in (self.roi_source.describe() if self.roi_source else {}).items()
-                if k != "checkpoint_sha256"
-            }
+            spec = without_digests(self.roi_source.describe() if self.roi_source else {})
             source = f" --roi_source '{json.dumps(spec)}'" if spec else ""
             if self.hparams.views is not None and self.hparams.views.active:
                 source += f" --views '{json.dumps(asdict(self.hparams.views))}'"

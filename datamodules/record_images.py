@@ -21,7 +21,7 @@ from datamodules.boxes import box_problem
 from datamodules.ctrate import BadSampleError, VolumeCache, axial_slice
 from datamodules.image_conditions import NEEDS_ZOOM, PIXEL_CONDITIONS, ImageCondition
 from datamodules.record_views import RecordViews
-from datamodules.slabs import axial_slab
+from datamodules.slabs import axial_slab, slice_spacing
 from datamodules.slice_cache import SliceCache
 from datamodules.transforms import HUWindowd, ZoomEmbedd, condition_steps, one_intra_op_thread
 from datamodules.views import views_of
@@ -67,11 +67,14 @@ class RecordImages:
         steps += condition_steps(image_condition, steps[-1] if zoom is not None else None, resize)
         self.transform = Compose(steps)
 
+    def shown(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record whose slice(s) and boxes the question is shown: itself, or the audit condition's."""
+        return record if self.views is None else self.views.view(record)[0]
+
     def images(self, record: dict[str, Any]) -> list[torch.Tensor]:
         """The (3, H, W) images in [0, 1] the model sees for this record, one per view (``datamodules/views.py``;
         a single-slice record has one). Raises BadSampleError naming the record's line and the bad field."""
-        if self.views is not None:
-            record = self.views.view(record)[0]
+        record = self.shown(record)
         many = bool(record.get("views"))
         out = []
         for i, view in enumerate(views_of(record)):
@@ -89,9 +92,8 @@ class RecordImages:
         if not view["slab_mm"]:
             return self.hu_slice({**record, "slice_index": view["slice_index"]})
         volume = self.volumes.get(record["volume_name"], self.metadata.get(record["volume_name"]))
-        z_spacing = float(volume.pixdim[2]) if hasattr(volume, "pixdim") else 1.0
         try:
-            return axial_slab(volume, view["slice_index"], view["slab_mm"], z_spacing, view["projection"])
+            return axial_slab(volume, view["slice_index"], view["slab_mm"], slice_spacing(volume), view["projection"])
         except BadSampleError as e:
             raise BadSampleError(f"{record['_where']}: field 'views': {e} ({record['volume_name']})") from e
 

@@ -42,18 +42,31 @@ def main_lesion(mask3d: np.ndarray) -> tuple[int, np.ndarray]:
     return k, largest_component(mask3d[:, :, k].T)
 
 
+def slice_extents(mask3d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A mask (X, Y, Z) → per axial slice its area in voxels (Z,) and the box of its voxels there (Z, 4), as
+    ``bbox_of`` of the slice's display image gives it (garbage where the area is 0). Small enough to cache per
+    volume where the masks are not."""
+
+    def ends(any_along: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (N, Z) → first and one past last True
+        return any_along.argmax(axis=0), any_along.shape[0] - any_along[::-1].argmax(axis=0)
+
+    (x0, x1), (y0, y1) = ends(mask3d.any(axis=1)), ends(mask3d.any(axis=0))
+    return mask3d.sum(axis=(0, 1)), np.stack([x0, y0, x1, y1], axis=1)
+
+
 def region_proposals(
-    mask3d: np.ndarray, source: str, region: str, k: int = 1, min_slices: int = 1
+    mask3d: np.ndarray | tuple[np.ndarray, np.ndarray], source: str, region: str, k: int = 1, min_slices: int = 1
 ) -> list[ROIProposal]:
-    """A region mask (X, Y, Z) → its fullest axial slice, then slab centres spread over the region's depth (up to
-    ``k`` in all, ``min_slices`` apart), each with the box of the region there; empty for an empty mask."""
-    areas = mask3d.sum(axis=(0, 1))
+    """A region mask (X, Y, Z), or its ``slice_extents`` → its fullest axial slice, then slab centres spread over the
+    region's depth (up to ``k`` in all, ``min_slices`` apart), each with the box of the region there; empty for an
+    empty mask."""
+    areas, boxes = slice_extents(mask3d) if isinstance(mask3d, np.ndarray) else mask3d
     if not areas.any():
         return []
     filled = np.flatnonzero(areas)
     candidates = [int(np.argmax(areas)), *spread(int(filled[0]), int(filled[-1]) + 1, k)]
     chosen = spaced([(c, None) for c in candidates if areas[c]], k, min_slices)
-    return [ROIProposal(c, [bbox_of(mask3d[:, :, c].T)], source, region) for c, _ in chosen]
+    return [ROIProposal(c, [[int(v) for v in boxes[c]]], source, region) for c, _ in chosen]
 
 
 class ROISource:
@@ -164,16 +177,18 @@ class AnatomyROI(ROISource):
     def __init__(self, lung_hu: float = -400.0, soft_tissue: tuple[float, float] = (-200.0, 300.0)) -> None:
         self.lung_hu = lung_hu
         self.soft_tissue = tuple(soft_tissue)
-        # One volume's proposal per region (not its masks: a dozen full-size masks of a real CT are ~1 GB).
-        self._cache: tuple[str, dict[str, list[ROIProposal]]] = ("", {})
+        # One volume's per-slice areas and boxes per region (not its masks: a dozen full-size masks of a real CT
+        # are ~1 GB), from which proposals for any K are cheap.
+        self._cache: tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]] = ("", {})
 
     def propose(self, query: ROIQuery) -> ROIProposal | None:
         return next(iter(self.propose_many(query, 1, 1)), None)
 
     def propose_many(self, query: ROIQuery, k: int, min_slices: int) -> list[ROIProposal]:
-        key = f"{query.volume_name}|{k}|{min_slices}"
-        if self._cache[0] != key:
+        if self._cache[0] != query.volume_name:
             masks = anatomy_masks(query.volume.detach().cpu().numpy()[0], self.lung_hu, self.soft_tissue)
-            self._cache = (key, {r: region_proposals(m, self.name, r, k, min_slices) for r, m in masks.items()})
-        proposals = self._cache[1]
-        return proposals[query.region] or proposals["lungs"]
+            self._cache = (query.volume_name, {r: slice_extents(m) for r, m in masks.items()})
+        extents = self._cache[1]
+        return region_proposals(extents[query.region], self.name, query.region, k, min_slices) or region_proposals(
+            extents["lungs"], self.name, "lungs", k, min_slices
+        )

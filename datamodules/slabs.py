@@ -21,11 +21,20 @@ Projection = Literal["max", "mean"]
 PROJECTIONS = ("max", "mean")
 
 
+def slice_spacing(volume: object) -> float:
+    """A volume's slice spacing in mm (a MONAI ``MetaTensor``'s ``pixdim[2]``, as ``load_ct_volume`` returns it);
+    1.0 for an array without one."""
+    pixdim = getattr(volume, "pixdim", None)
+    return float(pixdim[2]) if pixdim is not None else 1.0
+
+
 def slab_range(slice_index: int, depth: int, slab_mm: float, z_spacing: float) -> tuple[int, int]:
-    """Slice indices ``[lo, hi)`` of the slab ``slab_mm`` thick (mm) centred on ``slice_index``, clipped to the
-    volume's ``depth`` slices; one slice when the slab is thinner than two slices' spacing (``z_spacing``, mm)."""
-    half = int(round(slab_mm / 2 / z_spacing)) if slab_mm > 0 else 0
-    return max(slice_index - half, 0), min(slice_index + half + 1, depth)
+    """Slice indices ``[lo, hi)`` of the slab ``slab_mm`` thick (mm) around ``slice_index``: round(slab_mm /
+    z_spacing) slices (at least one; an even count reaches one slice further up than down), moved inside the
+    volume's ``depth`` slices at its ends, so a 10 mm slab is 10 slices of 1 mm or 2 of 5 mm."""
+    n = min(max(1, int(round(slab_mm / z_spacing))), depth)
+    lo = min(max(slice_index - (n - 1) // 2, 0), depth - n)
+    return lo, lo + n
 
 
 class SlabProjection(Transform):

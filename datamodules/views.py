@@ -10,7 +10,7 @@ finding's lesion mask (null without one): the evidence reward and the "some view
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +18,8 @@ import numpy as np
 from common.checkpoint_types import allow_in_checkpoints
 from datamodules.boxes import is_box_list
 from datamodules.ctrate import BadSampleError
-from datamodules.slabs import PROJECTIONS, Projection, slab_range
+from datamodules.roi_proposal import ROIQuery, check_proposal
+from datamodules.slabs import PROJECTIONS, Projection, slab_range, slice_spacing
 
 # Findings a maximum intensity projection brings out (small and dense); the others get the mean projection.
 MIP_LABELS = ("Lung nodule", "Coronary artery wall calcification", "Arterial wall calcification")
@@ -106,6 +107,27 @@ def make_views(chosen: Sequence[tuple[int, list[list[int]]]], spec: ViewSpec, z_
         for s, boxes in chosen
     ]
     return sorted(views, key=lambda v: v["slice_index"])
+
+
+def choose_views(
+    source: Any,
+    query: ROIQuery,
+    primary: tuple[int, list[list[int]]],
+    spec: ViewSpec,
+    projection: Projection,
+    where: str,
+    lesion: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """A question's ``views``: its own view ``primary`` (slice, boxes) first, then ``source.propose_many``'s
+    candidates for ``query`` (an ``ROISource``; asked without the lesion mask), ``min_distance_mm`` apart, K in
+    all; ``lesion`` (X, Y, Z) fills ``shows_lesion``. The builder and ``cli.py ask`` both choose views here, so a
+    deployed question sees the views training did. Raises BadSampleError (``where``) for a proposal off the volume."""
+    z = slice_spacing(query.volume)
+    min_slices = spec.min_slices(z)
+    found = source.propose_many(replace(query, lesion=None), spec.k + 1, min_slices) if spec.k > 1 else []
+    extra = [check_proposal(p, query.volume, where) for p in found]
+    chosen = spaced([primary, *((p.slice_index, p.boxes) for p in extra)], spec.k, min_slices)
+    return make_views(chosen, spec, z, projection, lesion)
 
 
 def views_of(record: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -111,7 +111,10 @@ class CTVQADataset(Dataset):
             return None
 
     def _encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        return self.encode(record, self.images(record))
+        # The prompt labels the views actually shown (the audit's shuffled condition shows another record's).
+        shown = self.renderer.shown(record).get("views")
+        prompt_record = {**{k: v for k, v in record.items() if k != "views"}, **({"views": shown} if shown else {})}
+        return self.encode(prompt_record, self.images(record))
 
     def encode(self, record: dict[str, Any], images: torch.Tensor | list[torch.Tensor]) -> dict[str, Any]:
         """Processor inputs for a record's question and the image(s) shown with it (one per view, each after its
@@ -147,7 +150,8 @@ class CTVQADataset(Dataset):
             "reasoning": record["reasoning"],  # reference reasoning, for BLEU / ROUGE-L at test time
             "prompt_format": self.prompt_format,  # rewards check the completion against the format asked for
             "views": record.get("views"),  # the evidence reward reads which views show the lesion
-            "image_tokens": int((prompt_ids == self.image_token_id).sum()),  # the per-batch image-token budget
+            # The per-batch image-token budget (None: a processor that names no image token).
+            "image_tokens": None if self.image_token_id is None else int((prompt_ids == self.image_token_id).sum()),
         }
         if self.keep_images:
             meta["image"] = pils[0] if len(pils) == 1 else pils

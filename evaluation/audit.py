@@ -127,9 +127,9 @@ def condition_dataset(run_dir: Path) -> Any:
 
 def statuses(dataset: Any) -> dict[str, str]:
     """What each question's image under the run's condition is (``RecordViews.view``'s status), by question id."""
-    if dataset.views is None:
+    if dataset.renderer.views is None:
         return {}
-    return {r["id"]: dataset.views.view(r)[1] for r in dataset.records}
+    return {r["id"]: dataset.renderer.views.view(r)[1] for r in dataset.records}
 
 
 def save_images(dataset: Any, ids: list[str], folder: Path) -> dict[str, str]:

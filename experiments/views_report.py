@@ -4,7 +4,8 @@
         --config configs/experiments/views.yaml
 
 Writes ``<out_dir>/comparison/views.md`` and ``views.json``: per arm, accuracy on every seed against the target
-(the best arm without lesion masks at ≥ ``--target`` on every seed), presence and abnormality accuracy, nodule F1,
+(the best arm without lesion masks at ≥ ``--target`` on every seed, within 4× the one-slice arm's image tokens and
+1.5× its GRPO step time as ``benchmarks/views.py`` measured them), presence and abnormality accuracy, nodule F1,
 the VLM's presence AUROC beside the ROI classifier's own AUROC on the same test questions (a gain that the
 classifier's score alone would give is not the VLM's reading), how often some view of a positive question shows
 its lesion (the build's ``lesion_coverage``), image tokens per prompt, and each arm's train + evaluate seconds;
@@ -76,7 +77,26 @@ def classifier_auroc(checkpoint: str, root: Path, records: list[dict[str, Any]])
     return auroc_or_nan(torch.tensor([p for p, _ in pairs]), torch.tensor([t for _, t in pairs]).long())
 
 
-def arm_row(exp: Experiment, arm: Arm, per_image: int, timings: dict[str, float]) -> dict[str, Any]:
+def view_key(views: dict[str, Any] | None) -> tuple[int, float]:
+    """(K, slab mm) of a views setting; (1, 0.0) for one slice."""
+    views = views or {}
+    return int(views.get("k", 1)), float(views.get("slab_mm", 0.0))
+
+
+def costs(bench: dict[str, Any] | None, views: dict[str, Any] | None) -> dict[str, float | None]:
+    """The arm's SFT throughput and GRPO step time relative to one slice, from ``benchmarks/views.py``'s results
+    for the side with the same K and slabs (None: not measured)."""
+    sides = {view_key(r["views"]): r for r in (bench or {}).get("results", {}).values()}
+    side, base = sides.get(view_key(views)), sides.get((1, 0.0))
+    if side is None or base is None:
+        return {"sft_throughput_ratio": None, "grpo_step_ratio": None}
+    return {"sft_throughput_ratio": side["sft_samples_per_s"] / base["sft_samples_per_s"],
+            "grpo_step_ratio": side["grpo_step_s"] / base["grpo_step_s"]}  # fmt: skip
+
+
+def arm_row(
+    exp: Experiment, arm: Arm, per_image: int, timings: dict[str, float], bench: dict[str, Any] | None
+) -> dict[str, Any]:
     data = exp.arm_data(arm)
     metrics = [
         json.loads((exp.eval_dir(seed, exp.main_evaluation) / arm.name / "metrics.json").read_text())
@@ -96,7 +116,12 @@ def arm_row(exp: Experiment, arm: Arm, per_image: int, timings: dict[str, float]
         "some_view_shows_lesion": coverage.get("some_view_shows_lesion"),
         "image_tokens_per_prompt": per_image * float(np.mean([len(r.get("views") or [0]) for r in records])),
         "seconds": statistics.mean(timings[f"seed{s}/{arm.name}"] for s in exp.seeds),
+        **costs(bench, data.get("views")),
     }
+
+
+def ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
 
 
 def mean_std(values: list[float]) -> str:
@@ -105,7 +130,8 @@ def mean_std(values: list[float]) -> str:
 
 def render(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], target: float, base: str) -> str:
     header = ["arm", "accuracy (per seed)", "mean ± std", "presence", "abnormality", "F1 nodule", "VLM AUROC",
-              "CAM AUROC", "some view shows lesion", "image tokens / prompt", "train + eval s"]  # fmt: skip
+              "CAM AUROC", "some view shows lesion", "image tokens / prompt", "SFT samples/s", "GRPO s/step",
+              "train + eval s"]  # fmt: skip
     lines = ["# Candidate views: CAM views without lesion masks against the oracle view", ""]
     table = [
         [
@@ -117,17 +143,27 @@ def render(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], target: floa
             fmt(r["classifier_auroc"]) if r["classifier_auroc"] is not None else "–",
             fmt(r["some_view_shows_lesion"]),
             f"{r['image_tokens_per_prompt']:.1f}",
+            ratio(r["sft_throughput_ratio"]),
+            ratio(r["grpo_step_ratio"]),
             f"{r['seconds']:.0f}",
         ]
         for r in rows
     ]
     lines += markdown_table(header, table, ["l", "l", *["r"] * (len(header) - 2)])
+    lines += ["", "SFT samples/s and GRPO s/step: ratios to one slice per question (benchmarks/views.py, same K and "
+              "slabs; – not measured). Image tokens: mean over the test prompts."]  # fmt: skip
     candidates = [r for r in rows if not r["masks"]]
     if candidates:
         best = max(candidates, key=lambda r: np.mean(r["accuracy"]))
-        held = all(a >= target for a in best["accuracy"])
-        lines += ["", f"Best arm without lesion masks: **{best['arm']}** ({mean_std(best['accuracy'])}); target "
-                  f"≥ {target:.2f} on every seed: **{'met' if held else 'not met'}**."]  # fmt: skip
+        base_tokens = next((r["image_tokens_per_prompt"] for r in rows if r["arm"] == base), None)
+        checks = {
+            f"accuracy ≥ {target:.2f} on every seed": all(a >= target for a in best["accuracy"]),
+            "≤ 4× the image tokens": base_tokens is not None and best["image_tokens_per_prompt"] <= 4 * base_tokens,
+            "≤ 1.5× the GRPO step time": best["grpo_step_ratio"] is not None and best["grpo_step_ratio"] <= 1.5,
+        }
+        verdict = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks.items())
+        lines += ["", f"Best arm without lesion masks: **{best['arm']}** ({mean_std(best['accuracy'])}). {verdict}. "
+                  f"Target **{'met' if all(checks.values()) else 'not met'}**."]  # fmt: skip
     lines += ["", f"Paired differences against {base} (b − a; same questions, all seeds):", ""]
     paired = []
     for p in pairs:
@@ -151,12 +187,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--smoke", action="store_true", help="the spec's smoke section (tiny budgets)")
     parser.add_argument("--target", type=float, default=0.66, help="accuracy the best maskless arm must reach")
     parser.add_argument("--base", default="cam_k1_slice", help="arm the paired differences are taken against")
+    parser.add_argument("--bench", default="runs/bench/views.json", help="benchmarks/views.py's results (costs)")
     args = parser.parse_args(argv)
     exp = load_experiment(args.config, args.smoke)
     out = exp.comparison_dir(exp.main_evaluation)
     timings = json.loads((out / "timings.json").read_text())
     per_image = tokens_per_image(exp.out_dir / f"seed{exp.seeds[0]}" / "init-model", int(exp.data["image_size"]))
-    rows = [arm_row(exp, arm, per_image, timings) for arm in exp.arms]
+    bench = json.loads(Path(args.bench).read_text()) if Path(args.bench).is_file() else None
+    rows = [arm_row(exp, arm, per_image, timings, bench) for arm in exp.arms]
     pairs = json.loads((out / "paired.json").read_text())
     text = render(rows, pairs, args.target, args.base)
     atomic_write_text(out / "views.md", text)

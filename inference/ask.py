@@ -21,10 +21,10 @@ from datamodules.collate import VQACollator
 from datamodules.ct_vqa import CTVQADataModule
 from datamodules.ctrate import CTRATE_LABELS, BadSampleError
 from datamodules.roi_sources import ROIQuery, check_proposal
-from datamodules.slabs import axial_slab
+from datamodules.slabs import axial_slab, slice_spacing
 from datamodules.transforms import to_pil
 from datamodules.user_volume import choose_view, load_user_mask, load_user_volume
-from datamodules.views import ViewSpec, make_views
+from datamodules.views import ViewSpec, choose_views
 from lightning_modules.policy import PolicyModule
 from rewards.parsing import extract_answer, match_option
 
@@ -59,25 +59,24 @@ def ask(
         raise BadSampleError(f"abnormality {abnormality!r} is not a CT-RATE label: {', '.join(CTRATE_LABELS)}")
     source = getattr(datamodule, "roi_source", None)
     spec: ViewSpec | None = datamodule.hparams.get("views")
-    z_spacing = float(ct.pixdim[2]) if hasattr(ct, "pixdim") else 1.0
     kind = "presence" if options and {o.lower() for o in options} == {"yes", "no"} else "open"
-    views = None
+    views, query = None, None
     if roi_source == "lungs" and slice_index is None and abnormality is not None and source is not None:
         query = ROIQuery(ct, Path(volume).name, {}, Path(volume).parent, abnormality, region_of(abnormality, question))
-        if spec is not None and spec.active:
-            found = source.propose_many(query, spec.k, spec.min_slices(z_spacing))
-            chosen = [(p.slice_index, p.boxes) for p in (check_proposal(p, ct, str(volume)) for p in found)]
-            views = make_views(chosen, spec, z_spacing, spec.projection_for(kind, abnormality), None) or None
         proposal = source.propose(query)
     if proposal is not None:
         proposal = check_proposal(proposal, ct, str(volume))
         k, boxes, roi_source = proposal.slice_index, proposal.boxes, proposal.source
+        if spec is not None and spec.active:  # the source's other views, chosen as the VQA builder chooses them
+            projection = spec.projection_for(kind, abnormality)
+            views = choose_views(source, query, (k, boxes), spec, projection, str(volume))
     else:
         k, boxes = choose_view(ct, roi=roi, mask=mask, slice_index=slice_index)
     dataset = datamodule.dataset_for([])
     shown = views or [{"slice_index": k, "roi": boxes, "slab_mm": 0.0, "projection": "max"}]
+    spacing = slice_spacing(ct)
     images = [
-        dataset.render(axial_slab(ct, v["slice_index"], v["slab_mm"], z_spacing, v["projection"]), v["roi"])
+        dataset.render(axial_slab(ct, v["slice_index"], v["slab_mm"], spacing, v["projection"]), v["roi"])
         for v in shown
     ]
     record = {

@@ -31,7 +31,7 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits predicting each completion token, (N, L, V), from one forward pass over prompt + completion.
 
-    ``prompts`` holds one row per completion (``repeat_prompts``), one image per row: the layout TRL trains on.
+    ``prompts`` holds one row per completion (``repeat_prompts``) with its images: the layout TRL trains on.
     GRPO uses ``grouped_completion_logits``, the same logits for less; this is the reference the tests hold it to.
     """
     positions, next_position = prompt_positions(model, prompts)

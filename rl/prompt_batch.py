@@ -56,11 +56,14 @@ def image_rows(batch: dict[str, Any], key: str) -> list[int]:
     count per image (``image_grid_thw``: one; a family's tiles: several). Raises ValueError when the entries do not
     divide among the rows' images (image features and image tokens would not match)."""
     counts = image_counts(batch)
+    size, images = batch[key].size(0), sum(counts)
     if key == "pixel_values" and "image_grid_thw" in batch:
         per_image = batch["image_grid_thw"].prod(dim=-1).tolist()
+        if len(per_image) != images or sum(per_image) != size:
+            raise ValueError(f"pixel_values has {size} patches and image_grid_thw {len(per_image)} images "
+                             f"({sum(per_image)} patches) for {images} images of {len(counts)} prompts")  # fmt: skip
         offsets = [0, *itertools.accumulate(counts)]
         return [sum(per_image[offsets[i] : offsets[i + 1]]) for i in range(len(counts))]
-    size, images = batch[key].size(0), sum(counts)
     if images == 0 or size % images:
         raise ValueError(f"image input {key!r} has {size} entries for {images} images of {len(counts)} prompts")
     return [count * (size // images) for count in counts]

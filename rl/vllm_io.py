@@ -50,7 +50,8 @@ def completion_tokens(output: Any) -> list[int]:
 
 
 def vllm_prompts(batch: dict[str, Any], image_token_id: int) -> list[dict[str, Any]]:
-    """vLLM's inputs for a collated CT-VQA batch: each prompt's token ids without padding, and its PIL image.
+    """vLLM's inputs for a collated CT-VQA batch: each prompt's token ids without padding, and its PIL image (a list
+    of them for a prompt with several candidate views).
 
     Our processor has already expanded each image's placeholder into one ``<|image_pad|>`` per merged patch;
     vLLM expands a token prompt's placeholder itself, so each run of them is collapsed back to one (passed

@@ -144,7 +144,10 @@ def build_vqa(
             continue
         shown: list[bool] = []
         records = build_split(root, split, seed, roi_source, views, shown)
-        coverage[split] = {"positives_with_masks": len(shown), "some_view_shows_lesion": float(np.mean(shown or [0]))}
+        coverage[split] = {
+            "positives_with_masks": len(shown),
+            "some_view_shows_lesion": float(np.mean(shown)) if shown else None,
+        }
         path = out_dir / f"{split}.jsonl"
         atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         written[split] = path

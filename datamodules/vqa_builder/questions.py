@@ -14,7 +14,8 @@ import numpy as np
 
 from datamodules.ctrate import CTRATE_LABELS, Finding, axial_slice, patient_id
 from datamodules.roi_sources import ROIProposal, ROIQuery, ROISource, check_proposal
-from datamodules.views import ViewSpec, make_views, shows_lesion, spaced
+from datamodules.slabs import slice_spacing
+from datamodules.views import ViewSpec, choose_views, shows_lesion
 from datamodules.vqa_builder.decoys import PositiveStats, decoy_region, place_box
 from datamodules.vqa_builder.geometry import anatomy_roi, midline, side_of, where_text, zone
 from datamodules.vqa_builder.record import check_record
@@ -48,7 +49,7 @@ class VolumeQuestions:
     ):
         self.split, self.row, self.vol, self.rng, self.stats = split, row, vol, rng, stats
         self.source, self.root, self.region_rng, self.views = source, root, region_rng, views
-        self.z_spacing = float(vol.pixdim[2]) if hasattr(vol, "pixdim") else 1.0
+        self.z_spacing = slice_spacing(vol)
         self.coverage: list[bool] = []  # per positive with a lesion mask: does some view show the lesion?
         self.name = str(row["VolumeName"])
         self.depth = vol.shape[-1]
@@ -97,13 +98,10 @@ class VolumeQuestions:
         """(the record's ``views``, the evidence view's number): the question's own view first, then the source's
         candidates (never from lesion masks), ``min_distance_mm`` apart; the evidence is the first view whose slab
         meets the lesion, else the question's own view."""
-        spec = self.views
-        min_slices = spec.min_slices(self.z_spacing)
         query = ROIQuery(self.vol, self.name, self.row, self.root, label, region)
+        projection = self.views.projection_for(qtype, label)
         where = f"{self.split} {self.name} {label}"
-        extra = [check_proposal(p, self.vol, where) for p in self.source.propose_many(query, spec.k + 1, min_slices)]
-        chosen = spaced([primary, *((p.slice_index, p.boxes) for p in extra)], spec.k, min_slices)
-        views = make_views(chosen, spec, self.z_spacing, spec.projection_for(qtype, label), self.lesion(label))
+        views = choose_views(self.source, query, primary, self.views, projection, where, self.lesion(label))
         own = next(i for i, v in enumerate(views, start=1) if v["slice_index"] == primary[0])
         return views, next((i for i, v in enumerate(views, start=1) if v["shows_lesion"]), own)
 
@@ -156,6 +154,10 @@ class VolumeQuestions:
         lesion_like = self.source.uses_lesion_masks and self.has_masks
         if not present and lesion_like and self.rng.random() < self.stats.p_decoy(label):
             decoy = self.decoy_view(label)
+            if decoy is not None and self.views is not None and self.views.active:
+                # Other views are spread over this region: the report's words for an absent label would not be
+                # the lobe a positive names, and the views' spread would tell yes from no.
+                region = self.stats.sample_region(label, self.region_rng)
         if not present and decoy is None:
             region = self.stats.sample_region(label, self.region_rng)
             proposal = self.propose(label, region)

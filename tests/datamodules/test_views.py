@@ -1,15 +1,17 @@
 """Candidate views (datamodules/views.py, slabs.py): slab projections, K views per question from a source, the
 oracle hidden among them, records and prompts with K images, and K = 1 without slabs exactly as before."""
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from datamodules.ct_vqa import CTVQADataModule
-from datamodules.ctrate import BadSampleError
-from datamodules.roi_sources import AnatomyROI, MaskROI
+from datamodules.collate import IMAGE_COUNTS
+from datamodules.ct_vqa import CTVQADataModule, without_digests
+from datamodules.ctrate import BadSampleError, bbox_of
+from datamodules.roi_sources import AnatomyROI, MaskROI, slice_extents
 from datamodules.slabs import SlabProjection, SlabProjectiond, axial_slab, slab_range
 from datamodules.views import ViewSpec, spaced, spread, view_labels
 from datamodules.vqa_builder import build_vqa, vqa_state
@@ -28,8 +30,10 @@ def test_slab_projection_max_and_mean_of_a_known_slab():
 
 
 def test_slab_range_and_axial_slab():
-    assert slab_range(5, 20, 10.0, 5.0) == (4, 7)  # ±1 slice
-    assert slab_range(0, 20, 10.0, 2.5) == (0, 3)  # ±2, clipped at the first slice
+    assert slab_range(5, 20, 10.0, 5.0) == (5, 7)  # 2 slices of 5 mm
+    assert slab_range(5, 20, 10.0, 2.0) == (3, 8)  # 5 slices of 2 mm, centred
+    assert slab_range(0, 20, 10.0, 2.5) == (0, 4)  # moved inside the volume at its ends
+    assert slab_range(19, 20, 10.0, 2.5) == (16, 20)
     assert slab_range(5, 20, 0.0, 5.0) == (5, 6)  # one slice
     volume = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)  # (1, X, Y, Z)
     assert np.array_equal(axial_slab(volume, 2, 0.0, 1.0, "max"), volume[0, :, :, 2].numpy().T)
@@ -55,12 +59,30 @@ def _records(paths):
     return {s: [json.loads(line) for line in p.read_text().splitlines()] for s, p in paths.items()}
 
 
-def test_k1_without_slabs_writes_todays_files(synthetic_root, tmp_path):
+# What the code before candidate views (commit aac2ab0) wrote for the shared fixture (14 volumes, seed 0), and the
+# SHA-256 of every model input of its first training batch (3 samples, seed 0; processor outputs only).
+BEFORE_VIEWS = {
+    "train": "c63964b2d063af559fccae94c84d69f3a46abe36b8e56df351f93b04655c07c6",
+    "valid": "276abb70c9d8bb000b4e5c3cde56fbf148f3c0a827499a7b7beaf47a83cf5faa",
+    "batch": "c3a951d67a843e636134e45f211a35c9215a3949f1b9c49b6bc622fc71cc6baa",
+}
+
+
+def test_k1_without_slabs_reproduces_the_files_and_batches_from_before_views(synthetic_root, tiny_model_dir, tmp_path):
     paths = build_vqa(synthetic_root, tmp_path / "k1", seed=0, views=ViewSpec(k=1))
     for split, path in paths.items():
-        assert path.read_bytes() == (synthetic_root / "vqa" / f"{split}.jsonl").read_bytes()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == BEFORE_VIEWS[split]
     info = json.loads((tmp_path / "k1" / "build.json").read_text())
     assert "views" not in info and info["lesion_coverage"]["valid"]["some_view_shows_lesion"] == 1.0
+    settings = {"synthetic": None, "views": ViewSpec(k=1), "batch_size": 3, "num_workers": 0, "seed": 0}
+    dm = CTVQADataModule(str(synthetic_root), str(tiny_model_dir), vqa_dir=str(tmp_path / "k1"), **settings)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    digest = hashlib.sha256()
+    for key in sorted(k for k in batch if k not in ("meta", IMAGE_COUNTS)):
+        digest.update(key.encode())
+        digest.update(batch[key].contiguous().numpy().tobytes())
+    assert digest.hexdigest() == BEFORE_VIEWS["batch"] and batch[IMAGE_COUNTS].tolist() == [1, 1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +163,19 @@ def test_dataset_shows_k_labelled_images_and_refuses_over_long_prompts(synthetic
     ds.max_length = len(sample["prompt_ids"])  # the prompt alone no longer fits: refused, never truncated
     with pytest.raises(BadSampleError, match="prompt is .* tokens, over max_length"):
         ds[i]
+
+
+def test_slice_extents_are_the_boxes_of_every_slice():
+    mask = np.random.default_rng(0).random((20, 16, 6)) > 0.97  # (X, Y, Z), a few voxels per slice
+    mask[:, :, 3] = False
+    areas, boxes = slice_extents(mask)
+    for z in range(6):
+        assert areas[z] == mask[:, :, z].sum()
+        if areas[z]:
+            assert boxes[z].tolist() == bbox_of(mask[:, :, z].T)
+
+
+def test_build_command_of_a_nested_source_leaves_out_its_digests():
+    cam = {"class_path": "CAMROI", "init_args": {"checkpoint": "c"}}
+    spec = {"class_path": "MaskROI", "init_args": {"extra_views": {**cam, "checkpoint_sha256": "ab"}}}
+    assert without_digests({**spec, "checkpoint_sha256": "cd"}) == {**spec, "init_args": {"extra_views": cam}}

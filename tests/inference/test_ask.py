@@ -112,11 +112,15 @@ def test_ask_lets_the_roi_source_choose_where_to_zoom(tmp_path, synthetic_root, 
 def test_ask_shows_the_sources_candidate_views_on_a_volume_without_masks(tmp_path, synthetic_root, tiny_model_dir):
     from datamodules.anatomy_masks import anatomy_masks
     from datamodules.roi_sources import region_proposals
+    from datamodules.views import spaced
 
     args = ["--question", "Is there a lung nodule?", "--options", '["yes", "no"]']
     views = {"k": 3, "min_distance_mm": 20, "slab_mm": 10}
     hu, answer, out = ask_with_anatomy_source(tmp_path, synthetic_root, tiny_model_dir, args, views=views)
-    expected = region_proposals(anatomy_masks(hu)["lungs"], "anatomy", "lungs", 3, 4)  # 20 mm at 5 mm slices
-    assert sorted(v["slice_index"] for v in answer["views"]) == sorted(p.slice_index for p in expected)
+    # As the VQA builder chooses them: the source's own view, then its candidates, 20 mm (4 slices of 5 mm) apart.
+    lungs = anatomy_masks(hu)["lungs"]
+    candidates = [region_proposals(lungs, "anatomy", "lungs")[0], *region_proposals(lungs, "anatomy", "lungs", 4, 4)]
+    expected = spaced([(p.slice_index, p.boxes) for p in candidates], 3, 4)
+    assert [(v["slice_index"], v["roi"]) for v in answer["views"]] == sorted(expected)
     assert all(v["slab_mm"] == 10.0 and v["projection"] == "max" and v["shows_lesion"] is None for v in answer["views"])
     assert Image.open(out / "image.png").size == (3 * 56, 56)  # the three views side by side

@@ -52,6 +52,15 @@ def test_repeated_and_sliced_rows_keep_exactly_their_images(views_batch):
         assert one["image_grid_thw"].shape[0] == batch[IMAGE_COUNTS][row // g]
 
 
+def test_image_inputs_that_do_not_divide_among_the_rows_images_are_refused(views_batch):
+    batch, _ = views_batch
+    wrong = {**batch, IMAGE_COUNTS: torch.tensor([3, 1, 2])}  # 6 images said, 7 given
+    with pytest.raises(ValueError, match="image_grid_thw 7 images"):
+        image_rows(wrong, "pixel_values")
+    with pytest.raises(ValueError, match="7 entries for 6 images"):
+        image_rows(wrong, "image_grid_thw")
+
+
 def test_shared_prefill_equals_a_full_forward_with_several_images(views_batch, tiny_model_dir):
     batch, processor = views_batch
     model = load_model(tiny_model_dir).eval()
