@@ -37,6 +37,7 @@ EXPERIMENT_CASES = [
     ["replication.yaml"],
     ["annotation_efficiency.yaml"],
     ["replication.yaml", "roi_sources.yaml"],
+    ["replication.yaml", "views.yaml"],
 ]
 OTHER = {
     "experiments/roi_proposals.yaml": "tests/datamodules/test_roi_sources.py (evaluation.roi_proposals' own parser)",
