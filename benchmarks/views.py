@@ -1,7 +1,7 @@
 """What candidate views cost: image tokens per prompt, SFT samples per second and GRPO seconds per step with one
 slice per question against K views (slices or thin slabs) per presence/abnormality question, side by side.
 
-    python benchmarks/views.py                 # 1 slice vs 4 slices vs 4 slabs of 10 mm, 56 px (the ablation's)
+    python benchmarks/views.py          # 1 slice, 1 slab, 4 slices, 4 slabs of 10 mm, 56 px (the ablation's)
     python benchmarks/views.py --quick         # one measured step per side
 
 Every side is a real ``SFTModule`` / ``GRPOModule`` fit through a Lightning ``Trainer`` on the embedded tiny
@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
 
 SIDES: dict[str, dict[str, Any] | None] = {
     "1 slice": None,
+    "1 slab (10 mm)": {"k": 1, "slab_mm": 10.0},
     "4 slices": {"k": 4},
     "4 slabs (10 mm)": {"k": 4, "slab_mm": 10.0},
 }
@@ -114,7 +115,7 @@ def grpo_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per fit, after one warm-up step")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per fit, after one warm-up step")
     parser.add_argument("--batch-size", type=int, default=8, help="SFT samples per step")
     parser.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step")
     parser.add_argument("--generations", type=int, default=4, help="GRPO completions per prompt (G)")

@@ -159,11 +159,12 @@ def render(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], target: floa
         checks = {
             f"accuracy ≥ {target:.2f} on every seed": all(a >= target for a in best["accuracy"]),
             "≤ 4× the image tokens": base_tokens is not None and best["image_tokens_per_prompt"] <= 4 * base_tokens,
-            "≤ 1.5× the GRPO step time": best["grpo_step_ratio"] is not None and best["grpo_step_ratio"] <= 1.5,
+            "≤ 1.5× the GRPO step time": None if best["grpo_step_ratio"] is None else best["grpo_step_ratio"] <= 1.5,
         }
-        verdict = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks.items())
+        said = {True: "yes", False: "no", None: "not measured"}
+        verdict = "; ".join(f"{name}: {said[ok]}" for name, ok in checks.items())
         lines += ["", f"Best arm without lesion masks: **{best['arm']}** ({mean_std(best['accuracy'])}). {verdict}. "
-                  f"Target **{'met' if all(checks.values()) else 'not met'}**."]  # fmt: skip
+                  f"Target **{'met' if all(ok is True for ok in checks.values()) else 'not met'}**."]  # fmt: skip
     lines += ["", f"Paired differences against {base} (b − a; same questions, all seeds):", ""]
     paired = []
     for p in pairs:

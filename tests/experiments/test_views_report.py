@@ -34,6 +34,8 @@ def test_target_must_hold_on_every_seed_for_the_best_maskless_arm():
     assert "Target **met**" in render(rows, [pair], 0.66, "cam_k1_slice")
     rows[2]["grpo_step_ratio"] = 1.6
     assert "1.5× the GRPO step time: no. Target **not met**" in render(rows, [pair], 0.66, "cam_k1_slice")
+    rows[2]["grpo_step_ratio"] = None  # a K and slab the benchmark did not measure: unknown, not a pass
+    assert "1.5× the GRPO step time: not measured. Target **not met**" in render(rows, [pair], 0.66, "cam_k1_slice")
 
 
 def test_costs_come_from_the_benchmark_side_with_the_same_views():
