@@ -2,13 +2,14 @@
 slice per question against K views (slices or thin slabs) per presence/abnormality question, side by side.
 
     python benchmarks/views.py          # 1 slice, 1 slab, 4 slices, 4 slabs of 10 mm, 56 px (the ablation's)
-    python benchmarks/views.py --quick         # one measured step per side
+    python benchmarks/views.py --quick  # one measured step per side
 
 Every side is a real ``SFTModule`` / ``GRPOModule`` fit through a Lightning ``Trainer`` on the embedded tiny
 Qwen2.5-VL, on the same synthetic CT-RATE, with the ablation's data settings (configs/experiments/views.yaml: inset
 zoom, 56 px images, views 20 mm apart) and the training split's mix of questions (location, size and count
 questions keep one slice). Views come from ``AnatomyROI`` (no classifier to train first; the cost depends on K and
-the slabs, not on where the views are). Each fit leaves out one warm-up step; all sides run in this one process.
+the slabs, not on where the views are). Each fit leaves out one warm-up step; all sides run in this one process,
+in turn, ``--rounds`` times; a side's time is the median of its pooled step times.
 """
 
 from __future__ import annotations
@@ -96,9 +97,7 @@ def sft_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, step
     mean_tokens, max_tokens = image_tokens(dm)
     clock = StepClock.make()
     bench_trainer(1 + steps, [clock]).fit(SFTModule(model_path=str(model_dir), warmup_steps=0), dm)
-    step_s = statistics.mean(clock.seconds[1:])
-    return {"image_tokens": mean_tokens, "image_tokens_max": max_tokens, "sft_step_s": step_s,
-            "sft_samples_per_s": batch / step_s}  # fmt: skip
+    return {"image_tokens": mean_tokens, "image_tokens_max": max_tokens, "sft_steps_s": clock.seconds[1:]}
 
 
 def grpo_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, steps: int, prompts: int,
@@ -110,7 +109,7 @@ def grpo_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, ste
     module = bench_grpo_module(model_dir, generations, length)
     clock = StepClock.make()
     bench_trainer(1 + steps, [clock]).fit(module, dm)
-    return {"grpo_step_s": statistics.mean(clock.seconds[1:])}
+    return {"grpo_steps_s": clock.seconds[1:]}
 
 
 def main() -> None:
@@ -120,17 +119,30 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step")
     parser.add_argument("--generations", type=int, default=4, help="GRPO completions per prompt (G)")
     parser.add_argument("--length", type=int, default=32, help="GRPO max_new_tokens")
-    parser.add_argument("--quick", action="store_true", help="one measured step per fit")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all sides (steps pooled, median)")
+    parser.add_argument("--quick", action="store_true", help="one round of one measured step per fit")
     parser.add_argument("--out", default="runs/bench/views.json")
     args = parser.parse_args()
-    steps = 1 if args.quick else args.steps
+    steps, rounds = (1, 1) if args.quick else (args.steps, args.rounds)
     model_dir, data_dir = prepare()
     print(f"{machine()}; {torch.get_num_threads()} intra-op threads")
-    start, results = time.perf_counter(), {}
-    for name, views in SIDES.items():
-        results[name] = {"views": views or {}} | sft_side(data_dir, model_dir, views, steps, args.batch_size)
-        results[name] |= grpo_side(data_dir, model_dir, views, steps, args.prompts, args.generations, args.length)
-        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in results[name].items()}, flush=True)
+    start = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {name: {"views": views or {}, "sft_steps_s": [], "grpo_steps_s": []}
+                                          for name, views in SIDES.items()}  # fmt: skip
+    # Sides take turns within each round, so a slower stretch of the shared machine falls on all of them.
+    for _ in range(rounds):
+        for name, views in SIDES.items():
+            sft = sft_side(data_dir, model_dir, views, steps, args.batch_size)
+            grpo = grpo_side(data_dir, model_dir, views, steps, args.prompts, args.generations, args.length)
+            r = results[name]
+            r.update(image_tokens=sft["image_tokens"], image_tokens_max=sft["image_tokens_max"])
+            r["sft_steps_s"] += sft["sft_steps_s"]
+            r["grpo_steps_s"] += grpo["grpo_steps_s"]
+    for name, r in results.items():
+        r["sft_step_s"] = statistics.median(r["sft_steps_s"])
+        r["sft_samples_per_s"] = args.batch_size / r["sft_step_s"]
+        r["grpo_step_s"] = statistics.median(r["grpo_steps_s"])
+        print(name, {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}, flush=True)
     # The GRPO step-time and SFT throughput ratios experiments/views_report.py checks the views ablation against.
     base = results["1 slice"]
     rows = [
@@ -148,7 +160,7 @@ def main() -> None:
     header = ["views", "image tokens / prompt", "ratio", "SFT samples/s", "ratio", "GRPO s/step", "ratio"]
     title = (
         f"Candidate views, 56 px, SFT batch {args.batch_size}, GRPO {args.prompts} prompts × G {args.generations} × "
-        f"{args.length} tokens, {steps} measured steps each"
+        f"{args.length} tokens, median of {rounds} × {steps} measured steps each"
     )
     print()
     print(table(title, header, rows))
