@@ -87,21 +87,22 @@ def image_tokens(dm: Any) -> tuple[float, int]:
     return statistics.mean(tokens), max(tokens)
 
 
-def sft_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, steps: int, batch: int) -> dict[str, Any]:
+def sft_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, steps: int, batch: int) -> list[float]:
+    """Seconds of each measured SFT step."""
     import lightning as L
 
     from lightning_modules.sft import SFTModule
 
     L.seed_everything(0, verbose=False)
     dm = side_data(data_dir, model_dir, views, batch)
-    mean_tokens, max_tokens = image_tokens(dm)
     clock = StepClock.make()
     bench_trainer(1 + steps, [clock]).fit(SFTModule(model_path=str(model_dir), warmup_steps=0), dm)
-    return {"image_tokens": mean_tokens, "image_tokens_max": max_tokens, "sft_steps_s": clock.seconds[1:]}
+    return clock.seconds[1:]
 
 
 def grpo_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, steps: int, prompts: int,
-              generations: int, length: int) -> dict[str, Any]:  # fmt: skip
+              generations: int, length: int) -> list[float]:  # fmt: skip
+    """Seconds of each measured GRPO step."""
     import lightning as L
 
     L.seed_everything(0, verbose=False)
@@ -109,7 +110,7 @@ def grpo_side(data_dir: Path, model_dir: Path, views: dict[str, Any] | None, ste
     module = bench_grpo_module(model_dir, generations, length)
     clock = StepClock.make()
     bench_trainer(1 + steps, [clock]).fit(module, dm)
-    return {"grpo_steps_s": clock.seconds[1:]}
+    return clock.seconds[1:]
 
 
 def main() -> None:
@@ -127,17 +128,18 @@ def main() -> None:
     model_dir, data_dir = prepare()
     print(f"{machine()}; {torch.get_num_threads()} intra-op threads")
     start = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {name: {"views": views or {}, "sft_steps_s": [], "grpo_steps_s": []}
-                                          for name, views in SIDES.items()}  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    for name, views in SIDES.items():  # a side's prompts are the same every round: their tokens are counted once
+        mean_tokens, max_tokens = image_tokens(side_data(data_dir, model_dir, views, args.batch_size))
+        results[name] = {"views": views or {}, "image_tokens": mean_tokens, "image_tokens_max": max_tokens,
+                         "sft_steps_s": [], "grpo_steps_s": []}  # fmt: skip
     # Sides take turns within each round, so a slower stretch of the shared machine falls on all of them.
     for _ in range(rounds):
         for name, views in SIDES.items():
-            sft = sft_side(data_dir, model_dir, views, steps, args.batch_size)
-            grpo = grpo_side(data_dir, model_dir, views, steps, args.prompts, args.generations, args.length)
-            r = results[name]
-            r.update(image_tokens=sft["image_tokens"], image_tokens_max=sft["image_tokens_max"])
-            r["sft_steps_s"] += sft["sft_steps_s"]
-            r["grpo_steps_s"] += grpo["grpo_steps_s"]
+            results[name]["sft_steps_s"] += sft_side(data_dir, model_dir, views, steps, args.batch_size)
+            results[name]["grpo_steps_s"] += grpo_side(
+                data_dir, model_dir, views, steps, args.prompts, args.generations, args.length
+            )
     for name, r in results.items():
         r["sft_step_s"] = statistics.median(r["sft_steps_s"])
         r["sft_samples_per_s"] = args.batch_size / r["sft_step_s"]
